@@ -1,0 +1,49 @@
+"""Results cache: every trained model and computed metric lives under
+`build/runs/<name>/<hash of the resolved configuration>/`, beside a `config.json`.
+Re-running with the same configuration reuses it (and says so); any change of
+configuration gives another folder, so nothing a user trained is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import paths
+from .training import save_atomic
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_dir(name: str, config: dict[str, Any]) -> Path:
+    """The folder of run `name` under `config`, created with its config.json."""
+    folder = paths.build_dir() / "runs" / name / config_hash(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "config.json"
+    if not meta.exists():
+        tmp = meta.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, sort_keys=True, indent=1, default=repr))
+        tmp.replace(meta)
+    return folder
+
+
+def memo(path: str | Path, compute: Callable[[], Any], *, log: Callable[[str], None] = print) -> Any:
+    """Load `path` (a torch file) if it exists, else `compute()`, save it atomically, return it."""
+    path = Path(path)
+    if path.exists():
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=False)
+            log(f"reusing cached {path.relative_to(paths.build_dir()) if path.is_relative_to(paths.build_dir()) else path}")
+            return value
+        except Exception as err:  # a corrupt cache entry is recomputed, never trusted
+            log(f"cached {path} is unreadable ({type(err).__name__}); recomputing")
+    value = compute()
+    save_atomic(value, path)
+    return value

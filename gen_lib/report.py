@@ -1,0 +1,107 @@
+"""What the notebooks write for the LaTeX report: figures (PDF + PNG), tables (.tex)
+and number macros. The report never types a number by hand: it writes `\\val{key}`,
+which reads a macro that a notebook wrote here (a missing one prints `??`, which the
+tests look for).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from . import paths
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    """A number for the text: fixed digits, a true minus sign."""
+    return f"{value:.{digits}f}".replace("-", "$-$") if isinstance(value, float) else str(value)
+
+
+def write_macros(name: str, values: dict[str, Any]) -> Path:
+    """Write `report/tables/macros_<name>.tex`: one `\\val{key}` per entry (already formatted strings)."""
+    lines = [f"% written by gen_lib.report.write_macros({name!r}); do not edit"]
+    for key, value in values.items():
+        lines.append(f"\\expandafter\\def\\csname val@{key}\\endcsname{{{value}}}")
+    path = paths.tables_dir() / f"macros_{name}.tex"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_table(name: str, body: str) -> Path:
+    """Write a LaTeX table body (tabular or table environment) to `report/tables/<name>.tex`."""
+    path = paths.tables_dir() / f"{name}.tex"
+    path.write_text(f"% written by gen_lib.report.write_table({name!r}); do not edit\n{body}\n")
+    return path
+
+
+def dataframe_table(df, name: str, caption: str, label: str, column_format: str | None = None) -> Path:
+    """A pandas DataFrame (cells already formatted as strings) as a booktabs table."""
+    cols = column_format or ("l" + "r" * (len(df.columns)))
+    header = " & ".join([_latex_escape(str(df.index.name or ""))] + [_latex_escape(str(c)) for c in df.columns])
+    rows = [" & ".join([_latex_escape(str(i))] + [str(v) for v in row]) + r" \\" for i, row in zip(df.index, df.values)]
+    body = "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
+                      r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", header + r" \\", r"\midrule",
+                      *rows, r"\bottomrule", r"\end{tabular}", r"\end{table}"])
+    return write_table(name, body)
+
+
+def save_figure(fig, name: str, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as `report/figures/<name>.pdf` and `.png`."""
+    folder = paths.figures_dir()
+    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
+    fig.savefig(folder / f"{name}.png", bbox_inches="tight", dpi=dpi)
+    return folder / f"{name}.pdf"
+
+
+def hardware() -> str:
+    """CPU model and core count, and the GPU when there is one."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name(0)}"
+    else:
+        text += "; no GPU"
+    return text
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (out.stdout.strip() or "unknown") + ("+local changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_meta(profile: str, timings: dict[str, float] | None = None) -> Path:
+    """`report/tables/macros_meta.tex`: profile, date, commit, hardware, torch version, run times."""
+    import torch
+
+    values = {"meta.profile": profile, "meta.date": _dt.date.today().isoformat(),
+              "meta.commit": _latex_escape(git_commit()), "meta.hardware": _latex_escape(hardware()),
+              "meta.torch": _latex_escape(torch.__version__)}
+    for nb, seconds in (timings or {}).items():
+        values[f"meta.time.{nb}"] = f"{seconds / 60:.1f}"
+    return write_macros("meta", values)
