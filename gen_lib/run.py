@@ -1,0 +1,116 @@
+"""The runner behind `make report` and the notebook tests.
+
+    python -m gen_lib.run --profile default [--only 02_flow] [--no-pdf]
+
+Executes each notebook with papermill (parameters: profile, dataset) into
+`build/notebooks/`, renders it to HTML beside it, writes the report's metadata
+(profile, date, commit, hardware, times), then compiles `report/report.tex` with
+latexmk into `build/report.pdf`. `--build-dir` and `--report-dir` move all outputs
+(the tests use a temporary folder, so they never touch what `make report` built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import config, paths
+
+NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality")
+SOURCE_NOTEBOOKS = paths.ROOT / "notebooks"
+SOURCE_REPORT = paths.ROOT / "report"
+
+
+def _log(msg: str) -> None:
+    print(f"[gen_lib.run] {msg}", flush=True)
+
+
+def execute(name: str, profile: str, dataset: str = "mnist") -> float:
+    """Run one notebook through papermill and render it to HTML; returns seconds."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    out_dir = paths.build_dir() / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.ipynb"
+    _log(f"executing {name} (profile {profile}) -> {out}")
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(SOURCE_NOTEBOOKS / f"{name}.ipynb"), str(out),
+                        parameters={"profile": profile, "dataset": dataset},
+                        cwd=str(SOURCE_NOTEBOOKS), kernel_name="python3", log_output=True,
+                        progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
+    (out_dir / f"{name}.html").write_text(body, encoding="utf-8")
+    _log(f"{name} done in {seconds / 60:.1f} min -> {out_dir / (name + '.html')}")
+    return seconds
+
+
+def build_pdf() -> Path:
+    """Compile report.tex with latexmk into build/report.pdf."""
+    if shutil.which("latexmk") is None:
+        raise SystemExit("error: latexmk not found; install the Debian packages latexmk "
+                         "texlive-latex-recommended texlive-latex-extra (or run `make tex` as root)")
+    report = paths.report_dir()
+    if report.resolve() != SOURCE_REPORT.resolve():  # tests: copy the sources next to the generated files
+        shutil.copy2(SOURCE_REPORT / "report.tex", report / "report.tex")
+        shutil.copytree(SOURCE_REPORT / "sections", report / "sections", dirs_exist_ok=True)
+    out_dir = paths.build_dir() / "latex"
+    done = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error",
+                           f"-outdir={out_dir}", "report.tex"], cwd=report, capture_output=True, text=True)
+    if done.returncode != 0:
+        log = (out_dir / "report.log")
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else done.stdout[-3000:]
+        raise SystemExit(f"error: latexmk failed (see {log}):\n{tail}")
+    pdf = paths.build_dir() / "report.pdf"
+    shutil.copy2(out_dir / "report.pdf", pdf)
+    _log(f"report -> {pdf}")
+    return pdf
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gen_lib.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
+    parser.add_argument("--dataset", default="mnist", help="mnist | fashion")
+    parser.add_argument("--only", action="append", default=None, help=f"notebook(s) to run: {', '.join(NOTEBOOKS)}")
+    parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
+    parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
+    parser.add_argument("--build-dir", help="where checkpoints, results and notebooks go (default build/)")
+    parser.add_argument("--report-dir", help="where figures/ and tables/ go (default report/)")
+    args = parser.parse_args(argv)
+
+    if args.profile not in config.PROFILES:
+        parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
+    if args.dataset not in ("mnist", "fashion"):
+        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of mnist, fashion")
+    only = args.only or list(NOTEBOOKS)
+    for name in only:
+        if name not in NOTEBOOKS:
+            parser.error(f"--only {name!r} is unknown; choose from {', '.join(NOTEBOOKS)}")
+    if args.build_dir:
+        os.environ["GEN_LIB_BUILD"] = str(Path(args.build_dir).resolve())
+    if args.report_dir:
+        os.environ["GEN_LIB_REPORT"] = str(Path(args.report_dir).resolve())
+
+    from . import report
+
+    timings_file = paths.build_dir() / f"timings-{args.profile}.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    if not args.pdf_only:
+        for name in only:
+            timings[name] = execute(name, args.profile, args.dataset)
+            timings_file.write_text(json.dumps(timings, indent=1))
+    report.write_meta(args.profile, timings, dataset=args.dataset)
+    if not args.no_pdf:
+        build_pdf()
+
+
+if __name__ == "__main__":
+    main()
