@@ -16,6 +16,7 @@ from typing import Any
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
+DATASETS = ("mnist", "fashion")
 
 
 def _load() -> dict[str, dict[str, dict[str, Any]]]:
@@ -43,6 +44,8 @@ def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {section}; "
                          f"valid: {', '.join(sorted(params))}")
     params.update({k: v for k, v in overrides.items() if v is not None})
+    if params.get("dataset", "mnist") not in DATASETS:
+        raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(DATASETS)}")
     return params
 
 

