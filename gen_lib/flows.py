@@ -63,9 +63,10 @@ class AffineCoupling(nn.Module):
         self.t_net = _mlp(d_pass, hidden, d_change)
 
     def _st(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # fp32 out of the networks even under bf16 autocast: log-determinants are summed in fp32
-        s = torch.tanh(self.s_net(x_a)).float()  # (B, D_b)
-        t = self.t_net(x_a).float()  # (B, D_b)
+        # at least fp32 out of the networks under bf16 autocast: log-determinants are summed in fp32
+        dtype = torch.promote_types(x_a.dtype, torch.float32)
+        s = torch.tanh(self.s_net(x_a)).to(dtype)  # (B, D_b)
+        t = self.t_net(x_a).to(dtype)  # (B, D_b)
         return s, t
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,6 +227,8 @@ def build_image_flow(n_layers: int = 20, hidden: int = 256, logit_alpha: float |
     checkerboard masks alternating layer to layer (parity 0, 1, 0, ...), on N(0, I).
 
     Models dequantized images y in [0, 1]^784; `log_prob(y)` includes the logit's Jacobian.
+    `base_to_data` inverts the logit onto (-alpha, 1 + alpha) / (1 - 2 alpha), a little wider
+    than [0, 1]: clamp samples to [0, 1] for display and saving.
     `logit_alpha=None` drops the pre-transform (the base then models [0, 1] directly).
     """
     if n_layers < 2:
@@ -253,12 +256,13 @@ def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_
     seed (so every call scores the same y), evaluated in float32 without autocast."""
     from .data import dequantize
 
-    p = next(flow.parameters())
+    p = next(flow.parameters(), None)
+    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for i in range(0, images.shape[0], batch_size):
-        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen).to(p.device)
-        out.append(bits_per_dim(flow.log_prob(y.to(p.dtype)).float(), dim=flow.dim).cpu())
+        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen)  # same y on every device
+        out.append(bits_per_dim(flow.log_prob(y.to(device, dtype)).float(), dim=flow.dim).cpu())
     return torch.cat(out)
 
 

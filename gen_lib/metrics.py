@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Union
 
@@ -98,7 +99,9 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int =
     size = min(subset_size, len(real) // 2, len(fake) // 2)
     if size < 2:
         raise ValueError(f"KID needs at least 4 samples per set; got {len(real)} real and {len(fake)} fake")
-    metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
+    with warnings.catch_warnings():  # "will save all extracted features": ours are small (N, d)
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
     metric.update(real.double().cpu(), real=True)
     metric.update(fake.double().cpu(), real=False)
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws subsets from the global RNG
@@ -206,7 +209,7 @@ def inception_features() -> FeatureMap:
         path = None
     if path is None:
         raise RuntimeError(f'features="inception" needs torch-fidelity and its weights file {INCEPTION_WEIGHTS} '
-                           "under $TORCH_HOME/hub/checkpoints; neither can be downloaded here. "
+                           "under $TORCH_HOME/hub/checkpoints, and they cannot be downloaded here. "
                            'Use features="mnist" (this project\'s classifier) or a callable')
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                              feature_extractor_weights_path=str(path))

@@ -146,7 +146,7 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         ph, pw = (-height) % self.multiple, (-width) % self.multiple
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # (B, C, 32, 32) for 28×28
-        t_emb = self.t_mlp(timestep_embedding(t, self.base_channels))  # (B, 4 c0)
+        t_emb = self.t_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))  # (B, 4 c0)
 
         h = self.conv_in(x)  # (B, c0, 32, 32)
         skips = []

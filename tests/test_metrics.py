@@ -1,0 +1,135 @@
+"""Contracts of gen_lib.metrics: FID, KID and precision/recall on known feature sets (float64, fixed seed)."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from gen_lib import metrics
+
+D = 8
+
+
+def _gauss(n, d=D, shift=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(99),
+                                                               dtype=torch.float64)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix + shift
+
+
+def _fid_scipy(x, y):
+    x, y = x.numpy(), y.numpy()
+    m1, m2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
+    x = _gauss(500)
+    assert metrics.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
+    fids = [metrics.fid_from_features(x, x + s) for s in (0.1, 0.5, 1.0)]
+    # a shift s of every coordinate adds exactly d s^2
+    assert fids == pytest.approx([D * s**2 for s in (0.1, 0.5, 1.0)], rel=1e-6)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.4])
+def test_fid_matches_independent_scipy_computation(shift):
+    x, y = _gauss(400, seed=1), _gauss(300, shift=shift, seed=2) * 1.3
+    assert metrics.fid_from_features(x, y) == pytest.approx(_fid_scipy(x, y), rel=1e-7, abs=1e-9)
+
+
+def test_fid_is_biased_at_small_n_but_kid_is_not():
+    # two samples of one distribution: FID > 0 and shrinks with N; KID averages to ~0 at any N
+    fid_small = metrics.fid_from_features(_gauss(32, seed=3), _gauss(32, seed=4))
+    fid_large = metrics.fid_from_features(_gauss(4000, seed=3), _gauss(4000, seed=4))
+    assert fid_small > 10 * fid_large > 0
+
+
+@pytest.mark.parametrize("n,repeats", [(20, 200), (200, 40), (2000, 6)])
+def test_kid_is_unbiased_for_two_halves_of_one_set(n, repeats):
+    # over independent sets, KID of two halves averages to 0 (within 3 standard errors) at any size,
+    # while the biased V-statistic MMD^2 of the same halves sits clearly above 0
+    kernel = lambda a, b: (a @ b.T / D + 1) ** 3  # noqa: E731  torchmetrics' default kernel
+    size = min(1000, n // 2)
+    kids, biased = [], []
+    for r in range(repeats):
+        x = torch.randn(2 * n, D, generator=torch.Generator().manual_seed(r), dtype=torch.float64)
+        kids.append(metrics.kid_from_features(x[:n], x[n:], subsets=5, seed=r)[0])
+        a, b = x[:size], x[n:n + size]
+        biased.append((kernel(a, a).mean() + kernel(b, b).mean() - 2 * kernel(a, b).mean()).item())
+    mean, se = np.mean(kids), np.std(kids) / np.sqrt(repeats)
+    assert abs(mean) < 3 * se
+    assert np.mean(biased) > 3 * se + abs(mean)
+    shifted = metrics.kid_from_features(x[:n], x[n:] + 0.5, subsets=5)[0]
+    assert shifted > 3 * se + abs(mean)
+
+
+def test_precision_recall_of_a_set_with_itself_and_a_far_set():
+    x = _gauss(300, seed=7)
+    assert metrics.precision_recall(x, x, k=3) == (1.0, 1.0)
+    assert metrics.precision_recall(x, x + 100.0, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_see_mode_dropping():
+    # fake covers only half the real modes: precision stays high, recall drops
+    real = torch.cat([_gauss(200, seed=8), _gauss(200, shift=20.0, seed=9)])
+    fake = _gauss(400, seed=10)
+    precision, recall = metrics.precision_recall(real, fake, k=3)
+    assert precision > 0.9 and 0.3 < recall < 0.6
+
+
+def test_sample_quality_with_a_callable_feature_map():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(200, 1, 28, 28, generator=g)
+    phi = lambda x: x.flatten(1)[:, :D]  # noqa: E731  (N, 8) features
+    out = metrics.sample_quality(real, real.clone(), features=phi, kid_subsets=10)
+    assert set(out) >= {"fid", "kid_mean", "kid_std", "precision", "recall"}
+    assert out["fid"] == pytest.approx(0.0, abs=1e-8) and out["precision"] == out["recall"] == 1.0
+    darker = metrics.sample_quality(real, real * 0.5, features=phi, kid_subsets=10)
+    assert darker["fid"] > 0.1 and darker["kid_mean"] > 0.01
+
+
+# ---------------------------------------------------------------- bad input
+
+def _imgs(n=100):
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_rejects_images_of_different_shapes():
+    with pytest.raises(ValueError, match=r"\(1, 28, 28\).*\(1, 32, 32\)"):
+        metrics.sample_quality(_imgs(), torch.rand(100, 1, 32, 32), features=lambda x: x.flatten(1)[:, :D])
+
+
+@pytest.mark.parametrize("scale,shown", [(2.0, "2"), (255.0, "255")])
+def test_rejects_images_outside_unit_range(scale, shown):
+    with pytest.raises(ValueError, match=rf"fake images lie in \[.*, {shown}.*\]; expected \[0, 1\]"):
+        metrics.sample_quality(_imgs(), _imgs() * scale + 1e-3, features=lambda x: x.flatten(1)[:, :D])
+    with pytest.raises(ValueError, match=r"real images lie in \[-1.*expected \[0, 1\]"):
+        metrics.sample_quality(_imgs() * 2 - 1, _imgs(), features=lambda x: x.flatten(1)[:, :D])
+
+
+def test_rejects_too_few_samples_for_the_covariance():
+    with pytest.raises(ValueError, match=r"30 real and 30 fake .* at least 64 \(2d\)"):
+        metrics.fid_from_features(_gauss(30, d=32), _gauss(30, d=32))
+
+
+def test_rejects_unknown_feature_name():
+    with pytest.raises(ValueError, match=r"features='vgg' is unknown; choose one of mnist, fashion, inception"):
+        metrics.sample_quality(_imgs(), _imgs(), features="vgg")
+
+
+def test_inception_without_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match="inception.*cannot be downloaded here"):
+        metrics.sample_quality(_imgs(), _imgs(), features="inception")
+
+
+def test_missing_classifier_says_how_to_train_it(tmp_build):
+    with pytest.raises(FileNotFoundError, match=r"no trained mnist classifier for profile 'smoke'.*04_quality"):
+        metrics.sample_quality(_imgs(), _imgs(), features="mnist", profile="smoke")
+
+
+def test_rejects_mismatched_feature_dimensions():
+    with pytest.raises(ValueError, match="real d=8, fake d=4"):
+        metrics.precision_recall(_gauss(50), _gauss(50, d=4))

@@ -1,0 +1,64 @@
+"""Contract tests of the U-Net ε-network: shapes, gradients, padding, bad input."""
+
+import pytest
+import torch
+
+from gen_lib.unet import UNet, timestep_embedding
+
+
+@pytest.mark.parametrize("base_channels,n_res", [(8, 1), (16, 2)])
+def test_shape_and_gradient_to_every_parameter(base_channels, n_res):
+    torch.manual_seed(0)
+    net = UNet(base_channels=base_channels, n_res=n_res).double()
+    # the zero-initialised output conv would block gradients to everything before it on the first step
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    t = torch.tensor([0, 417, 999])
+    out = net(x, t)
+    assert out.shape == (3, 1, 28, 28) and out.dtype == torch.float64
+    out.square().sum().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_output_depends_on_t_and_examples_are_independent():
+    torch.manual_seed(0)
+    net = UNet(base_channels=8).double().eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    a = net(x, torch.tensor([10, 10]))
+    b = net(x, torch.tensor([10, 900]))
+    assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])  # GroupNorm: no batch coupling
+    single = net(x[1:], torch.tensor([900]))
+    assert torch.allclose(single[0], b[1])
+
+
+def test_other_image_sizes_are_padded_and_cropped():
+    net = UNet(base_channels=8)
+    assert net(torch.randn(2, 1, 32, 32), torch.tensor([1, 2])).shape == (2, 1, 32, 32)
+    assert net(torch.randn(2, 1, 20, 24), torch.tensor([1, 2])).shape == (2, 1, 20, 24)
+
+
+def test_timestep_embedding():
+    emb = timestep_embedding(torch.tensor([0, 1, 500]), 16)
+    assert emb.shape == (3, 16)
+    assert torch.allclose(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
+    assert torch.allclose(emb.square().reshape(3, 2, 8).sum(1), torch.ones(3, 8))  # sin² + cos² = 1
+
+
+def test_parameter_counts_of_profiles():
+    count = lambda net: sum(p.numel() for p in net.parameters())
+    paper = UNet(base_channels=32, channel_mults=(1, 2, 2, 4), n_res=2)
+    assert 2e6 <= count(paper) <= 6e6  # comparable to common MNIST DDPMs
+
+
+def test_bad_input():
+    net = UNet(base_channels=8)
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3, 28, 28\)"):
+        net(torch.randn(2, 3, 28, 28), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="t has shape"):
+        net(torch.randn(2, 1, 28, 28), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="t has shape"):
+        net(torch.randn(2, 1, 28, 28), torch.tensor([1]))
+    with pytest.raises(ValueError, match="4 entries"):
+        UNet(channel_mults=(1, 2))
