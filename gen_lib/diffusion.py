@@ -29,6 +29,10 @@ passed in and called as `network(x_t, t)` with t int64 of shape (B,).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,3 +177,68 @@ class DDPM(nn.Module):
             if return_trajectory:
                 trajectory.append(x.cpu())
         return (x, torch.stack(trajectory)) if return_trajectory else x
+
+
+# ---------------------------------------------------------------- the study's DDPM
+@dataclass
+class DDPMConfig:
+    """The DDPM of the study: U-Net width, schedule and training protocol (profiles.toml, [*.ddpm])."""
+
+    epochs: int = 100  # passes over the training images
+    batch_size: int = 128
+    lr: float = 2e-4  # Adam, constant (Ho et al. used 2e-4 on CIFAR-10)
+    train_subset: int = 0  # first N training images, 0 = all 60,000
+    base_channels: int = 32  # U-Net width c0 of the 32×32 level
+    channel_mults: str = "1,2,2,4"  # widths of the four levels, c0 · mult
+    n_res: int = 2  # residual blocks per level and side
+    dropout: float = 0.1
+    T: int = 1000  # diffusion steps
+    ema_decay: float = 0.9999  # EMA of the weights, used for sampling
+    bf16: bool = False  # bf16 autocast for the network (loss and schedule stay fp32)
+    channels_last: bool = False
+    seed: int = 0
+
+
+def build_ddpm(cfg: DDPMConfig) -> DDPM:
+    """DDPM(UNet(...)) on (1, 28, 28) images with the linear schedule 1e-4 → 0.02 (Ho et al.)."""
+    from .unet import UNet
+
+    mults = tuple(int(m) for m in str(cfg.channel_mults).split(","))
+    return DDPM(UNet(1, cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T)
+
+
+def train_ddpm(cfg: DDPMConfig, images: torch.Tensor, checkpoint: str | Path | None = None,
+               eval_images: torch.Tensor | None = None, **fit_kwargs: Any):
+    """Train (or reuse from `checkpoint`) the study's DDPM on images (N, 1, 28, 28) in [0, 1].
+
+    Each batch is dequantized, (255 x + u)/256 with u ~ U(0, 1), then mapped to [-1, 1]: the
+    same continuous view of the 8-bit data as the flow's (SPEC), so that the DDPM, like the flow,
+    models a density rather than 256 spikes; the 1/256-wide jitter is far below the noise of
+    every diffusion step (√β_0 = 0.01 ≈ 1.3/256). `eval_images` (test images in [0, 1]) give a
+    per-epoch test loss with fixed t and ε. Returns (ddpm, ema_ddpm, TrainResult).
+    """
+    from . import data
+    from .training import fit
+
+    ddpm = build_ddpm(cfg)
+    x = images[:cfg.train_subset] if cfg.train_subset else images
+    eval_fn = None
+    if eval_images is not None:
+        g = torch.Generator().manual_seed(12345)
+        x_eval = data.to_signed(data.dequantize(eval_images, g))
+        t_eval = torch.randint(0, cfg.T, (len(x_eval),), generator=g)
+        noise_eval = torch.randn(x_eval.shape, generator=g)
+
+        def eval_fn(model: DDPM) -> dict[str, float]:
+            device = model.betas.device
+            losses = [model.p_losses(x_eval[i:i + 500].to(device), t_eval[i:i + 500].to(device),
+                                     noise_eval[i:i + 500].to(device)).item() * len(x_eval[i:i + 500])
+                      for i in range(0, len(x_eval), 500)]
+            return {"test_loss": sum(losses) / len(x_eval)}
+
+    config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    result = fit(ddpm, x, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, config=config,
+                 checkpoint=checkpoint, transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
+                 eval_fn=eval_fn, bf16=cfg.bf16, channels_last=cfg.channels_last, ema_decay=cfg.ema_decay,
+                 desc="ddpm", **fit_kwargs)
+    return ddpm, result.ema, result

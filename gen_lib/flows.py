@@ -244,7 +244,8 @@ def bits_per_dim(log_prob: torch.Tensor, dim: int = 784, n_bins: int = 256) -> t
 
         bits/dim = -(log p(y) - dim * ln 256) / (dim * ln 2).
 
-    The density on [0, 1] gives the discrete model P(x) >= p(y) / 256^dim (Theis et al., 2016).
+    With y = (x * 255 + u) / 256, log P(x) >= E_u[log p(y)] - dim * ln 256 (Theis et al., 2016),
+    so averaged over u this bounds the discrete model's bits/dim from above.
     Per example: same shape as `log_prob`.
     """
     return -(log_prob - dim * math.log(n_bins)) / (dim * math.log(2.0))
@@ -262,7 +263,8 @@ def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_
     out = []
     for i in range(0, images.shape[0], batch_size):
         y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen)  # same y on every device
-        out.append(bits_per_dim(flow.log_prob(y.to(device, dtype)).float(), dim=flow.dim).cpu())
+        with torch.autocast(device.type, enabled=False):  # metrics in full precision, even inside autocast
+            out.append(bits_per_dim(flow.log_prob(y.to(device, dtype)).float(), dim=flow.dim).cpu())
     return torch.cat(out)
 
 
@@ -272,28 +274,42 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
 
 
-def train_image_flow(cfg: dict[str, Any], train_x: torch.Tensor, eval_x: torch.Tensor | None = None,
-                     checkpoint=None, progress: bool = True):
-    """Build the image flow of `cfg` and train it by maximum likelihood on dequantized `train_x`.
+TRAIN_KEYS = ("dataset", "n_layers", "hidden", "logit_alpha", "batch_size", "lr", "grad_clip", "bf16", "seed",
+              "train_subset", "eval_subset")
 
-    `cfg` keys: n_layers, hidden, logit_alpha, epochs, batch_size, lr, seed, bf16, grad_clip.
-    Per epoch, test bits/dim on `eval_x` (fixed dequantization) joins the history.
-    Returns (flow, TrainResult).
+
+def training_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved `flow` config that decides the trained weights (the checkpoint's identity);
+    `epochs` is left out so that a longer run resumes a shorter one."""
+    missing = [k for k in TRAIN_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"flow config lacks {', '.join(missing)}; it needs {', '.join(TRAIN_KEYS)}")
+    return {k: cfg[k] for k in TRAIN_KEYS}
+
+
+def train_image_flow(cfg: dict[str, Any], train_x: torch.Tensor, eval_x: torch.Tensor | None = None,
+                     checkpoint=None, progress: bool = True, device: torch.device | str | None = None):
+    """Build the image flow of `cfg` and train it by maximum likelihood on dequantized `train_x`
+    (N, 1, 28, 28) in [0, 1]: Adam on -log p(y) / 784, y = (x * 255 + u) / 256 drawn afresh each epoch.
+
+    `cfg` keys: TRAIN_KEYS and epochs. After every epoch the test bits/dim of `eval_x` (fixed
+    dequantization, fp32) joins the history as `test_bpd`, and `train_bpd` is the epoch's mean
+    training loss in bits/dim. Returns (flow, TrainResult).
     """
     from . import data, training
 
-    alpha = cfg["logit_alpha"] if cfg["logit_alpha"] else None
-    torch.manual_seed(cfg["seed"])
-    flow = build_image_flow(cfg["n_layers"], cfg["hidden"], alpha)
+    tcfg = training_config(cfg)
+    torch.manual_seed(tcfg["seed"])
+    flow = build_image_flow(tcfg["n_layers"], tcfg["hidden"], tcfg["logit_alpha"] or None)
 
     def eval_fn(model: Flow) -> dict[str, float]:
         return {"test_bpd": dataset_bits_per_dim(model, eval_x).mean().item()} if eval_x is not None else {}
 
-    result = training.fit(flow, train_x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                          seed=cfg["seed"], config=cfg, checkpoint=checkpoint,
+    result = training.fit(flow, train_x, epochs=cfg["epochs"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
+                          seed=tcfg["seed"], config=tcfg, checkpoint=checkpoint,
                           transform=lambda b, g: data.dequantize(b, generator=g), eval_fn=eval_fn,
-                          bf16=cfg["bf16"], grad_clip=cfg.get("grad_clip") or None, progress=progress,
-                          desc="flow")
-    for record in result.history:  # nats/dim of the loss -> bits/dim (same formula as bits_per_dim)
+                          device=device, bf16=tcfg["bf16"], grad_clip=tcfg["grad_clip"] or None,
+                          progress=progress, desc="flow")
+    for record in result.history:  # the loss is nats/dim of y; bits/dim as in bits_per_dim
         record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
     return flow, result

@@ -250,3 +250,22 @@ def sample_quality(real: torch.Tensor, fake: torch.Tensor, features: Union[str, 
     f_real, f_fake = extract(phi, real), extract(phi, fake)
     return quality_from_features(f_real, f_fake, k=k, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                                  seed=seed)
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 3,
+                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest reference images of each query in pixel space (Euclidean): distances and indices (Q, k).
+
+    Used to show that samples are not copies of training images (a copy sits at distance ~0).
+    """
+    if queries.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"queries have shape {tuple(queries.shape[1:])} and reference {tuple(reference.shape[1:])}")
+    ref = reference.flatten(1).float()  # (R, P)
+    dists, idx = [], []
+    for i in range(0, len(queries), chunk):
+        d = torch.cdist(queries[i:i + chunk].flatten(1).float(), ref)  # (c, R)
+        v, j = d.topk(k, dim=1, largest=False)
+        dists.append(v)
+        idx.append(j)
+    return torch.cat(dists), torch.cat(idx)

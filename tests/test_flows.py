@@ -8,7 +8,8 @@ import torch
 
 from gen_lib import data, training
 from gen_lib.flows import (AffineCoupling, Flow, ImageFlow, LogitTransform, bits_per_dim, build_image_flow,
-                           checkerboard_mask, dataset_bits_per_dim, mean_and_stderr, train_image_flow)
+                           checkerboard_mask, dataset_bits_per_dim, mean_and_stderr, train_image_flow,
+                           training_config)
 
 
 def _randomize(flow: Flow, scale: float = 0.3) -> Flow:
@@ -188,8 +189,8 @@ def test_bf16_autocast_keeps_log_prob_in_fp32():
 
 
 def _cfg(**kw):
-    cfg = dict(profile="test", dataset="mnist", n_layers=4, hidden=32, logit_alpha=0.05, epochs=1, batch_size=64,
-               lr=1e-3, seed=0, bf16=False, grad_clip=0.0)
+    cfg = dict(dataset="mnist", n_layers=4, hidden=32, logit_alpha=0.05, epochs=1, batch_size=64, lr=1e-3,
+               seed=0, bf16=False, grad_clip=0.0, train_subset=0, eval_subset=0)
     cfg.update(kw)
     return cfg
 
@@ -201,7 +202,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     good = training.load_checkpoint(ckpt)
     flow = build_image_flow(4, 32)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint"):
-        training.fit(flow, x, epochs=2, batch_size=64, lr=1e-3, seed=0, config=_cfg(), checkpoint=ckpt,
+        training.fit(flow, x, epochs=2, batch_size=64, lr=1e-3, seed=0, config=training_config(_cfg()), checkpoint=ckpt,
                      loss_fn=lambda m, b: m.loss(b) * float("nan"),
                      transform=lambda b, g: data.dequantize(b, generator=g), progress=False)
     kept = training.load_checkpoint(ckpt)
@@ -220,3 +221,27 @@ def test_training_lowers_test_bits_per_dim():
     assert after == pytest.approx(result.history[-1]["test_bpd"], abs=1e-6)
     assert after < before - 0.5, (before, after)
     assert result.history[-1]["train_bpd"] < result.history[0]["train_bpd"]
+
+
+def test_coupling_equals_the_masked_full_width_formulation():
+    # RealNVP's form: D -> hidden -> D nets on m * x, outputs multiplied by (1 - m). Our gathered
+    # nets must compute exactly that, with the full-width weights embedded from ours.
+    torch.manual_seed(0)
+    mask = checkerboard_mask(4, 4, 1).double()
+    layer = _randomize(AffineCoupling(mask, 8).double())
+    x = torch.randn(5, 16, dtype=torch.float64)
+
+    def full(net):
+        w1 = torch.zeros(8, 16, dtype=torch.float64)
+        w1[:, layer.pass_idx] = net[0].weight
+        w2 = torch.zeros(16, 8, dtype=torch.float64)
+        w2[layer.change_idx] = net[2].weight
+        b2 = torch.zeros(16, dtype=torch.float64)
+        b2[layer.change_idx] = net[2].bias
+        return lambda v: torch.relu(v @ w1.T + net[0].bias) @ w2.T + b2
+
+    s = torch.tanh(full(layer.s_net)(mask * x)) * (1 - mask)
+    t = full(layer.t_net)(mask * x) * (1 - mask)
+    z_ref = mask * x + (1 - mask) * (x * torch.exp(s) + t)
+    z, log_det = layer(x)
+    assert torch.allclose(z, z_ref, atol=1e-12) and torch.allclose(log_det, s.sum(-1), atol=1e-12)

@@ -62,3 +62,13 @@ def test_bad_input():
         net(torch.randn(2, 1, 28, 28), torch.tensor([1]))
     with pytest.raises(ValueError, match="4 entries"):
         UNet(channel_mults=(1, 2))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_profiles_build(profile):
+    from gen_lib import config
+    from gen_lib.diffusion import DDPMConfig, build_ddpm
+
+    ddpm = build_ddpm(config.make(DDPMConfig, config.resolve("ddpm", profile)))
+    out = ddpm.network(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]))
+    assert out.shape == (2, 1, 28, 28) and ddpm.T == 1000

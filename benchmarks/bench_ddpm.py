@@ -1,0 +1,95 @@
+"""DDPM speed: U-Net training step fp32 vs bf16 autocast (± channels_last), and time per
+sample of DDIM-50/100 against the T = 1000-step ancestral sampler (same network, same machine).
+
+    python -m benchmarks.bench_ddpm [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from gen_lib import config
+from gen_lib.diffusion import DDPMConfig, build_ddpm
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int) -> float:
+    torch.manual_seed(0)
+    ddpm = build_ddpm(cfg)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ddpm.to(memory_format=fmt)
+    opt = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
+    x = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=fmt)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = ddpm.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt.step()
+
+    return _median_time(step, reps)
+
+
+def _sample_time(ddpm, n: int, steps: int, method: str, bf16: bool) -> float:
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    ddpm.sample(n, steps=steps, method=method, generator=g, bf16=bf16)
+    return (time.perf_counter() - t0) / n
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows for build/bench.md: ratio > 1 means ours (bf16, DDIM) is faster."""
+    load = os.getloadavg()[0]
+    note = f"{torch.get_num_threads()} threads, load {load:.1f}"
+    if quick:  # seconds: a tiny U-Net and T = 100
+        cfg = DDPMConfig(base_channels=8, channel_mults="1,2,2,2", n_res=1, T=100)
+        batch, reps, n, fast, slow = 8, 1, 2, (5, 10), 100
+    else:  # the default profile's U-Net at its batch size
+        cfg = config.make(DDPMConfig, config.resolve("ddpm", "default"))
+        batch, reps, n, fast, slow = cfg.batch_size, 5, 16, (50, 100), cfg.T
+    rows = []
+    fp32 = _train_step_time(cfg, batch, False, False, reps)
+    bf16 = _train_step_time(cfg, batch, True, False, reps)
+    bf16_cl = _train_step_time(cfg, batch, True, True, reps)
+    width = f"c0={cfg.base_channels}, mults {cfg.channel_mults}, n_res {cfg.n_res}"
+    for name, t in (("bf16 autocast", bf16), ("bf16 autocast + channels_last", bf16_cl)):
+        rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch})",
+                     "baseline": f"fp32: {fp32:.3f} s", "ours": f"{name}: {t:.3f} s", "ratio": fp32 / t,
+                     "unit": "s/step", "note": note + "; target >= 1.8x on a CPU with bf16 (AVX512-BF16/AMX)"})
+
+    torch.manual_seed(0)
+    ddpm = build_ddpm(cfg).eval()
+    use_bf16 = bf16 < fp32
+    ancestral = _sample_time(ddpm, n, slow, "ancestral", use_bf16)
+    for steps in fast:
+        ddim = _sample_time(ddpm, n, steps, "ddim", use_bf16)
+        rows.append({"what": f"DDPM sampling time per image ({n} images, {'bf16' if use_bf16 else 'fp32'})",
+                     "baseline": f"ancestral {slow} steps: {ancestral * 1e3:.1f} ms",
+                     "ours": f"DDIM {steps} steps: {ddim * 1e3:.1f} ms", "ratio": ancestral / ddim,
+                     "unit": "ms/image", "note": note + (f"; target DDIM-{fast[1]} >= 10x" if steps == fast[1] else "")})
+    fp32_sample = _sample_time(ddpm, n, fast[0], "ddim", False)
+    bf16_sample = _sample_time(ddpm, n, fast[0], "ddim", True)
+    rows.append({"what": f"DDPM sampling, DDIM-{fast[0]} ({n} images)", "baseline": f"fp32: {fp32_sample * 1e3:.1f} ms",
+                 "ours": f"bf16 autocast: {bf16_sample * 1e3:.1f} ms", "ratio": fp32_sample / bf16_sample,
+                 "unit": "ms/image", "note": note})
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    for row in run(quick="--quick" in sys.argv):
+        print(f"{row['what']}: {row['baseline']} vs {row['ours']} -> {row['ratio']:.2f}x ({row['note']})")
