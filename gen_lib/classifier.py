@@ -2,9 +2,8 @@
 layer is the feature space of FID, KID and precision/recall (`gen_lib.metrics`).
 
 Inception-v3 features cannot be downloaded here, and they describe ImageNet photos,
-not 28x28 digits. As in the "FID on MNIST" practice of e.g. Heusel et al. (2017,
-Sec. "Experiments") and Bińkowski et al. (2018, App. "LeNet features"), a network
-trained on the data itself gives the features:
+not 28x28 digits. As is common for MNIST, a network trained on the data itself
+gives the features:
 
     x (B, 1, 28, 28) -> conv3x3(32) -> BN -> ReLU -> maxpool2      (B, 32, 14, 14)
                      -> conv3x3(64) -> BN -> ReLU -> maxpool2      (B, 64, 7, 7)

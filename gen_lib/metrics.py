@@ -147,6 +147,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: 
 def quality_from_features(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subset_size: int = 1000,
                           kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
     """FID, KID (mean, std), precision and recall of two feature sets (N, d) and (M, d)."""
+    _check_features(real, fake)  # before any work: too few samples for the covariance fails at once
     kid_mean, kid_std = kid_from_features(real, fake, kid_subset_size, kid_subsets, seed)
     precision, recall = precision_recall(real, fake, k)
     return {"fid": fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,

@@ -41,7 +41,7 @@ class GaussianPrior(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
 
 class MoGPrior(nn.Module):
@@ -63,7 +63,7 @@ class MoGPrior(nn.Module):
 
     def forward(self) -> Distribution:
         scales = nn.functional.softplus(self.raw_scales) + 1e-4  # (K, D), floor keeps it proper
-        components = Independent(Normal(self.means, scales, validate_args=False), 1)
+        components = Independent(Normal(self.means, scales, validate_args=False), 1, validate_args=False)
         return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components,
                                  validate_args=False)
 

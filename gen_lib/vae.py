@@ -51,7 +51,7 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Distribution:
         mu, raw = self.net(x).chunk(2, dim=-1)  # (B, D) each
         std = nn.functional.softplus(raw) + 1e-5
-        return Independent(Normal(mu, std, validate_args=False), 1)
+        return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
 
 class BernoulliDecoder(nn.Module):
@@ -72,7 +72,7 @@ class BernoulliDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> Distribution:
         logits = self.net(z)  # (..., 784)
         cls = Bernoulli if self.likelihood == "bernoulli" else ContinuousBernoulli
-        return Independent(cls(logits=logits, validate_args=False), 1)
+        return Independent(cls(logits=logits, validate_args=False), 1, validate_args=False)
 
 
 class VAE(nn.Module):
