@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 CHECKPOINT_FORMAT = 1
 

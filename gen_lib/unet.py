@@ -22,7 +22,7 @@ Self-attention runs only at the lowest resolution (2×2, 4 tokens), where it cos
 almost nothing and gives every position a global view.
 
 Width: `base_channels` c0 and `channel_mults` give the widths of the four levels
-(c0 · mult). The `paper` profile uses c0 = 32 (about 3.7 M parameters with two
+(c0 · mult). The `paper` profile uses c0 = 32 (3.8 M parameters with mults 1, 2, 2, 4 and two
 residual blocks per level); the CPU `default` profile a narrower, shallower one.
 """
 
