@@ -45,7 +45,7 @@ def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_bui
     t0 = time.perf_counter()
     model, info = classifier.train_classifier(cfg, progress=False)
     seconds = time.perf_counter() - t0
-    print(f"classifier: {cfg['classifier_epochs']} epochs in {seconds:.0f} s, accuracy {info['test_accuracy']:.4f}")
+    print(f"classifier: {cfg['classifier_epochs']}+{cfg['classifier_decay_epochs']} epochs in {seconds:.0f} s, accuracy {info['test_accuracy']:.4f}")
     assert info["test_accuracy"] >= 0.99  # (time is reported, not asserted: CI machines are shared)
 
     # the cached model is what features="mnist" uses; its features are standardised on real data
