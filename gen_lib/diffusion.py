@@ -148,13 +148,14 @@ class DDPM(nn.Module):
         device = self.betas.device
         if dtype is None:
             dtype = next((p.dtype for p in self.network.parameters()), torch.get_default_dtype())
-        abar_all = self.alphas_cumprod  # float64
+        abar_all = self.alphas_cumprod.tolist()  # float64 values, read once (no device sync per step)
+        ts = timesteps.tolist()
         x = torch.randn((n, *self.shape), generator=generator, device=device, dtype=dtype)  # x_T
         trajectory = [x.cpu()] if return_trajectory else None
-        for i, t in enumerate(timesteps.tolist()):
-            t_prev = timesteps[i + 1].item() if i + 1 < len(timesteps) else -1
-            abar = abar_all[t].item()
-            abar_prev = abar_all[t_prev].item() if t_prev >= 0 else 1.0
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            abar = abar_all[t]
+            abar_prev = abar_all[t_prev] if t_prev >= 0 else 1.0
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 eps = self.network(x, torch.full((n,), t, device=device, dtype=torch.long))
             eps = eps.to(dtype)

@@ -131,11 +131,8 @@ class Flow(nn.Module):
 
     def data_to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, *event) -> (z (B, *event), log|det dz/dx| (B,))."""
-        self.check_input(x)
-        h = x.reshape(x.shape[0], self.dim)
-        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for layer in self.layers:
-            h, log_det = layer(h)
+        h, total = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for h, log_det in self._walk(x):  # a flow without layers is the identity
             total = total + log_det
         return h.reshape(x.shape), total
 
@@ -148,13 +145,14 @@ class Flow(nn.Module):
 
     def trajectory(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x and its image after every layer, each (B, *event): the walk from data to base."""
+        return [x] + [h.reshape(x.shape) for h, _ in self._walk(x)]
+
+    def _walk(self, x):
         self.check_input(x)
-        h = x.reshape(x.shape[0], self.dim)
-        out = [x]
+        h = x.reshape(x.shape[0], self.dim)  # (B, D)
         for layer in self.layers:
-            h, _ = layer(h)
-            out.append(h.reshape(x.shape))
-        return out
+            h, log_det = layer(h)
+            yield h, log_det
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) per example (B,), every Jacobian included."""
