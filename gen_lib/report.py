@@ -99,7 +99,11 @@ def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: s
     """`report/tables/macros_meta.tex`: profile, date, commit, hardware, torch version, run times."""
     import torch
 
-    values = {"meta.profile": profile, "meta.dataset": {"mnist": "MNIST", "fashion": "Fashion-MNIST"}[dataset], "meta.date": _dt.date.today().isoformat(),
+    from .data import info
+
+    ds = info(dataset)
+    values = {"meta.profile": profile, "meta.dataset": ds.title, "meta.items": ds.items,
+              "meta.source": _latex_escape(ds.source), "meta.date": _dt.date.today().isoformat(),
               "meta.commit": _latex_escape(git_commit()), "meta.hardware": _latex_escape(hardware()),
               "meta.torch": _latex_escape(torch.__version__)}
     for nb, seconds in (timings or {}).items():

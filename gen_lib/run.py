@@ -40,16 +40,17 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     out_dir = paths.build_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
-    _log(f"executing {name} (profile {profile}) -> {out}")
     t0 = time.perf_counter()
+    # No tqdm bars in the kernel: without a terminal every redraw would become a log line. Training
+    # prints one line per epoch instead. Cell output is echoed once (stdout_file), not also logged.
+    os.environ["GEN_LIB_BARS"] = "0"
     pm.execute_notebook(str(SOURCE_NOTEBOOKS / f"{name}.ipynb"), str(out),
                         parameters={"profile": profile, "dataset": dataset},
-                        cwd=str(SOURCE_NOTEBOOKS), kernel_name="python3", log_output=True,
+                        cwd=str(SOURCE_NOTEBOOKS), kernel_name="python3", log_output=False,
                         progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr)
     seconds = time.perf_counter() - t0
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
     (out_dir / f"{name}.html").write_text(body, encoding="utf-8")
-    _log(f"{name} done in {seconds / 60:.1f} min -> {out_dir / (name + '.html')}")
     return seconds
 
 
@@ -72,6 +73,34 @@ def execute_measured(name: str, profile: str, dataset: str = "mnist") -> tuple[f
         raise SystemExit(f"error: notebook {name} failed (exit {child.returncode}); "
                          f"the executed notebook with the error is in {paths.build_dir() / 'notebooks'}")
     return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def busy_warning(cores: int | None = None) -> str | None:
+    """A warning when the 1-minute load average shows other heavy work on this machine's cores.
+
+    Two PyTorch processes on the same cores slow each other down many-fold (their OpenMP threads
+    spin against each other), so times measured then say nothing about the code.
+    """
+    from .training import available_cores
+
+    cores = cores or available_cores()
+    load = os.getloadavg()[0]
+    if load < 0.5 * cores:
+        return None
+    return (f"warning: the load average is {load:.1f} on {cores} cores before this run: other heavy work is "
+            "running. PyTorch processes sharing cores slow each other down many-fold, so this run will be "
+            "slower and its recorded times are not representative.")
+
+
+def _estimates(profile: str, dataset: str, runs: dict) -> dict[str, float]:
+    """Expected seconds per notebook: this profile's last recorded run, else the README's measured times."""
+    measured = {"smoke": {"01_priors": 24, "02_flow": 12, "03_ddpm": 12, "04_quality": 18},
+                "default": {"01_priors": 786, "02_flow": 246, "03_ddpm": 726, "04_quality": 72}}.get(profile, {})
+    return {name: float(runs.get(name, {}).get("seconds", measured.get(name, float("nan")))) for name in NOTEBOOKS}
+
+
+def _minutes(seconds: float) -> str:
+    return "unknown" if seconds != seconds else f"{seconds / 60:.1f} min"
 
 
 def build_pdf() -> Path:
@@ -99,7 +128,7 @@ def build_pdf() -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gen_lib.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
-    parser.add_argument("--dataset", default="mnist", help="mnist | fashion")
+    parser.add_argument("--dataset", default="mnist", help=" | ".join(config.DATASETS))
     parser.add_argument("--only", action="append", default=None, help=f"notebook(s) to run: {', '.join(NOTEBOOKS)}")
     parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
     parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
@@ -110,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile not in config.PROFILES:
         parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
-    if args.dataset not in ("mnist", "fashion"):
-        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of mnist, fashion")
+    if args.dataset not in config.DATASETS:
+        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(config.DATASETS)}")
     only = args.only or list(NOTEBOOKS)
     for name in only:
         if name not in NOTEBOOKS:
@@ -131,9 +160,23 @@ def main(argv: list[str] | None = None) -> None:
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     runs = {k: v for k, v in runs.items() if isinstance(v, dict) and "seconds" in v}
     if not args.pdf_only:
-        for name in only:
+        load_at_start = round(os.getloadavg()[0], 2)
+        warning = busy_warning()
+        if warning:
+            _log(warning)
+        expected = _estimates(args.profile, args.dataset, runs)
+        t_run = time.perf_counter()
+        for i, name in enumerate(only):
+            left = sum(expected[n] for n in only[i:])
+            _log(f"start {name} ({i + 1}/{len(only)}, profile {args.profile}, {args.dataset}); expected "
+                 f"{_minutes(expected[name])}, about {_minutes(left)} for what remains")
             seconds, rss = execute_measured(name, args.profile, args.dataset)
-            runs[name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "hardware": report.hardware()}
+            left = sum(expected[n] for n in only[i + 1:])
+            _log(f"end {name} in {_minutes(seconds)} (elapsed {_minutes(time.perf_counter() - t_run)}"
+                 + (f", about {_minutes(left)} to go)" if i + 1 < len(only) else ")")
+                 + f" -> {paths.build_dir() / 'notebooks' / (name + '.html')}")
+            runs[name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "hardware": report.hardware(),
+                          "dataset": args.dataset, "load_at_start": load_at_start}
             runs_file.write_text(json.dumps(runs, indent=1))
     report.write_meta(args.profile, {k: v["seconds"] for k, v in runs.items()}, dataset=args.dataset)
     if not args.no_pdf:

@@ -1,9 +1,14 @@
 """One training function for every model: the model gives a loss, `fit` does the rest.
 
 `fit(model, data, ...)` runs Adam over shuffled minibatches of an in-memory tensor
-(no per-item DataLoader), with tqdm progress, automatic device choice, seeding,
-optional bf16 autocast, an optional EMA of the weights, per-epoch evaluation, and
-atomic per-epoch checkpoints that carry the resolved configuration. Calling it again
+(no per-item DataLoader), with an optional learning-rate schedule (linear warm-up, then
+constant or cosine decay), automatic device choice, seeding, optional bf16 autocast, an
+optional EMA of the weights, per-epoch evaluation, and atomic per-epoch checkpoints that
+carry the resolved configuration. Progress: one line per epoch (loss, metrics, seconds,
+ETA); tqdm bars only where a person watches (a terminal, or JupyterLab), never under
+papermill (`gen_lib.run` sets GEN_LIB_BARS=0), where every redraw would become a log line.
+No host synchronisation per step: the loss is summed on the device and checked for
+non-finite values every few steps. Calling it again
 with the same configuration resumes from the last checkpoint (or returns at once when
 training is complete); a checkpoint from another configuration is refused, naming
 the differing fields; a non-finite loss stops training with the last good checkpoint
@@ -17,9 +22,11 @@ weights as an uninterrupted one (on the same device).
 from __future__ import annotations
 
 import copy
+import pickle
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,8 @@ from torch import nn
 from tqdm import tqdm
 
 CHECKPOINT_FORMAT = 1
+SCHEDULES = ("constant", "cosine")
+_CHECK_EVERY = 50  # steps between reads of the device-side loss sum (a host sync on a GPU)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +53,63 @@ class CheckpointError(RuntimeError):
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Let PyTorch use exactly `n` threads: GEN_LIB_THREADS if set, else the cores this process has.
+
+    More threads than cores makes OpenMP threads spin against each other (many-fold slower);
+    fewer leaves cores idle. Called when gen_lib is imported; returns the thread count.
+    """
+    if n is None:
+        env = os.environ.get("GEN_LIB_THREADS", "").strip()
+        if env and not env.isdigit():
+            raise ValueError(f"GEN_LIB_THREADS={env!r}: expected a positive integer")
+        n = int(env) if env else available_cores()
+    if n < 1:
+        raise ValueError(f"threads={n}: need at least 1")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def bars_wanted() -> bool:
+    """tqdm bars where a person watches them redraw: a terminal or a Jupyter front end, not a log file.
+
+    `gen_lib.run` sets GEN_LIB_BARS=0 for the kernels papermill drives; GEN_LIB_BARS=1 forces bars.
+    """
+    env = os.environ.get("GEN_LIB_BARS")
+    if env is not None:
+        return env.strip() not in ("0", "", "false", "no")
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up over the first `warmup_steps` steps (Adam's second-moment estimate is
+    poor early on; Goyal et al. 2017, Liu et al. 2020), then constant, or a half cosine from 1
+    to 0 over the remaining steps (Loshchilov & Hutter, 2017).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "constant":
+        return warm
+    progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
@@ -83,11 +149,7 @@ def config_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a checkpoint written by `fit`, refusing a corrupt one or one from another configuration."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, unpickling error, ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                              "delete it to retrain") from None
+    ckpt = load_safely(path, CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a gen_lib checkpoint (format {CHECKPOINT_FORMAT}); "
                               "delete it to retrain")
@@ -97,6 +159,26 @@ def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> d
             raise CheckpointError(f"checkpoint {path} was trained with another configuration: "
                                   + "; ".join(diff) + ". Delete it or use another folder to retrain")
     return ckpt
+
+
+def load_safely(path: str | Path, error: type[Exception] = RuntimeError) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only.
+
+    A file that would need to run code to unpickle (a crafted pickle, a pickled class) is refused
+    with `error`, as is a corrupt or truncated one: loading a checkpoint someone sent you executes nothing.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        if "GLOBAL" not in detail:  # not a refused object: broken bytes
+            raise error(f"{path} is corrupt or truncated ({detail[:200]}); delete it to recompute") from None
+        raise error(f"refusing to load {path}: it holds objects other than tensors, numbers and strings, and "
+                    "unpickling them could run code (gen_lib loads with torch.load(weights_only=True)): "
+                    f"{detail[:300]}. Delete it to recompute") from None
+    except Exception as err:  # truncated zip, garbage bytes, ...
+        raise error(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); delete it to recompute") from None
 
 
 @dataclass
@@ -119,7 +201,7 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def fit(
     model: nn.Module,
-    data: torch.Tensor,
+    data: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     epochs: int,
     batch_size: int,
@@ -127,31 +209,45 @@ def fit(
     seed: int,
     config: dict[str, Any],
     checkpoint: str | Path | None = None,
-    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    transform: Callable[[Any, torch.Generator], Any] | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     device: torch.device | str | None = None,
     bf16: bool = False,
     channels_last: bool = False,
     ema_decay: float | None = None,
     grad_clip: float | None = None,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
     progress: bool = True,
     desc: str = "train",
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train `model` by Adam on minibatches of `data` (N, ...) held in memory.
+    """Train `model` by Adam on minibatches of `data` held in memory.
 
-    The loss is `loss_fn(model, batch)` if given, else `model.loss(batch)`: a scalar to
-    minimise. `transform(batch, generator)` makes each batch's view (e.g. dequantize).
+    `data` is a tensor (N, ...) or a tuple of tensors sharing their first dimension (e.g. images
+    and labels); a batch is then the tuple of their rows. The loss is `loss_fn(model, batch)` if
+    given, else `model.loss(batch)`: a scalar to minimise. `transform(batch, generator)` makes each
+    batch's view (e.g. dequantize). The learning rate follows `lr * lr_factor(step, ...)`
+    (`schedule` "constant" or "cosine" over all `epochs`, after `warmup_steps` of linear warm-up).
     `eval_fn(model)` runs after each epoch in eval mode; its dict joins the history.
-    `checkpoint` (a path) enables resume: the model, optimizer, EMA, history and
+    `checkpoint` (a path) enables resume: the model, optimizer, step count, EMA, history and
     `config` are saved atomically after every epoch. The model is left on `device`.
+    `progress`: print one line per epoch (and show a bar where `bars_wanted()`).
     """
-    if epochs < 0 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: need epochs >= 0, "
-                         "batch_size >= 1, lr > 0")
+    if epochs < 0 or batch_size < 1 or not lr > 0 or warmup_steps < 0:
+        raise ValueError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}, warmup_steps={warmup_steps}: need "
+                         "epochs >= 0, batch_size >= 1, lr > 0, warmup_steps >= 0")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+    tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    if len({t.shape[0] for t in tensors}) != 1:
+        raise ValueError(f"data tensors have first dimensions {[t.shape[0] for t in tensors]}; they must agree")
     device = torch.device(device) if device is not None else default_device()
-    config = _jsonable({**config, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr})
+    config = _jsonable({**config, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr,
+                        **({"schedule": schedule} if schedule != "constant" else {}),
+                        **({"warmup_steps": warmup_steps} if warmup_steps else {})})
+    identity = {k: v for k, v in config.items() if k != "epochs_total"}
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -161,7 +257,7 @@ def fit(
 
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, {k: v for k, v in config.items() if k != "epochs_total"})
+        ckpt = load_checkpoint(ckpt_path, identity)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
@@ -175,32 +271,37 @@ def fit(
         log(f"{desc}: {'reusing' if start_epoch >= epochs else 'resuming'} {ckpt_path} "
             f"(epoch {start_epoch} of {epochs})")
 
-    n = data.shape[0]
+    n = tensors[0].shape[0]
     steps = math.ceil(n / batch_size)
-    data = data.to(device)
+    tensors = tuple(t.to(device) for t in tensors)
+    show_bar = progress and bars_wanted()
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
+        t_epoch = time.perf_counter()
         # Every random draw of this epoch depends on (seed, epoch) only: resumable, reproducible.
         seed_everything(seed * 100_003 + epoch)
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen, device=device)
         model.train()
-        total, count = 0.0, 0
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress,
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_bar,
                    leave=False, mininterval=2.0)
         for step in bar:
-            batch = data[order[step * batch_size:(step + 1) * batch_size]]
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(epoch * steps + step, epochs * steps, schedule, warmup_steps)
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            batch = tuple(t[idx] for t in tensors) if len(tensors) > 1 else tensors[0][idx]
             if transform is not None:
                 batch = transform(batch, gen)
-            if channels_last and batch.dim() == 4:
+            if channels_last and isinstance(batch, torch.Tensor) and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(device, bf16):
                 loss = loss_fn(model, batch) if loss_fn is not None else model.loss(batch)
             loss = loss.float()
-            if not torch.isfinite(loss):
-                where = f"last good checkpoint kept at {ckpt_path}" if ckpt_path else "no checkpoint was requested"
-                raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                         f"training stopped ({where}). Try a lower lr (now {lr}) or grad_clip.")
+            size = idx.shape[0]
+            finite = torch.isfinite(loss)
+            first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -208,25 +309,38 @@ def fit(
             optimizer.step()
             if ema is not None:
                 _ema_update(ema, model, ema_decay)
-            total += loss.item() * batch.shape[0]
-            count += batch.shape[0]
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4g}")
-        record = {"epoch": epoch + 1, "train_loss": total / count, "seconds": time.perf_counter() - t0}
+            total += loss.detach().double() * size
+            if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
+                bad = int(first_bad)  # the only host sync of the loop
+                if bad >= 0:
+                    where = (f"last good checkpoint kept at {ckpt_path}" if ckpt_path
+                             else "no checkpoint was requested")
+                    raise NonFiniteLossError(
+                        f"{desc}: loss became nan or inf at epoch {epoch + 1}, step {bad + 1}; training stopped "
+                        f"({where}). Try a lower lr (now {lr}), a warm-up or grad_clip.")
+                if show_bar:
+                    bar.set_postfix(loss=f"{loss.item():.4g}")
+        record = {"epoch": epoch + 1, "train_loss": total.item() / n, "seconds": time.perf_counter() - t0}
         if eval_fn is not None:
             model.eval()
             with torch.no_grad():
                 record.update(eval_fn(ema if ema is not None else model))
         result.history.append(record)
         if progress:
-            log(f"{desc} epoch {epoch + 1}/{epochs}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch",)))
+            took = time.perf_counter() - t_epoch
+            eta = (time.perf_counter() - t0) / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+            log(f"{desc} epoch {epoch + 1}/{epochs}: {metrics}; {_duration(took)}"
+                + (f", ETA {_duration(eta)}" if epoch + 1 < epochs else ""))
         if ckpt_path is not None:
-            save_atomic({"format": CHECKPOINT_FORMAT, "config": {k: v for k, v in config.items() if k != "epochs_total"},
-                         "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomic({"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch + 1,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "ema": ema.state_dict() if ema is not None else None, "history": result.history}, ckpt_path)
     result.seconds = time.perf_counter() - t0
     model.eval()
     if ema is not None:
         ema.eval()
     return result
+
+
+configure_threads()  # on import: exactly the cores this process has (or GEN_LIB_THREADS)

@@ -190,7 +190,7 @@ def test_bf16_autocast_keeps_log_prob_in_fp32():
 
 def _cfg(**kw):
     cfg = dict(dataset="mnist", n_layers=4, hidden=32, logit_alpha=0.05, epochs=1, batch_size=64, lr=1e-3,
-               seed=0, bf16=False, grad_clip=0.0, train_subset=0, eval_subset=0)
+               seed=0, bf16=False, grad_clip=0.0, train_subset=0, eval_subset=0, actnorm=True, schedule="constant")
     cfg.update(kw)
     return cfg
 

@@ -1,6 +1,8 @@
 """The real notebooks, executed by papermill in the smoke profile through the same runner
 as `make report`, and the real LaTeX report built from what they wrote."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,29 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality")
 
 
-def _run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "gen_lib.run", *args], cwd=cwd, capture_output=True, text=True)
+def _run(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "-m", "gen_lib.run", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def _pdf_text(pdf: Path) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(pdf).pages)
+
+
+def _check_outputs(tmp_path: Path, done) -> str:
+    """Every notebook executed without error and rendered; the PDF exists with every number; returns its text."""
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for name in NOTEBOOKS:
+        assert (tmp_path / "build" / "notebooks" / f"{name}.ipynb").exists()
+        html = (tmp_path / "build" / "notebooks" / f"{name}.html").read_text()
+        assert "<html" in html and "Traceback" not in html
+    pdf = tmp_path / "build" / "report.pdf"
+    assert pdf.exists() and pdf.stat().st_size > 20_000
+    text = _pdf_text(pdf)
+    assert "??" not in text, "a number, table or figure of the report was not written by the notebooks"
+    return text
 
 
 def test_runner_rejects_unknown_profile_and_notebook():
@@ -37,19 +60,94 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
 @pytest.mark.slow
 def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
     done = _run("--profile", "smoke", "--build-dir", str(tmp_path / "build"), "--report-dir", str(tmp_path / "report"))
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    for name in NOTEBOOKS:
-        assert (tmp_path / "build" / "notebooks" / f"{name}.ipynb").exists()
-        html = (tmp_path / "build" / "notebooks" / f"{name}.html").read_text()
-        assert "<html" in html and "Traceback" not in html
-    pdf = tmp_path / "build" / "report.pdf"
-    assert pdf.exists() and pdf.stat().st_size > 20_000
-
-    from pypdf import PdfReader
-
-    text = "\n".join(page.extract_text() for page in PdfReader(pdf).pages)
-    assert "Profile smoke" in text
-    assert "??" not in text, "a number, table or figure of the report was not written by the notebooks"
+    text = _check_outputs(tmp_path, done)
+    assert "Profile smoke" in text and "MNIST" in text
     figures = list((tmp_path / "report" / "figures").glob("*.pdf"))
     tables = list((tmp_path / "report" / "tables").glob("*.tex"))
     assert len(figures) >= 8 and len(tables) >= 6
+    # logs a person can read: one line per epoch, no progress-bar redraws, each notebook's start and end
+    log = done.stdout + done.stderr
+    assert "it/s]" not in log and "%|" not in log, "tqdm bars were drawn into the log"
+    assert re.search(r"flow epoch 1/1: train_loss [-\d.]+, test_bpd [\d.]+.*; \d+ s", log), log[-3000:]
+    for name in NOTEBOOKS:
+        assert f"start {name} " in log and re.search(rf"end {name} in [\d.]+ min", log)
+    assert len(re.findall(r"flow epoch 1/1:", log)) == 1, "each line is printed once"
+
+
+@pytest.mark.slow
+def test_fashion_mnist_runs_every_notebook_and_names_its_dataset(tmp_path):
+    from gen_lib import data
+
+    try:
+        data.verify(dataset="fashion")
+    except data.DataError as err:
+        pytest.skip(f"Fashion-MNIST is not installed ({err}); `make test` installs it")
+    done = _run("--profile", "smoke", "--dataset", "fashion", "--build-dir", str(tmp_path / "build"),
+                "--report-dir", str(tmp_path / "report"))
+    text = _check_outputs(tmp_path, done)
+    assert "Fashion-MNIST" in text
+    assert "MNIST" not in text.replace("Fashion-MNIST", ""), "the Fashion report speaks of MNIST somewhere"
+    assert "digit" not in text.lower(), "the Fashion report speaks of digits"
+    for name in NOTEBOOKS:
+        html = (tmp_path / "build" / "notebooks" / f"{name}.html").read_text()
+        assert "dataset: Fashion-MNIST" in html
+
+
+# The paper profile's switches (IWAE K = 5000, 1000-step ancestral sampling in several batches, FID by step
+# count, the paper U-Net with n_res = 2, dropout and channels_last, fp32 flow) at tiny sizes.
+PAPER_TINY = """
+[paper.priors]
+seeds = 2
+epochs = 1
+train_subset = 512
+test_subset = 40
+quadrature_subset = 4
+
+[paper.flow]
+epochs = 1
+train_subset = 256
+eval_subset = 64
+test_subset = 64
+n_samples = 64
+
+[paper.ddpm]
+epochs = 1
+train_subset = 128
+base_channels = 8
+n_samples = 40
+sample_batch = 16
+compare_n = 4
+compare_ancestral = 4
+fid_n = 40
+
+[paper.quality]
+vae_epochs = 1
+train_subset = 512
+classifier_epochs = 1
+feature_dim = 16
+n_eval = 40
+fid_curve_max = 64
+"""
+
+
+@pytest.mark.slow
+def test_paper_profile_code_paths_at_tiny_sizes(tmp_path):
+    from gen_lib import config
+
+    tiny = tmp_path / "paper_tiny.toml"
+    tiny.write_text(PAPER_TINY)
+    env = {"GEN_LIB_PROFILE_OVERRIDES": str(tiny)}
+    os.environ.update(env)  # so that config.resolve below sees what the notebooks see
+    try:
+        ddpm, priors = config.resolve("ddpm", "paper"), config.resolve("priors", "paper")
+    finally:
+        del os.environ["GEN_LIB_PROFILE_OVERRIDES"]
+    # the branches only `paper` reaches are still switched on
+    assert ddpm["fid_n"] > 0 and ddpm["sample_method"] == "ancestral" and ddpm["sample_steps"] == ddpm["T"]
+    assert ddpm["n_samples"] > ddpm["sample_batch"] and ddpm["n_res"] == 2 and ddpm["dropout"] > 0
+    assert ddpm["channels_last"] and priors["iwae_k"] == 5000
+    done = _run("--profile", "paper", "--build-dir", str(tmp_path / "build"), "--report-dir",
+                str(tmp_path / "report"), env=env)
+    text = _check_outputs(tmp_path, done)
+    assert "Profile paper" in text
+    assert "DDIM-10" in (tmp_path / "build" / "notebooks" / "03_ddpm.html").read_text()  # FID by step count ran

@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from gen_lib import training
 from gen_lib.training import CheckpointError, NonFiniteLossError, fit
@@ -80,7 +82,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
             return loss * float("nan") if Explodes.calls > 20 else loss  # 16 steps per epoch
 
     path = tmp_path / "e.pt"
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, step 5.*last good checkpoint kept"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan or inf at epoch 2, step 5.*last good checkpoint kept"):
         fit(Explodes(), make_data(), epochs=3, checkpoint=path, **KW)
     ckpt = training.load_checkpoint(path)
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -125,3 +127,97 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     a, b = torch.load(ref_out), torch.load(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_refuses_a_crafted_pickle_and_runs_nothing(tmp_path):
+    from gen_lib import cache
+
+    marker = tmp_path / "pwned"
+    for name in ("model.pt", "cached.pt"):
+        torch.save({"format": 1, "model": {}, "config": {}, "payload": _Payload(marker)}, tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*model.pt.*could run code"):
+        training.load_checkpoint(tmp_path / "model.pt")
+    # the results cache recomputes instead of loading it, and says so
+    said = []
+    assert cache.memo(tmp_path / "cached.pt", lambda: {"value": torch.ones(2)}, log=said.append)["value"].sum() == 2
+    assert "could run code" in said[0]
+    assert not marker.exists(), "unpickling ran code"
+    # what gen_lib writes loads under weights_only=True
+    fit(Noisy(), make_data(), epochs=1, checkpoint=tmp_path / "ok.pt", **KW)
+    assert torch.load(tmp_path / "ok.pt", weights_only=True)["epoch"] == 1
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    total, warm = 100, 10
+    f = [training.lr_factor(s, total, "cosine", warm) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[warm - 1] == pytest.approx(1.0)  # linear warm-up
+    assert all(a >= b for a, b in zip(f[warm:], f[warm + 1:]))  # then only down
+    assert f[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))  # reaching 0 at step `total`
+    assert [training.lr_factor(s, total, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="schedule='linear' is unknown; choose one of constant, cosine"):
+        training.lr_factor(0, total, "linear")
+
+
+def test_tuple_data_and_schedule_are_trained_and_resumed(tmp_path):
+    """(inputs, targets) as a tuple, a cosine schedule, and a resume that matches an uninterrupted run."""
+
+    class Regression(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(8, 1)
+
+        def loss(self, batch):
+            x, y = batch
+            return (self.net(x).squeeze(1) - y).pow(2).mean()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = x.sum(1)
+    kw = dict(batch_size=32, lr=0.2, seed=1, config={"test": "tuple"}, device="cpu", progress=False,
+              schedule="cosine", warmup_steps=4)
+    torch.manual_seed(0)
+    ref = Regression()
+    result = fit(ref, (x, y), epochs=8, **kw)
+    assert result.history[-1]["train_loss"] < 0.01 * result.history[0]["train_loss"]  # y is linear in x: solved
+    torch.manual_seed(0)
+    first = Regression()
+
+    def interrupt(model):  # Ctrl-C during epoch 3: the checkpoint of epoch 2 is on disk
+        if len(list(tmp_path.glob("r.pt"))) and training.load_checkpoint(tmp_path / "r.pt")["epoch"] == 2:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, (x, y), epochs=8, checkpoint=tmp_path / "r.pt", eval_fn=interrupt, **kw)
+    torch.manual_seed(0)
+    resumed = Regression()
+    fit(resumed, (x, y), epochs=8, checkpoint=tmp_path / "r.pt", **kw)
+    assert torch.equal(_weights(resumed), _weights(ref))
+    with pytest.raises(ValueError, match=r"first dimensions \[256, 255\]"):
+        fit(Regression(), (x, y[:-1]), epochs=1, **kw)
+
+
+def test_threads_follow_the_cores_or_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("GEN_LIB_THREADS", "1")
+        assert training.configure_threads() == 1 == torch.get_num_threads()
+        monkeypatch.delenv("GEN_LIB_THREADS")
+        assert training.configure_threads() == training.available_cores() == torch.get_num_threads()
+        monkeypatch.setenv("GEN_LIB_THREADS", "two")
+        with pytest.raises(ValueError, match="GEN_LIB_THREADS='two'"):
+            training.configure_threads()
+    finally:
+        torch.set_num_threads(before)
