@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
                                  kl_divergence)
 
+from .memory import IWAE_CHUNK
 from .priors import PRIORS, build_prior
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
@@ -317,7 +318,7 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int, n_quadrature: int = 0, n_grid: i
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch].to(dev, torch.float32)
         elbo.append(vae.elbo(xb).cpu())
-        iwae.append(vae.iwae(xb, k, chunk=2**16).cpu())
+        iwae.append(vae.iwae(xb, k, chunk=IWAE_CHUNK).cpu())
     out = {"elbo": torch.cat(elbo), "iwae": torch.cat(iwae)}
     if n_quadrature:
         out["log_px"] = log_likelihood_quadrature(vae, x[:n_quadrature].to(dev), n_grid=n_grid).cpu()
