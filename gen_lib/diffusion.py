@@ -248,32 +248,36 @@ class DDPM(nn.Module):
         # the stratum's width; S = T − 1 strata of width 1 is the exact sum of every term
         edges = _strata(self.T, self.T - 1 if n_t is None else n_t).to(dev)  # (S + 1,) from 1 to T
         width = edges[1:] - edges[:-1]  # (S,) >= 1
-        S = len(width)
-        if n_t is None:
-            t_strat = edges[:-1, None].expand(S, B)  # (S, B): every step
-        else:
-            u = torch.rand((S, B), generator=generator, device=dev, dtype=torch.float64)
-            t_strat = edges[:-1, None] + (u * width[:, None]).floor().long()  # (S, B), uniform in its stratum
-        t_all = torch.cat([torch.zeros(B, dtype=torch.long, device=dev), t_strat.flatten()])  # step-major
-        b_all = torch.arange(B, device=dev).repeat(S + 1)
-        w_all = torch.cat([torch.ones(B, dtype=torch.float64, device=dev),
-                           width[:, None].expand(S, B).flatten().double()])
+        u = None if n_t is None else torch.rand((len(width), B), generator=generator, device=dev,
+                                                dtype=torch.float64)  # (S, B): where in its stratum
 
+        def steps(row: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # row 0 is L_0
+            if row == 0:
+                return torch.zeros_like(b), torch.ones(len(b), dtype=torch.float64, device=dev)
+            t = edges[row - 1].expand(len(b)) if u is None else \
+                edges[row - 1] + (u[row - 1, b] * width[row - 1]).floor().long()
+            return t, width[row - 1].double().expand(len(b))
+
+        rows_per_call, per_call = max(1, batch // B), min(B, batch)  # at most `batch` (step, example) pairs
         was_training = self.network.training
         self.network.eval()
         try:
-            for s in range(0, len(t_all), batch):
-                t, b, w = t_all[s:s + batch], b_all[s:s + batch], w_all[s:s + batch]
-                xb = x[b]  # (P, *shape)
-                noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=torch.float64)
-                a = _at(abar, t, xb)  # (P, 1, 1, 1)
-                x_t = a.sqrt() * xb + (1.0 - a).sqrt() * noise
-                eps = self.network(x_t.to(dtype), t).to(torch.float64)
-                x0_hat = (x_t - (1.0 - a).sqrt() * eps) / a.sqrt()
-                if clip_denoised:
-                    x0_hat = x0_hat.clamp(-1.0, 1.0)
-                sq = (xb - x0_hat).flatten(1).pow(2).sum(1)  # (P,)
-                total.index_add_(0, b, w * (const[t] + weight[t] * sq))
+            for r0 in range(0, len(width) + 1, rows_per_call):
+                for b0 in range(0, B, per_call):
+                    b1 = torch.arange(b0, min(B, b0 + per_call), device=dev)
+                    rows = range(r0, min(len(width) + 1, r0 + rows_per_call))
+                    t, w = (torch.cat(v) for v in zip(*(steps(r, b1) for r in rows)))  # (P,), step-major
+                    b = b1.repeat(len(rows))
+                    xb = x[b]  # (P, *shape)
+                    noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=torch.float64)
+                    a = _at(abar, t, xb)  # (P, 1, 1, 1)
+                    x_t = a.sqrt() * xb + (1.0 - a).sqrt() * noise
+                    eps = self.network(x_t.to(dtype), t).to(torch.float64)
+                    x0_hat = (x_t - (1.0 - a).sqrt() * eps) / a.sqrt()
+                    if clip_denoised:
+                        x0_hat = x0_hat.clamp(-1.0, 1.0)
+                    sq = (xb - x0_hat).flatten(1).pow(2).sum(1)  # (P,)
+                    total.index_add_(0, b, w * (const[t] + weight[t] * sq))
         finally:
             self.network.train(was_training)
         return total.to(x0.device)
