@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from gen_lib import data, flows
+from gen_lib import vae as V
 from gen_lib.diffusion import DDPM, alphas_cumprod, bound_bits_per_dim, dataset_bits_per_dim, linear_beta_schedule
 from gen_lib.unet import UNet
 
@@ -187,3 +188,61 @@ def test_bad_input():
             ddpm.nll_bound(torch.zeros(2, 1, 4, 4), n_t=n_t)
     with pytest.raises(ValueError, match="batch=0"):
         ddpm.nll_bound(torch.zeros(2, 1, 4, 4), batch=0)
+
+
+# -- the continuous-Bernoulli VAE on the same scale ---------------------------------------------------------
+
+def _images(n, seed=0):
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(seed)).double() / 255
+
+
+def _cb_vae(prior="gaussian"):
+    torch.manual_seed(0)
+    return V.build_vae(prior, likelihood="continuous_bernoulli", hidden=32).double()
+
+
+def test_vae_bits_per_dim_is_exact_when_the_encoder_is_the_prior_and_the_decoder_ignores_z():
+    """Then every importance weight is p(y|z) p(z)/q(z|y) = p(y): IWAE_K = log p(y) for any K, and
+    log p(y) is the continuous Bernoulli density, written here from its closed form (Loaiza-Ganem &
+    Cunningham, 2019): y log λ + (1 − y) log(1 − λ) + log C(λ), C(λ) = 2 artanh(1 − 2λ)/(1 − 2λ)."""
+    model = _cb_vae()
+    with torch.no_grad():
+        model.decoder.net[-1].weight.zero_()  # logits = the (random) bias, whatever z
+        model.encoder.net[-1].weight.zero_()
+        model.encoder.net[-1].bias.copy_(torch.tensor([0.0, 0.0] + [math.log(math.expm1(1 - 1e-5))] * 2))  # N(0, I)
+    images = _images(6)
+    out = V.dataset_bits_per_dim(model, images, k=3, seed=2, batch_size=4)
+    gen = torch.Generator().manual_seed(2)  # the flows' dequantization, batch by batch
+    y = torch.cat([data.dequantize(images[i:i + 4].float(), generator=gen) for i in (0, 4)]).double().flatten(1)
+    lam = torch.sigmoid(model.decoder.net[-1].bias.detach())  # (784,)
+    log_c = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    log_p = (y * torch.log(lam) + (1 - y) * torch.log1p(-lam) + log_c).sum(1)
+    torch.testing.assert_close(out, -(log_p - 784 * math.log(256)) / (784 * math.log(2)), rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_vae_bits_per_dim_bounds_the_quadrature_value_from_above():
+    model = _cb_vae()
+    with torch.no_grad():
+        model.encoder.net[-1].bias[2:].fill_(-2.0)  # posteriors of std ~0.13, narrower than the true ones: a real gap
+    images = _images(6, seed=1)
+    exact = V.dataset_bits_per_dim(model, images, method="quadrature")  # near-exact log p(y), 2-D latent
+    y = data.dequantize(images.float(), generator=torch.Generator().manual_seed(0)).double()  # the same y
+    finer = flows.bits_per_dim(V.log_likelihood_quadrature(model, y, n_grid=48), dim=784)
+    grid_error = (exact - finer).abs().max().item()  # the quadrature's own error, from a finer grid
+    bounds = {k: V.dataset_bits_per_dim(model, images, k=k, seed=k) for k in (1, 100)}
+    for k, bound in bounds.items():
+        mean, se = _mean_se(bound - exact)
+        assert mean > -4 * se - grid_error, (k, mean, se)  # an upper bound, within Monte-Carlo error
+    # and a tighter one with more importance samples (paired over the same images)
+    mean, se = _mean_se(bounds[1] - bounds[100])
+    assert mean > 4 * se, (mean, se)
+
+
+def test_vae_bits_per_dim_bad_input():
+    torch.manual_seed(0)
+    binary = V.build_vae("gaussian", hidden=32)
+    with pytest.raises(ValueError, match="likelihood='continuous_bernoulli'"):
+        V.dataset_bits_per_dim(binary, _images(2))
+    with pytest.raises(ValueError, match="method='exact' is unknown"):
+        V.dataset_bits_per_dim(_cb_vae(), _images(2), method="exact")
