@@ -23,6 +23,10 @@ DDIM (η = 0) on a sub-sequence τ_1 < ... < τ_S of the steps, a deterministic 
 With S < T steps the ancestral sampler runs on the same sub-sequence with the respaced
 β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (Nichol & Dhariwal, 2021); with S = T it is Algorithm 2 exactly.
 
+Likelihood (`DDPM.nll_bound`): the variational bound of Ho et al., Eq. 5, on −log p_θ(x_0) with
+σ_t² = β_t and a Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's
+bits/dim scale of the dequantized 8-bit data.
+
 The schedule is made of free functions in float64, stored as buffers; the network is
 passed in and called as `network(x_t, t)` with t int64 of shape (B,).
 """
@@ -214,8 +218,8 @@ class DDPM(nn.Module):
 
         Each expectation over q(x_t | x0) is one draw x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε per term, so the
         result is an unbiased, noisy estimate of the bound; average over examples and report the
-        standard error (`gen_lib.metrics.mean_ci`). `n_t=None` sums all T terms exactly (T network
-        calls per example, batched over t); `n_t=S` replaces Σ_{t=2..T} L_{t−1} by a stratified
+        standard error (`gen_lib.metrics.mean_ci`). `n_t=None` sums all T terms (T network calls per
+        example, batched over t); `n_t=S` replaces Σ_{t=2..T} L_{t−1} by a stratified
         estimate: one t drawn uniformly in each of S strata of 2..T whose widths grow geometrically
         (the terms fall off like 1/t; the first strata are single steps), weighted by the stratum's
         width (unbiased; its extra variance enters the same standard error). L_T is in closed form

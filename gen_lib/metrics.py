@@ -21,6 +21,11 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
   generated points inside some real point's ball, recall the fraction of real
   points inside some generated point's ball.
 
+Uncertainty: `sample_quality_intervals` / `quality_intervals_from_features` give each metric a
+bootstrap interval over both evaluated sets (features computed once; the basic bootstrap, which
+removes FID's small-sample bias to first order), and `mean_ci` a Student-t interval on the mean
+of per-image values such as bits/dim.
+
 Feature maps (`features=`): "mnist" / "fashion" (the classifier that notebook
 04_quality trained on that dataset, `gen_lib.classifier`), "inception" (Inception-v3
 pool features, only where torch-fidelity and its weights are on disk), or any callable
