@@ -23,12 +23,17 @@ DDIM (η = 0) on a sub-sequence τ_1 < ... < τ_S of the steps, a deterministic 
 With S < T steps the ancestral sampler runs on the same sub-sequence with the respaced
 β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (Nichol & Dhariwal, 2021); with S = T it is Algorithm 2 exactly.
 
+Likelihood (`DDPM.nll_bound`): the variational bound of Ho et al., Eq. 5, on −log p_θ(x_0) with
+σ_t² = β_t and a Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's
+bits/dim scale of the dequantized 8-bit data.
+
 The schedule is made of free functions in float64, stored as buffers; the network is
 passed in and called as `network(x_t, t)` with t int64 of shape (B,).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,18 @@ def sampling_timesteps(T: int, steps: int) -> torch.Tensor:
     if not 1 <= steps <= T:
         raise ValueError(f"steps={steps} must be in [1, T={T}]")
     return torch.tensor([(i * T) // steps - 1 for i in range(steps, 0, -1)], dtype=torch.long)
+
+
+def _strata(T: int, S: int) -> torch.Tensor:
+    """S + 1 strictly increasing step indices from 1 to T whose gaps grow geometrically (edges ≈ T^{j/S}).
+
+    The bound's terms fall off roughly like 1/t, so strata of width ∝ t keep each stratum's terms
+    alike (small t, where the terms are large, get strata of width 1: summed exactly).
+    """
+    edges = [1]
+    for j in range(1, S + 1):
+        edges.append(min(max(edges[-1] + 1, round(T ** (j / S))), T - (S - j)))
+    return torch.tensor(edges, dtype=torch.long)
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +195,131 @@ class DDPM(nn.Module):
             if return_trajectory:
                 trajectory.append(x.cpu())
         return (x, torch.stack(trajectory)) if return_trajectory else x
+
+    # ---------------------------------------------------------------- likelihood
+    @torch.no_grad()
+    def nll_bound(self, x0: torch.Tensor, generator: torch.Generator | None = None, *, n_t: int | None = None,
+                  clip_denoised: bool = False, batch: int = 1024) -> torch.Tensor:
+        """Variational upper bound on −log p_θ(x0) per example (B,), in nats, float64 (Ho et al., Eq. 5).
+
+        With the paper's t = 1..T (index t − 1 here) and the reverse model
+        p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I), σ_t² = β_t (the ancestral sampler's default),
+
+            −log p_θ(x0) ≤ L_T + Σ_{t=2..T} L_{t−1} + L_0,
+            L_T     = KL(q(x_T | x0) ‖ N(0, I)),
+            L_{t−1} = E_q KL(q(x_{t−1} | x_t, x0) ‖ p_θ(x_{t−1} | x_t))
+                    = D/2 (log(β_t/β̃_t) + β̃_t/β_t − 1) + c_t²/(2β_t) ‖x0 − x̂_0(x_t, t)‖²,
+            L_0     = −log N(x0; μ_θ(x_1, 1), β_1 I) = D/2 log(2π β_1) + ‖x0 − x̂_0(x_1, 1)‖²/(2β_1),
+
+        where q(x_{t−1} | x_t, x0) = N(μ̃_t, β̃_t I), β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t), and
+        μ̃_t − μ_θ = c_t (x0 − x̂_0) with c_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t), x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ)/√ᾱ_t
+        (c_1 = 1, ᾱ_0 := 1). x0 is continuous data in [-1, 1] and L_0 a Gaussian density, so the
+        bound is on a density of x0 (`bound_bits_per_dim` converts it to bits/dim of y = (x0 + 1)/2).
+
+        Each expectation over q(x_t | x0) is one draw x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε per term, so the
+        result is an unbiased, noisy estimate of the bound; average over examples and report the
+        standard error (`gen_lib.metrics.mean_ci`). `n_t=None` sums all T terms (T network calls per
+        example, batched over t); `n_t=S` replaces Σ_{t=2..T} L_{t−1} by a stratified
+        estimate: one t drawn uniformly in each of S strata of 2..T whose widths grow geometrically
+        (the terms fall off like 1/t; the first strata are single steps), weighted by the stratum's
+        width (unbiased; its extra variance enters the same standard error). L_T is in closed form
+        and L_0 is always computed. The schedule coefficients and the KL arithmetic are float64;
+        the network sees x_t in its parameters' dtype (x0's dtype if it has none), in eval mode
+        (dropout off; its mode is restored after), at most `batch` (t, example) pairs per call.
+        `clip_denoised` clamps x̂_0 to [-1, 1] as the sampler does by default: the bound is then on
+        that model's density (off by default: the model that `loss` trains).
+        """
+        self._check_x0(x0)
+        if n_t is not None and not (isinstance(n_t, int) and 1 <= n_t <= self.T - 1):
+            raise ValueError(f"n_t={n_t!r} must be None (sum all T terms) or an integer in [1, T-1={self.T - 1}]")
+        if batch < 1:
+            raise ValueError(f"batch={batch} must be >= 1")
+        dev, B, D = self.betas.device, x0.shape[0], math.prod(self.shape)
+        dtype = next((p.dtype for p in self.network.parameters()), x0.dtype)
+        x = x0.to(dev, torch.float64)  # (B, *shape)
+        betas, abar = self.betas, self.alphas_cumprod  # (T,) float64
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])  # ᾱ_{t−1}, ᾱ_0 := 1
+        beta_tilde = betas * (1.0 - abar_prev) / (1.0 - abar)
+        # per-step constant and weight of ‖x0 − x̂_0‖²: term_t = const_t + weight_t ‖x0 − x̂_0‖²
+        const = 0.5 * D * (torch.log(betas / beta_tilde.clamp_min(1e-300)) + beta_tilde / betas - 1.0)
+        const[0] = 0.5 * D * math.log(2 * math.pi * betas[0].item())  # L_0, the Gaussian decoder
+        weight = abar_prev * betas / (2.0 * (1.0 - abar) ** 2)  # c_t²/(2β_t); 1/(2β_1) at t = 1
+
+        a_T = abar[-1]  # L_T = KL(N(√ᾱ_T x0, 1 − ᾱ_T) ‖ N(0, 1)) per pixel, closed form
+        total = 0.5 * ((1.0 - a_T) - 1.0 - torch.log1p(-a_T) + a_T * x.flatten(1).pow(2)).sum(1)  # (B,)
+
+        # L_0 at every example, plus one step in each of S strata of 2..T (index 1..T−1), weighted by
+        # the stratum's width; S = T − 1 strata of width 1 is the exact sum of every term
+        edges = _strata(self.T, self.T - 1 if n_t is None else n_t).to(dev)  # (S + 1,) from 1 to T
+        width = edges[1:] - edges[:-1]  # (S,) >= 1
+        u = None if n_t is None else torch.rand((len(width), B), generator=generator, device=dev,
+                                                dtype=torch.float64)  # (S, B): where in its stratum
+
+        def steps(row: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # row 0 is L_0
+            if row == 0:
+                return torch.zeros_like(b), torch.ones(len(b), dtype=torch.float64, device=dev)
+            t = edges[row - 1].expand(len(b)) if u is None else \
+                edges[row - 1] + (u[row - 1, b] * width[row - 1]).floor().long()
+            return t, width[row - 1].double().expand(len(b))
+
+        rows_per_call, per_call = max(1, batch // B), min(B, batch)  # at most `batch` (step, example) pairs
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            for r0 in range(0, len(width) + 1, rows_per_call):
+                for b0 in range(0, B, per_call):
+                    b1 = torch.arange(b0, min(B, b0 + per_call), device=dev)
+                    rows = range(r0, min(len(width) + 1, r0 + rows_per_call))
+                    t, w = (torch.cat(v) for v in zip(*(steps(r, b1) for r in rows)))  # (P,), step-major
+                    b = b1.repeat(len(rows))
+                    xb = x[b]  # (P, *shape)
+                    noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=torch.float64)
+                    a = _at(abar, t, xb)  # (P, 1, 1, 1)
+                    x_t = a.sqrt() * xb + (1.0 - a).sqrt() * noise
+                    eps = self.network(x_t.to(dtype), t).to(torch.float64)
+                    x0_hat = (x_t - (1.0 - a).sqrt() * eps) / a.sqrt()
+                    if clip_denoised:
+                        x0_hat = x0_hat.clamp(-1.0, 1.0)
+                    sq = (xb - x0_hat).flatten(1).pow(2).sum(1)  # (P,)
+                    total.index_add_(0, b, w * (const[t] + weight[t] * sq))
+        finally:
+            self.network.train(was_training)
+        return total.to(x0.device)
+
+
+def bound_bits_per_dim(nll_x0: torch.Tensor, dim: int = 784, n_bins: int = 256) -> torch.Tensor:
+    """Bits/dim of 8-bit data from a bound on −log p(x0) (nats) with x0 = 2y − 1, y dequantized in [0, 1]^dim.
+
+    The map y → x0 = 2y − 1 has Jacobian 2^dim, so −log p(y) = −log p(x0) − dim·ln 2, and then
+    `gen_lib.flows.bits_per_dim` (bits/dim = (−log p(y) + dim·ln 256)/(dim·ln 2)): the same scale
+    as the flow's test bits/dim, and an upper bound like it. Per example: same shape as `nll_x0`.
+    """
+    from .flows import bits_per_dim
+
+    return bits_per_dim(-(nll_x0 - dim * math.log(2.0)), dim=dim, n_bins=n_bins)
+
+
+@torch.no_grad()
+def dataset_bits_per_dim(ddpm: DDPM, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
+                         n_t: int | None = None, clip_denoised: bool = False) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1] from `DDPM.nll_bound`.
+
+    Dequantized exactly as `gen_lib.flows.dataset_bits_per_dim` does with the same `seed` and
+    `batch_size` (so both models score the same y and their difference can be paired), mapped to
+    [-1, 1], then bounded with the diffusion noise drawn from a generator seeded by `seed`.
+    """
+    from .data import dequantize, to_signed
+
+    dev = ddpm.betas.device
+    gen_y = torch.Generator(device="cpu").manual_seed(seed)
+    gen_t = torch.Generator(device=dev).manual_seed(seed)
+    dim = math.prod(ddpm.shape)
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen_y)
+        nll = ddpm.nll_bound(to_signed(y).to(dev), generator=gen_t, n_t=n_t, clip_denoised=clip_denoised)
+        out.append(bound_bits_per_dim(nll, dim=dim).cpu())
+    return torch.cat(out)
 
 
 # ---------------------------------------------------------------- the study's DDPM

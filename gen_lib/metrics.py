@@ -21,6 +21,11 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
   generated points inside some real point's ball, recall the fraction of real
   points inside some generated point's ball.
 
+Uncertainty: `sample_quality_intervals` / `quality_intervals_from_features` give each metric a
+bootstrap interval over both evaluated sets (features computed once; the basic bootstrap, which
+removes FID's small-sample bias to first order), and `mean_ci` a Student-t interval on the mean
+of per-image values such as bits/dim.
+
 Feature maps (`features=`): "mnist" / "fashion" (the classifier that notebook
 04_quality trained on that dataset, `gen_lib.classifier`), "inception" (Inception-v3
 pool features, only where torch-fidelity and its weights are on disk), or any callable
@@ -270,3 +275,219 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
         dists.append(v)
         idx.append(j)
     return torch.cat(dists), torch.cat(idx)
+
+
+# ---------------------------------------------------------------- uncertainty
+INTERVALS = ("basic", "percentile")
+QUALITY_METRICS = ("fid", "kid", "precision", "recall")
+_RANGE = {"fid": (0.0, math.inf), "kid": (-math.inf, math.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
+
+
+def mean_ci(values: torch.Tensor, level: float = 0.95) -> dict[str, float]:
+    """Mean of per-example values (N,) (e.g. bits/dim per test image) with its standard error and
+    the Student-t interval mean ± t_{(1+level)/2, N−1} · se, se = std / √N.
+
+    Returns {"mean", "se", "low", "high", "n"}. For two models scored on the same examples,
+    pass the per-example difference: the paired interval is much narrower than either one.
+    """
+    from scipy.stats import t as student_t
+
+    v = torch.as_tensor(values).detach().double().flatten().cpu()
+    if v.numel() < 2:
+        raise ValueError(f"mean_ci needs at least 2 values; got {v.numel()}")
+    if not torch.isfinite(v).all():
+        raise ValueError("values contain NaN or inf")
+    _check_level(level)
+    mean, se = v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+    half = float(student_t.ppf((1 + level) / 2, v.numel() - 1)) * se
+    return {"mean": mean, "se": se, "low": mean - half, "high": mean + half, "n": v.numel()}
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
+
+
+def _weights(n: int, n_boot: int, gen: torch.Generator) -> torch.Tensor:
+    """Bootstrap counts (R, n): how often each point is drawn in each of R resamples of size n."""
+    idx = torch.randint(n, (n_boot, n), generator=gen)
+    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
+
+
+def _fid_weighted(xr, wr, xf, wf):
+    """FID (R,) of the weighted sets (counts w (R, n), (R, m)), with torchmetrics' (n − 1) covariance."""
+    def moments(x, w):
+        n = w[0].sum()
+        mean = w @ x / n  # (R, d)
+        second = torch.stack([x.T @ (x * wi[:, None]) for wi in w])  # (R, d, d)
+        return mean, (second - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
+
+    (mr, sr), (mf, sf) = moments(xr, wr), moments(xf, wf)
+    # Tr (S_r S_f)^{1/2} = Σ √λ_i(S_r^{1/2} S_f S_r^{1/2}): a symmetric PSD matrix with the same eigenvalues
+    lam, vec = torch.linalg.eigh(sr)
+    root = vec @ torch.diag_embed(lam.clamp_min(0).sqrt()) @ vec.transpose(1, 2)
+    cross = torch.linalg.eigvalsh(root @ sf @ root).clamp_min(0).sqrt().sum(1)
+    fid = (mr - mf).pow(2).sum(1) + sr.diagonal(dim1=1, dim2=2).sum(1) + sf.diagonal(dim1=1, dim2=2).sum(1) - 2 * cross
+    return fid.clamp_min(0)
+
+
+def _kernel(a, b):
+    return (a @ b.T / a.shape[1] + 1) ** 3  # KID's polynomial kernel (Bińkowski et al., 2018)
+
+
+def _quadratic_forms(x, y, wx, wy, block):
+    """w_r^T K(x, y) v_r for every replicate r: (R,), the kernel matrix built block by block, never whole."""
+    out = torch.zeros(len(wx), dtype=torch.float64)
+    for i in range(0, len(x), block):
+        kv = _kernel(x[i:i + block], y) @ wy.T  # (b, R)
+        out += (wx[:, i:i + block].T * kv).sum(0)
+    return out
+
+
+def _kid_weighted(xr, wr, xf, wf, block):
+    """Unbiased MMD² (R,) with the cubic kernel, all pairs, of the weighted sets.
+
+    Within a set, pairs of copies of one point are left out (they would add the self-similarity
+    k(x, x) and push every replicate up by about (E k(x, x) − E k(x, x'))/n), so the within-set
+    mean is Σ_{i≠j} w_i w_j k_ij / (n² − Σ w_i²); with unit weights it is the U-statistic.
+    """
+    def within(x, w):
+        diag = ((x * x).sum(1) / x.shape[1] + 1) ** 3  # k(x_i, x_i) (n,)
+        q = _quadratic_forms(x, x, w, w, block)
+        n2 = w.sum(1) ** 2
+        return (q - (w * w) @ diag) / (n2 - (w * w).sum(1))
+
+    cross = _quadratic_forms(xr, xf, wr, wf, block) / (wr.sum(1) * wf.sum(1))
+    return within(xr, wr) + within(xf, wf) - 2 * cross
+
+
+class _Balls:
+    """The k-NN balls of a set x (n, d) for bootstrap replicates: each point's `depth` nearest other
+    points, and every query point within reach of some ball (the candidates for coverage).
+
+    In a resample, the radius of point i is the distance to its k-th nearest *drawn* other point
+    (copies of i itself do not count: they would give radius 0), read from its neighbour list; a
+    query is covered when it lies within the radius of a drawn centre.
+    """
+
+    def __init__(self, x, queries, k, chunk):
+        self.k, n = k, len(x)
+        self.depth = min(n - 1, 8 * k + 8)  # P(fewer than k of 8k + 8 neighbours drawn) < 1e-9
+        dist, idx = [], []
+        for i in range(0, n, chunk):
+            d = torch.cdist(x[i:i + chunk], x)  # (c, n)
+            d[torch.arange(len(d)), torch.arange(i, i + len(d))] = math.inf  # not its own neighbour
+            v, j = d.topk(self.depth, dim=1, largest=False)  # sorted ascending
+            dist.append(v)
+            idx.append(j)
+        self.dist, self.idx = torch.cat(dist), torch.cat(idx)  # (n, depth)
+        reach = self.dist[:, -1]  # the largest radius a replicate can give each centre
+        q_idx, c_idx, q_dist = [], [], []
+        for i in range(0, len(queries), chunk):
+            d = torch.cdist(queries[i:i + chunk], x)  # (c, n)
+            q, c = (d <= reach[None, :]).nonzero(as_tuple=True)
+            q_idx.append(q + i)
+            c_idx.append(c)
+            q_dist.append(d[q, c])
+        self.q_idx, self.c_idx, self.q_dist = torch.cat(q_idx), torch.cat(c_idx), torch.cat(q_dist)
+        self.n_queries = len(queries)
+
+    def covered_fraction(self, w_centres, w_queries):
+        """Weighted share of queries inside some drawn ball, per replicate: (R,)."""
+        out = torch.empty(len(w_centres), dtype=torch.float64)
+        for r, (wc, wq) in enumerate(zip(w_centres, w_queries)):
+            drawn = wc[self.idx] > 0  # (n, depth)
+            enough = drawn.cumsum(1) >= self.k  # (n, depth)
+            pos = torch.where(enough[:, -1], enough.int().argmax(1), self.depth - 1)  # k-th drawn (else the last)
+            radius = self.dist.gather(1, pos[:, None]).squeeze(1)  # (n,)
+            hit = (wc[self.c_idx] > 0) & (self.q_dist <= radius[self.c_idx])
+            covered = torch.zeros(self.n_queries, dtype=torch.float64).index_put_((self.q_idx,), hit.double(),
+                                                                                  accumulate=True) > 0
+            out[r] = (wq * covered).sum() / wq.sum()
+        return out
+
+
+def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_boot: int = 200, level: float = 0.95,
+                                    seed: int = 0, k: int = 3, interval: str = "basic",
+                                    metrics: tuple[str, ...] = QUALITY_METRICS, chunk: int = 1024) -> dict:
+    """FID, KID, precision and recall of feature sets real (N, d) and fake (M, d), each with a bootstrap interval.
+
+    Bootstrap over both evaluated sets: each of `n_boot` replicates redraws N real and M fake
+    feature vectors with replacement and recomputes every metric from the features (computed
+    once; a replicate costs only the statistics: weighted means and covariances, kernel sums
+    built block by block, and k-NN radii read from precomputed neighbour lists).
+
+    - FID as `fid_from_features` (float64, (n − 1) covariances).
+    - KID as the unbiased MMD² over *all* pairs, (x.y/d + 1)^3 kernel: the estimator that
+      `kid_from_features` averages over random subsets, with the same expectation and less noise.
+      Within a set, a replicate leaves out pairs of copies of one point (see `_kid_weighted`).
+    - precision and recall as `precision_recall`; in a replicate a point's k-NN radius counts only
+      distinct drawn points (a copy of itself would give radius 0).
+
+    `interval`: "basic" (default) returns [2θ̂ − q_{(1+level)/2}, 2θ̂ − q_{(1−level)/2}] of the
+    replicates θ*, "percentile" returns [q_{(1−level)/2}, q_{(1+level)/2}]. FID is biased upwards
+    by the noise of the covariance estimates (about d/N); a resample, with its duplicates, is a
+    noisier set of about 0.63 N distinct points, so the replicates sit higher again by about that
+    bias. The percentile interval therefore lies about one bias above θ̂ (two above the true FID);
+    the basic interval reflects the replicates' deviations around θ̂, which removes the bias to
+    first order: it is the interval for the FID of the two distributions (N → ∞). When the bias is
+    larger than the spread (two nearly equal distributions), it lies below θ̂, as it should. Bounds
+    are clipped to each metric's range (FID ≥ 0, precision and recall in [0, 1]); KID is not.
+
+    Returns a flat dict: for each metric m in `metrics`, m (the estimate on the given sets),
+    m_low, m_high, m_se (std of the replicates) and m_bias (their mean − the estimate); and
+    n_real, n_fake, n_boot, level, interval.
+    """
+    _check_features(real, fake, need_cov="fid" in metrics)
+    _check_level(level)
+    if interval not in INTERVALS:
+        raise ValueError(f"interval={interval!r} is unknown; choose one of {', '.join(INTERVALS)}")
+    unknown = [m for m in metrics if m not in QUALITY_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics={metrics!r}: choose one or more of {', '.join(QUALITY_METRICS)}")
+    if not isinstance(n_boot, int) or n_boot < 2:
+        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 2 (200 or more for a 95 % interval)")
+    if ("precision" in metrics or "recall" in metrics) and not 1 <= k < min(len(real), len(fake)):
+        raise ValueError(f"k={k} needs 1 <= k < the smaller set's size ({min(len(real), len(fake))})")
+    xr, xf = real.double().cpu(), fake.double().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    wr, wf = _weights(len(xr), n_boot, gen), _weights(len(xf), n_boot, gen)  # (R, N), (R, M)
+    # row 0: unit weights, the estimate itself; rows 1..R: the replicates
+    wr = torch.cat([torch.ones(1, len(xr), dtype=torch.float64), wr])
+    wf = torch.cat([torch.ones(1, len(xf), dtype=torch.float64), wf])
+    values = {}
+    if "fid" in metrics:
+        values["fid"] = _fid_weighted(xr, wr, xf, wf)
+    if "kid" in metrics:
+        values["kid"] = _kid_weighted(xr, wr, xf, wf, chunk)
+    if "precision" in metrics:
+        values["precision"] = _Balls(xr, xf, k, chunk).covered_fraction(wr, wf)
+    if "recall" in metrics:
+        values["recall"] = _Balls(xf, xr, k, chunk).covered_fraction(wf, wr)
+
+    out: dict = {}
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    for name, v in values.items():
+        est, boot = v[0].item(), v[1:]
+        lo, hi = torch.quantile(boot, q).tolist()
+        if interval == "basic":
+            lo, hi = 2 * est - hi, 2 * est - lo
+        floor, ceil = _RANGE[name]
+        out[name] = est
+        out[f"{name}_low"], out[f"{name}_high"] = max(lo, floor), min(hi, ceil)
+        out[f"{name}_se"], out[f"{name}_bias"] = boot.std().item(), boot.mean().item() - est
+    out.update(n_real=len(xr), n_fake=len(xf), n_boot=n_boot, level=level, interval=interval)
+    return out
+
+
+def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,
+                             profile: str = "default", n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                             k: int = 3, interval: str = "basic",
+                             metrics: tuple[str, ...] = QUALITY_METRICS) -> dict:
+    """`sample_quality` with a bootstrap interval on every metric: images (N, 1, 28, 28) and (M, 1, 28, 28)
+    in [0, 1], features computed once, then `quality_intervals_from_features` (see there for the
+    interval and why it is the basic bootstrap by default)."""
+    _check_images(real, fake)
+    phi = feature_map(features, profile)
+    return quality_intervals_from_features(extract(phi, real), extract(phi, fake), n_boot=n_boot, level=level,
+                                           seed=seed, k=k, interval=interval, metrics=metrics)
