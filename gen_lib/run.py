@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, paths
+from . import config, paths, site
 
-NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality")
+NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")
 SOURCE_NOTEBOOKS = paths.ROOT / "notebooks"
 SOURCE_REPORT = paths.ROOT / "report"
 
@@ -49,6 +49,7 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     seconds = time.perf_counter() - t0
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
     (out_dir / f"{name}.html").write_text(body, encoding="utf-8")
+    site.write_report_view(out)  # <name>.report.html: the same notebook without code, for graders
     _log(f"{name} done in {seconds / 60:.1f} min -> {out_dir / (name + '.html')}")
     return seconds
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     report.write_meta(args.profile, {k: v["seconds"] for k, v in runs.items()}, dataset=args.dataset)
     if not args.no_pdf:
         build_pdf()
+    _log(f"index -> {site.write_index(args.profile, args.dataset, runs)}")
 
 
 if __name__ == "__main__":
