@@ -115,8 +115,7 @@ def _tile(images: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
 
 
 def _show(ax, array: np.ndarray, title: str | None = None, **style) -> None:
-    cmap = matplotlib.colormaps[style.pop("cmap", "gray")].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps[style.pop("cmap", "gray")].with_extremes(bad="white")  # NaN padding: white
     ax.imshow(array, cmap=cmap, interpolation="nearest", **({"vmin": 0, "vmax": 1} | style))
     ax.set_axis_off()
     if title:
@@ -311,19 +310,20 @@ class _Recorder(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = self.network(x, t)
-        self.outputs.append(eps.detach().float().cpu())
+        self.outputs.append(eps.detach().cpu())  # in the network's dtype: the sampler casts it the same way
         return eps
 
 
 def denoising_trajectory(ddpm: DDPM, n: int, steps: int | None, method: str, seed: int = 0,
                          bf16: bool = False) -> dict[str, torch.Tensor]:
-    """One run of `ddpm.sample` recorded step by step, in [0, 1]:
+    """One run of `ddpm.sample` recorded step by step, in the data's scale [-1, 1] (unclamped):
 
     `x` (S + 1, n, 1, 28, 28): x_T, then x after every step; `x0_hat` (S + 1, n, 1, 28, 28): the
     clean image predicted before each step, x̂_0 = clamp((x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t, −1, 1)
     (as the sampler computes it), and the final sample last; `level` (S + 1,): the noise level of
     each entry, t + 1 for x_t (T for x_T) and 0 for the final sample. The same `seed` gives the
-    same x_T for every method.
+    same x_T for every method. Recording does not change the samples: `x[-1]` is what
+    `ddpm.sample(n, steps, method, generator)` returns for the same seed.
     """
     recorder = _Recorder(ddpm.network)
     twin = DDPM(recorder, T=ddpm.T, shape=ddpm.shape).to(ddpm.betas.device)  # same network, same schedule
@@ -335,9 +335,9 @@ def denoising_trajectory(ddpm: DDPM, n: int, steps: int | None, method: str, see
     abar = ddpm.alphas_cumprod.cpu()[ts].reshape(-1, 1, 1, 1, 1)  # (S, 1, 1, 1, 1) float64
     eps = torch.stack(recorder.outputs).double()  # (S, n, 1, 28, 28)
     x0_hat = ((xs[:-1].double() - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
-    x0_hat = torch.cat([x0_hat.float(), xs[-1:].float()])
+    x0_hat = torch.cat([x0_hat.to(xs.dtype), xs[-1:]])
     level = torch.cat([ts + 1, torch.zeros(1, dtype=torch.long)])
-    return {"x": ((xs.float() + 1) / 2).clamp(0, 1), "x0_hat": (x0_hat + 1) / 2, "level": level}
+    return {"x": xs, "x0_hat": x0_hat, "level": level}
 
 
 class DiffusionExplorer(_Explorer):
@@ -367,11 +367,11 @@ class DiffusionExplorer(_Explorer):
         return {"t": self.t.value}
 
     def at(self, method: str, t: int) -> dict[str, Any]:
-        """The state of `method` at noise level t: the last entry whose level is still >= t."""
+        """The state of `method` at noise level t (the last entry whose level is still >= t), in [0, 1] for display."""
         run = self.runs[method]
         i = int((run["level"] >= t).nonzero().max())
-        return {"x": run["x"][i], "x0_hat": run["x0_hat"][i], "level": int(run["level"][i]), "step": i,
-                "steps": len(run["level"]) - 1}
+        shown = {k: ((run[k][i].float() + 1) / 2).clamp(0, 1) for k in ("x", "x0_hat")}  # [-1, 1] -> [0, 1]
+        return {**shown, "level": int(run["level"][i]), "step": i, "steps": len(run["level"]) - 1}
 
     def render(self, t: int) -> Figure:
         fig = Figure(figsize=(10, 2.3 * len(self.runs)))
