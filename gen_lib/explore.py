@@ -374,7 +374,7 @@ class DiffusionExplorer(_Explorer):
         return {**shown, "level": int(run["level"][i]), "step": i, "steps": len(run["level"]) - 1}
 
     def render(self, t: int) -> Figure:
-        fig = Figure(figsize=(10, 2.3 * len(self.runs)))
+        fig = Figure(figsize=(9, 2.1 * len(self.runs)))
         axes = fig.subplots(len(self.runs), 2, squeeze=False)
         for row, method in zip(axes, self.runs):
             s = self.at(method, t)

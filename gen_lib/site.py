@@ -127,6 +127,7 @@ def _summary(ipynb: Path) -> dict[str, Any]:
             lines = [line.strip() for line in cell.source.splitlines()]
             heads = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
             text = " ".join(line for line in lines if line and not line.startswith("#"))
+            text = re.sub(r"[*`$]|\\(?=[a-zA-Z])", "", text)  # plain text: no emphasis, code or math markers
             if heads and title == ipynb.stem:
                 title = heads[0]
             if text and not intro:
