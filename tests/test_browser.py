@@ -232,8 +232,7 @@ def _open(driver, url: str, token: str, name: str) -> dict:
         driver.get(f"{url}/lab?reset&token={token}")
         _wait(lambda: driver.execute_script("return !!(window.jupyterapp && window.jupyterapp.shell)"), 60,
               "JupyterLab to load")
-        _wait(lambda: driver.execute_script("return window.jupyterapp.started !== undefined"), 60, "JupyterLab")
-        driver.execute_async_script("window.jupyterapp.restored.then(() => arguments[0]())")
+        driver.execute_async_script("window.jupyterapp.restored.then(() => arguments[0]())")  # layout restored
     assert driver.execute_async_script(_OPEN, f"{name}.ipynb") == "ok"
     return _wait(lambda: (s := driver.execute_script(_STATE)) and s["kernel"] == "idle" and s, 90,
                  f"{name} to open with an idle kernel")
