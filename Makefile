@@ -8,10 +8,11 @@ PROFILE  ?= default
 DATASET  ?= mnist
 ONLY     ?=
 TEX_PKGS := latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
+BROWSER_PKGS := chromium chromium-driver
 MNIST    := data/MNIST/raw/t10k-labels-idx1-ubyte
 FASHION  := data/FashionMNIST/raw/t10k-labels-idx1-ubyte
 
-.PHONY: all venv data tex report test lab bench clean help
+.PHONY: all venv data tex browser report test lab bench clean help
 all: report
 
 help:
@@ -47,16 +48,25 @@ tex:
 	      || { echo "error: apt-get install $(TEX_PKGS) failed"; exit 1; }; \
 	  else echo "error: TeX is missing; as root run: apt-get install $(TEX_PKGS)"; exit 1; fi; }
 
+# Chromium + chromedriver from Debian, for tests/test_browser.py (JupyterLab and the HTML in a real browser).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PKGS)) >/dev/null \
+	      || { echo "error: apt-get install $(BROWSER_PKGS) failed"; exit 1; }; \
+	  else echo "error: Chromium is missing; as root run: apt-get install $(BROWSER_PKGS)"; exit 1; fi; }
+
 report: venv data tex
 	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb))
 	@echo "report: build/report.pdf; notebooks: build/notebooks/*.html"
 
-# The tests run every notebook on MNIST and on Fashion-MNIST, so they need both datasets.
-test: venv $(MNIST) $(FASHION) tex
+# The tests run every notebook on MNIST and on Fashion-MNIST (so they need both datasets) and drive
+# JupyterLab in Chromium.
+test: venv $(MNIST) $(FASHION) tex browser
 	$(PY) -m pytest
 
 lab: venv data
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: venv data
 	$(PY) -m benchmarks

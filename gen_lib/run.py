@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, paths
+from . import config, paths, site
 
-NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality")
+NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")
 SOURCE_NOTEBOOKS = paths.ROOT / "notebooks"
 SOURCE_REPORT = paths.ROOT / "report"
 
@@ -51,6 +51,7 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     seconds = time.perf_counter() - t0
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
     (out_dir / f"{name}.html").write_text(body, encoding="utf-8")
+    site.write_report_view(out)  # <name>.report.html: the same notebook without code, for graders
     return seconds
 
 
@@ -101,6 +102,11 @@ def _estimates(profile: str, dataset: str, runs: dict) -> dict[str, float]:
 
 def _minutes(seconds: float) -> str:
     return "unknown" if seconds != seconds else f"{seconds / 60:.1f} min"
+
+
+def _remaining(expected: dict[str, float], names: list[str]) -> str:
+    known = [expected[n] for n in names if expected[n] == expected[n]]
+    return _minutes(sum(known)) + (" + unknown" if len(known) < len(names) else "")
 
 
 def build_pdf() -> Path:
@@ -167,13 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         expected = _estimates(args.profile, args.dataset, runs)
         t_run = time.perf_counter()
         for i, name in enumerate(only):
-            left = sum(expected[n] for n in only[i:])
             _log(f"start {name} ({i + 1}/{len(only)}, profile {args.profile}, {args.dataset}); expected "
-                 f"{_minutes(expected[name])}, about {_minutes(left)} for what remains")
+                 f"{_minutes(expected[name])}, about {_remaining(expected, only[i:])} for what remains")
             seconds, rss = execute_measured(name, args.profile, args.dataset)
-            left = sum(expected[n] for n in only[i + 1:])
             _log(f"end {name} in {_minutes(seconds)} (elapsed {_minutes(time.perf_counter() - t_run)}"
-                 + (f", about {_minutes(left)} to go)" if i + 1 < len(only) else ")")
+                 + (f", about {_remaining(expected, only[i + 1:])} to go)" if i + 1 < len(only) else ")")
                  + f" -> {paths.build_dir() / 'notebooks' / (name + '.html')}")
             runs[name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "hardware": report.hardware(),
                           "dataset": args.dataset, "load_at_start": load_at_start}
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     report.write_meta(args.profile, {k: v["seconds"] for k, v in runs.items()}, dataset=args.dataset)
     if not args.no_pdf:
         build_pdf()
+    _log(f"index -> {site.write_index(args.profile, args.dataset, runs)}")
 
 
 if __name__ == "__main__":

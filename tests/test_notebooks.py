@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality")
+NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")
 
 
 def _run(*args, cwd=ROOT, env=None):
