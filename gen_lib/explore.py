@@ -267,7 +267,7 @@ class LatentExplorer(_Explorer):
         v = self.view(prior, z)
         labels = ", ".join(str(int(self.test_y[i])) for i in v["neighbours"])
         return (f"<b>{LABEL.get(prior, prior)}</b>: z = ({z[0]:.2f}, {z[1]:.2f}), log p(z) = {v['log_pz']:.3f}; "
-                f"nearest test digits: {labels}")
+                f"nearest test images (labels): {labels}")
 
     def path(self, prior: str, n: int = 5) -> list[tuple[float, float]]:
         """n points evenly spaced from the mean encoding of one digit to that of the digit farthest from it."""
@@ -291,7 +291,7 @@ class LatentExplorer(_Explorer):
                 strip = torch.cat([v["image"][None], self.test_x[v["neighbours"][:3]]])  # (4, 1, 28, 28)
                 _show(row[j + 1], _tile(strip, nrow=2, pad=2), f"{j + 1}: log p(z) = {v['log_pz']:.1f}")
                 row[j + 1].add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), 28, 28, fill=False, ec="red", lw=2))
-        fig.suptitle("At each point z: the decoded digit (red frame) and the 3 test images whose encodings are nearest",
+        fig.suptitle("At each point z: the decoded image (red frame) and the 3 test images whose encodings are nearest",
                      fontsize=10)
         fig.tight_layout()
         return fig

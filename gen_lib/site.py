@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .data import info
 
 REPORT_SUFFIX = ".report.html"
 KEPT_MIMETYPES = ("image/png", "image/jpeg", "image/svg+xml", "text/html", "text/markdown", "text/latex")
@@ -191,7 +192,7 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
     import torch
 
     meta = [("Profile", f"<b>{html.escape(profile)}</b>"),
-            ("Dataset", {"mnist": "MNIST", "fashion": "Fashion-MNIST"}.get(dataset, html.escape(dataset))),
+            ("Dataset", html.escape(info(dataset).title)),
             ("Date", _dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
             ("Commit", f"<code>{html.escape(report.git_commit())}</code>"),
             ("Hardware", "<br>".join(html.escape(h) for h in (hardware or [report.hardware()]))),
@@ -199,10 +200,10 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
             ("Run time", f"{total / 60:.1f} min for the notebooks listed below" if total else "–")]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Deep generative models on MNIST: {html.escape(profile)} run</title>
+<title>Deep generative models on {html.escape(info(dataset).title)}: {html.escape(profile)} run</title>
 <style>{_INDEX_CSS}</style></head>
 <body><main>
-<h1>Deep generative models on MNIST</h1>
+<h1>Deep generative models on {html.escape(info(dataset).title)}</h1>
 <p class="sub">VAE priors, a RealNVP flow and a DDPM: the study re-run by <code>make report</code>.
 Each notebook has a <em>report view</em> (headings, text, tables and figures) and a <em>full view</em> (with the code
 and its logs).</p>
