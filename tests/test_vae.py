@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from _bounds import Z
+from _bounds import Z, t_quantile
 from gen_lib import data, vae as V
 from gen_lib.training import fit
 
@@ -106,10 +106,11 @@ def test_iwae_non_decreasing_in_k(trained):
                  for k, r in repeats.items()}
     mean = {k: d.mean().item() for k, d in draws.items()}
     se = {k: (d.std() / math.sqrt(len(d))).item() for k, d in draws.items()}
+    q = t_quantile(min(repeats.values()) - 1)  # standard errors estimated from >= 20 draws: Student-t multiplier
     ks = list(repeats)
     for a, b in zip(ks, ks[1:]):  # E[IWAE_K] is non-decreasing in K (Burda et al., 2016, Theorem 1)
-        assert mean[a] <= mean[b] + Z * math.hypot(se[a], se[b]), (mean, se)
-    assert mean[1000] - mean[1] > Z * math.hypot(se[1], se[1000]), (mean, se)  # and it does move: the bound tightens
+        assert mean[a] <= mean[b] + q * math.hypot(se[a], se[b]), (mean, se)
+    assert mean[1000] - mean[1] > q * math.hypot(se[1], se[1000]), (mean, se)  # and it does move: the bound tightens
 
 
 @pytest.mark.slow
@@ -205,8 +206,9 @@ def test_quadrature_holds_the_mass(trained, name, seed):
 
 def test_quadrature_converges_as_grid_is_refined(trained):
     """The midpoint rule's error shrinks as the grid is refined, at least at first order from n = 16 on
-    (|E(2n)| <= |E(n)| / 2 gives |E(32)| <= |est(16) - est(32)|). In float64, so that round-off (1e-13)
-    does not blur the discretisation error; the study's float32 evaluation follows these up to its round-off."""
+    (|E(2n)| <= |E(n)| / 2 gives |E(32)| <= |est(16) - est(32)|). In float64, so that round-off (~1e-13)
+    does not blur the discretisation error (the float32 quadrature is checked against independent
+    estimates above)."""
     models, x = trained
     model = copy.deepcopy(models["flow"]).double()
     est = V.quadrature_convergence(model, x[:6].double(), grids=(4, 8, 16, 32, 128))
