@@ -205,16 +205,18 @@ def test_quadrature_holds_the_mass(trained, name, seed):
 
 
 def test_quadrature_converges_as_grid_is_refined(trained):
-    """The midpoint rule's error shrinks as the grid is refined, at least at first order from n = 16 on
-    (|E(2n)| <= |E(n)| / 2 gives |E(32)| <= |est(16) - est(32)|). In float64, so that round-off (~1e-13)
-    does not blur the discretisation error (the float32 quadrature is checked against independent
-    estimates above)."""
+    """The midpoint rule's error (worst image) shrinks as the grid is refined, at least at first order from
+    n = 16 on: |E(2n)| <= |E(n)| / 2 gives |E(32)| <= |est(16) - est(32)|. Per image, the error of a
+    ReLU decoder's integrand can stall for one doubling (kinks meet the grid differently), hence the worst
+    image. In float64, so that round-off (~1e-13) does not blur the discretisation error (the float32
+    quadrature is checked against independent estimates above)."""
     models, x = trained
     model = copy.deepcopy(models["flow"]).double()
     est = V.quadrature_convergence(model, x[:6].double(), grids=(4, 8, 16, 32, 128))
-    error = {n: (est[n] - est[128]).abs() for n in (4, 8, 16, 32)}
-    assert all(error[a].max() > error[b].max() for a, b in ((4, 8), (8, 16), (16, 32))), est  # coarser is worse
-    assert (error[32] <= (est[16] - est[32]).abs()).all(), (error[32], (est[16] - est[32]).abs())
+    error = {n: (est[n] - est[128]).abs().max().item() for n in (4, 8, 16, 32)}
+    assert error[4] > error[8] > error[16] > error[32], error  # coarser is worse
+    change = (est[16] - est[32]).abs().max().item()
+    assert error[32] <= change, (error[32], change)
 
 
 def test_quadrature_exact_when_decoder_ignores_z():
