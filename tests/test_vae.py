@@ -132,11 +132,11 @@ def test_iwae_5000_below_and_close_to_quadrature(trained, name, seed):
     ref = log_w.logsumexp(0) - math.log(k)
     assert ((iwae - ref).abs() <= k * u + 4 * u * ref.abs()).all(), iwae - ref
     se = _iwae_stderr(log_w)  # (B,)
-    quad = (exact - coarse).abs()  # bounds the 64-grid's error (first-order convergence, see below)
+    quad = (exact - coarse).abs().max()  # bounds the 64-grid's error (first-order convergence, see below)
     elbo, elbo_se = elbos.mean(0), elbos.std(0) / math.sqrt(len(elbos))
     n = len(x)
     # below: a lower bound in expectation, and one draw exceeds log p(x) rarely, by a few of its standard errors
-    assert (iwae - exact).mean() <= Z * se.square().sum().sqrt() / n + quad.mean(), (iwae - exact, se)
+    assert (iwae - exact).mean() <= Z * se.square().sum().sqrt() / n + quad, (iwae - exact, se)
     assert (iwae <= exact + Z * se + quad).all(), ((iwae - exact) / se)
     # close: IWAE_5000 is above the ELBO (in expectation) and strictly tighter on average
     gap_se = (se.square() + elbo_se.square()).sqrt()
