@@ -179,9 +179,10 @@ def test_prior_flow_rejects_bad_input():
 
 
 def test_bf16_autocast_keeps_log_prob_in_fp32():
-    """Under autocast only the coupling networks run in bf16: every summand of log p (each coupling's
-    log-scales s, each base term z²/2) is then off by at most a few of bf16's relative round-off
-    eps = 2^-8, and their sums stay in fp32. The bound is the sum of eps times their magnitudes."""
+    """Under autocast only the coupling networks run in bf16, and the sums stay in fp32. A forward error
+    bound: if each summand of log p (each coupling's log-scale s, each base term z²/2) is off by at most
+    bf16's machine epsilon eps = 2^-8 relative (twice its unit round-off), log p is off by at most eps
+    times the sum of their magnitudes. (Their errors have random signs and partly cancel: the bound is loose.)"""
     flow = _randomize(build_image_flow(n_layers=4, hidden=32), 0.05)
     y = torch.rand(8, 1, 28, 28)
     with training.autocast(torch.device("cpu"), True):
