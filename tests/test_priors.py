@@ -63,7 +63,7 @@ def test_density_integrates_to_one_and_matches_samples(name):
     assert abs(mass[ref] - 1.0) <= mass_err, f"{name}: density integrates to {mass[ref]} (+- {mass_err:.2g})"
     entropy_err = max(abs(entropy[ref] - entropy[o]) for o in others) + roundoff * abs(entropy[ref])
     # if sample() drew from another density than log_prob() describes, E[-log p(s)] would be off
-    assert abs(-lp.mean().item() - entropy[ref]) < Z * se + entropy_err, f"{name}: {-lp.mean():.4f} vs {entropy[ref]:.4f}"
+    assert abs(-lp.mean().item() - entropy[ref]) < Z * se + entropy_err, (name, -lp.mean().item(), entropy[ref])
 
 
 @pytest.mark.parametrize("name", NAMES)
