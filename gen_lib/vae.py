@@ -231,8 +231,8 @@ def log_likelihood_quadrature(vae: VAE, x: torch.Tensor, n_grid: int = 32, n_std
     The midpoint rule converges fast for a smooth integrand whose mass is inside the box
     (spectrally for Gaussian-like f); `quadrature_convergence` shows it by refining `n_grid`.
 
-    Returns log p(x) (B,) in float64 and, with `return_info`, a dict: `half_width` (B, 2) of the final box,
-    `log_edge_fraction` (B,) of step 1's box, `doublings` (B,).
+    Returns log p(x) (B,) in float64 and, with `return_info`, a dict: `centre` and `half_width` (B, 2) of
+    the final box, `log_edge_fraction` (B,) of step 1's box, `doublings` (B,).
     """
     if vae.latent_dim != 2:
         raise ValueError(f"log_likelihood_quadrature integrates over a 2-D latent; this VAE has "
@@ -244,7 +244,7 @@ def log_likelihood_quadrature(vae: VAE, x: torch.Tensor, n_grid: int = 32, n_std
              for i in range(0, x.shape[0], batch)]
     logp = torch.cat([p[0] for p in parts])  # float64
     if return_info:
-        return logp, {"half_width": torch.cat([p[1] for p in parts]),
+        return logp, {"centre": torch.cat([p[4] for p in parts]), "half_width": torch.cat([p[1] for p in parts]),
                       "log_edge_fraction": torch.cat([p[2] for p in parts]),
                       "doublings": torch.cat([p[3] for p in parts])}
     return logp
@@ -296,7 +296,7 @@ def _quadrature_batch(vae, x, n, n_search, n_std, edge_tol, drop, max_doublings,
     centre = centre + half * (lo + hi) / 2
     half = half * (hi - lo) / 2
     f, log_cell = _log_integrand(vae, p, x, centre, half, _grid(n, dev))
-    return torch.logsumexp(f, 1) + log_cell, half, log_edge, doublings
+    return torch.logsumexp(f, 1) + log_cell, half, log_edge, doublings, centre
 
 
 @torch.no_grad()

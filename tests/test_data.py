@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _bounds import Z
 from gen_lib import data
 
 
@@ -19,22 +20,24 @@ def test_mnist_checksums_and_shapes():
     assert data.load_mnist("test")[1][0].item() == 7
 
 
-def test_views():
+def test_views(seed):
     x, _ = data.load_mnist("test")
     x = x[:500]
     b = data.binarize(x)
     assert set(b.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(b, (x > 0.5).float())
-    s = data.binarize(x, stochastic=True, generator=torch.Generator().manual_seed(0))
+    s = data.binarize(x, stochastic=True, generator=torch.Generator().manual_seed(seed))
     assert set(s.unique().tolist()) <= {0.0, 1.0}
-    assert abs(s.mean().item() - x.mean().item()) < 0.01  # E[Bernoulli(x)] = x
-    d = data.dequantize(x, generator=torch.Generator().manual_seed(0))
+    se = (x * (1 - x)).double().sum().sqrt().item() / x.numel()  # independent Bernoulli(x) pixels
+    assert abs(s.double().mean().item() - x.double().mean().item()) < Z * se  # E[Bernoulli(x)] = x
+    d = data.dequantize(x, generator=torch.Generator().manual_seed(seed))
     assert d.min() >= 0 and d.max() < 1
     # dequantized values stay in their own bin: floor(d * 256) == x * 255
     assert torch.equal(torch.floor(d * 256), torch.round(x * 255))
     sg = data.to_signed(x)
     assert sg.min() == -1 and sg.max() == 1
-    assert torch.allclose(data.from_signed(sg), x, atol=1e-6)
+    # 2x - 1 and (y + 1) / 2 in float32: two roundings, of numbers <= 1 and <= 2, halved: <= 1.5 u < eps
+    assert torch.allclose(data.from_signed(sg), x, rtol=0, atol=torch.finfo(torch.float32).eps)
 
 
 @pytest.mark.parametrize("kwargs, word", [({"split": "val"}, "split"), ({"split": "train", "dataset": "cifar"}, "dataset")])
