@@ -37,6 +37,7 @@ THREADS = _env_int("GEN_LIB_TEST_THREADS", max(1, min(2, (os.cpu_count() or 2) /
                    lambda v: v >= 1)
 BF16 = bool(_env_int("GEN_LIB_TEST_BF16", 0, "0 or 1", lambda v: v in (0, 1)))
 SEED = _env_int("GEN_LIB_TEST_SEED", 0, "an integer >= 0", lambda v: v >= 0)
+os.environ["GEN_LIB_THREADS"] = str(THREADS)  # gen_lib sets torch's threads from it when imported
 torch.set_num_threads(THREADS)
 
 
