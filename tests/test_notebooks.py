@@ -100,7 +100,7 @@ PAPER_TINY = """
 seeds = 2
 epochs = 1
 train_subset = 512
-test_subset = 40
+test_subset = 32
 quadrature_subset = 4
 
 [paper.flow]
@@ -114,18 +114,18 @@ n_samples = 64
 epochs = 1
 train_subset = 128
 base_channels = 8
-n_samples = 40
+n_samples = 32
 sample_batch = 16
 compare_n = 4
-compare_ancestral = 4
-fid_n = 40
+compare_ancestral = 2
+fid_n = 32
 
 [paper.quality]
 vae_epochs = 1
 train_subset = 512
 classifier_epochs = 1
 feature_dim = 16
-n_eval = 40
+n_eval = 32
 fid_curve_max = 64
 """
 
