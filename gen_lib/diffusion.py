@@ -175,6 +175,22 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedul
     return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
 
 
+@register_sampler("ddim_eta", "DDIM (η = 1)")
+def ddim_eta_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedule: Schedule, noise: torch.Tensor,
+                  *, clip_denoised: bool = True, eta: float = 1.0) -> torch.Tensor:
+    """Song et al.'s generalized step (Eq. 12) with η > 0: x_{t'} = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z,
+    σ = η √((1 − ᾱ')/(1 − ᾱ)) √(1 − ᾱ/ᾱ') (Eq. 16). With η = 1 and S = T it is the ancestral chain with
+    σ² = β̃_t; η = 0 is `ddim_step`."""
+    if not eta >= 0:
+        raise ValueError(f"eta={eta!r} must be >= 0")
+    abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    if clip_denoised:  # the ε consistent with the clamped x̂_0
+        eps = (x_t - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
+    var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
+    return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev - var) ** 0.5 * eps + var ** 0.5 * noise
+
+
 class DDPM(nn.Module):
     """Gaussian diffusion around an ε-network: `loss(x0)` to train, `sample(n)` to generate.
 
