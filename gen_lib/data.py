@@ -169,7 +169,14 @@ INFO: dict[str, DatasetInfo] = {
                 "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
         fetch=fetch_fashion),
 }
-DATASETS = tuple(INFO)  # the names, in registry order
+
+
+def register(name: str, entry: DatasetInfo) -> DatasetInfo:
+    """Add the dataset `name` to the registry (`make data` then fetches it with `entry.fetch`)."""
+    if not name.isidentifier() or name in INFO:
+        raise ValueError(f"dataset name {name!r} must be a new identifier; registered: {', '.join(INFO)}")
+    INFO[name] = entry
+    return entry
 
 
 @lru_cache(maxsize=8)
@@ -197,7 +204,7 @@ def load_mnist(split: str, root: str | Path | None = None, dataset: str = "mnist
     calls: clone before modifying them in place.
     """
     _check("split", SPLITS, split)
-    _check("dataset", DATASETS, dataset)
+    info(dataset)
     return _load(split, str(Path(root or paths.data_dir()).resolve()), dataset, download)
 
 
@@ -235,7 +242,7 @@ def _main(argv: list[str]) -> None:
         for name in names:
             print(f"{info(name).title} verified:", verify(dataset=name))
     else:
-        raise SystemExit(f"usage: python -m gen_lib.data fetch|verify [{'|'.join(DATASETS)} ...] [--fashion]")
+        raise SystemExit(f"usage: python -m gen_lib.data fetch|verify [{'|'.join(INFO)} ...] [--fashion]")
 
 
 if __name__ == "__main__":

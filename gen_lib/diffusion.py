@@ -175,7 +175,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedul
     return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
 
 
-@register_sampler("ddim_eta", "DDIM (η = 1)")
+@register_sampler("ddim_eta", "DDIM (eta = 1)")
 def ddim_eta_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedule: Schedule, noise: torch.Tensor,
                   *, clip_denoised: bool = True, eta: float = 1.0) -> torch.Tensor:
     """Song et al.'s generalized step (Eq. 12) with η > 0: x_{t'} = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z,
@@ -434,46 +434,10 @@ class DDPMConfig:
     seed: int = 0
 
 
-def build_ddpm(cfg: DDPMConfig) -> DDPM:
-    """DDPM(UNet(...)) on (1, 28, 28) images with the linear schedule 1e-4 → 0.02 (Ho et al.)."""
+def build_ddpm(cfg: DDPMConfig, shape: tuple[int, int, int] = (1, 28, 28)) -> DDPM:
+    """DDPM(UNet(...)) on images of `shape` (C, H, W) (the dataset's; MNIST's by default) with the linear
+    schedule 1e-4 → 0.02 (Ho et al.). Trained by `gen_lib.recipes.train_ddpm`."""
     from .unet import UNet
 
     mults = tuple(int(m) for m in str(cfg.channel_mults).split(","))
-    return DDPM(UNet(1, cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T)
-
-
-def train_ddpm(cfg: DDPMConfig, images: torch.Tensor, checkpoint: str | Path | None = None,
-               eval_images: torch.Tensor | None = None, **fit_kwargs: Any):
-    """Train (or reuse from `checkpoint`) the study's DDPM on images (N, 1, 28, 28) in [0, 1].
-
-    Each batch is dequantized, (255 x + u)/256 with u ~ U(0, 1), then mapped to [-1, 1]: the
-    same continuous view of the 8-bit data as the flow's (SPEC), so that the DDPM, like the flow,
-    models a density rather than 256 spikes; the 1/256-wide jitter is far below the noise of
-    every diffusion step (√β_0 = 0.01 ≈ 1.3/256). `eval_images` (test images in [0, 1]) give a
-    per-epoch test loss with fixed t and ε. Returns (ddpm, ema_ddpm, TrainResult).
-    """
-    from . import data
-    from .training import fit
-
-    ddpm = build_ddpm(cfg)
-    x = images[:cfg.train_subset] if cfg.train_subset else images
-    eval_fn = None
-    if eval_images is not None:
-        g = torch.Generator().manual_seed(12345)
-        x_eval = data.to_signed(data.dequantize(eval_images, g))
-        t_eval = torch.randint(0, cfg.T, (len(x_eval),), generator=g)
-        noise_eval = torch.randn(x_eval.shape, generator=g)
-
-        def eval_fn(model: DDPM) -> dict[str, float]:
-            device = model.betas.device
-            losses = [model.p_losses(x_eval[i:i + 500].to(device), t_eval[i:i + 500].to(device),
-                                     noise_eval[i:i + 500].to(device)).item() * len(x_eval[i:i + 500])
-                      for i in range(0, len(x_eval), 500)]
-            return {"test_loss": sum(losses) / len(x_eval)}
-
-    config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    result = fit(ddpm, x, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, config=config,
-                 checkpoint=checkpoint, transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
-                 eval_fn=eval_fn, bf16=cfg.bf16, channels_last=cfg.channels_last, ema_decay=cfg.ema_decay,
-                 desc="ddpm", **fit_kwargs)
-    return ddpm, result.ema, result
+    return DDPM(UNet(shape[0], cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T, shape=shape)
