@@ -113,7 +113,7 @@ class SamplerSpec:
     """One entry of the sampler registry."""
 
     name: str
-    label: str  # its name in text and tables: "DDIM"
+    label: str  # its name in text and tables, plain ASCII (the report is LaTeX): "DDIM"
     step: Step
 
 

@@ -34,7 +34,6 @@ Centred pixels expand about zero and need no compensating shift.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8, ax=None, title: str | None =
         _, ax = plt.subplots(figsize=(nrow * 0.5, (len(images) + nrow - 1) // nrow * 0.5))
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
     shown = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # make_grid repeats a grey channel
-    ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -83,12 +83,13 @@ def latent_densities(views: dict[str, dict], labels: torch.Tensor, classes: tupl
     fig, axes = panels(len(views), ncols, size=(4.6, 4.1))
     for ax, (title, view) in zip(axes, views.items()):
         logp, (x0, x1, y0, y1) = view["logp"], view["extent"].tolist()
-        im = ax.imshow(logp, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto",
+        im = ax.imshow(logp.numpy(), origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto",
                        vmin=max(logp.min().item(), logp.max().item() - span))
         fig.colorbar(im, ax=ax, label="log p(z)")
         mu = view["mu"]
         keep = torch.randperm(len(mu), generator=torch.Generator().manual_seed(0))[:n_points]
-        ax.scatter(mu[keep, 0], mu[keep, 1], c=labels[keep], cmap="tab10", s=2, alpha=0.6, vmin=-0.5, vmax=9.5)
+        ax.scatter(mu[keep, 0].numpy(), mu[keep, 1].numpy(), c=labels[keep].numpy(), cmap="tab10", s=2, alpha=0.6,
+                   vmin=-0.5, vmax=9.5)
         ax.set_title(title)
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
