@@ -68,7 +68,8 @@ def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = 
 
     shape = info(dataset).shape
     if images.dim() != 4 or tuple(images.shape[1:]) != shape:
-        raise ValueError(f"samples of {model} have shape {tuple(images.shape)}; expected (N, {', '.join(map(str, shape))})")
+        raise ValueError(f"samples of {model} have shape {tuple(images.shape)}; "
+                         f"expected (N, {', '.join(map(str, shape))})")
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"samples of {model} lie in [{images.min():.3g}, {images.max():.3g}]; expected [0, 1]")
     path = samples_path(model, profile, dataset)

@@ -156,7 +156,8 @@ def ancestral_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, sc
     abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
     x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
     beta = 1.0 - abar / abar_prev
-    mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x_t
+    mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat \
+        + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x_t
     if t_prev < 0:  # every step but the last adds noise
         return mean
     var = beta if variance == "beta" else beta * (1.0 - abar_prev) / (1.0 - abar)
@@ -268,7 +269,8 @@ class DDPM(nn.Module):
         known = [k for k, p in inspect.signature(spec.step).parameters.items() if p.kind == p.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"sampler {method!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(known)}")
+            raise ValueError(f"sampler {method!r} has no option(s) {', '.join(unknown)}; "
+                             f"its options: {', '.join(known)}")
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
         timesteps = sampling_timesteps(self.T, self.T if steps is None else steps).tolist()  # decreasing

@@ -159,7 +159,8 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
                                   image_shape=data.info(cfg["dataset"]).shape, actnorm=cfg["actnorm"])
     x = subset(train_x, cfg["train_subset"])
-    flows.initialize_actnorm(flow, data.dequantize(x[:4096].float(), generator=torch.Generator().manual_seed(cfg["seed"])))
+    init = data.dequantize(x[:4096].float(), generator=torch.Generator().manual_seed(cfg["seed"]))
+    flows.initialize_actnorm(flow, init)
 
     def eval_fn(model):
         return {"test_bpd": flows.dataset_bits_per_dim(model, eval_x).mean().item()} if eval_x is not None else {}

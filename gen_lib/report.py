@@ -28,7 +28,7 @@ def fmt(value: float, digits: int = 2) -> str:
 
 
 def mean_pm(values, digits: int = 2) -> str:
-    """The LaTeX "$m \\pm s$" of per-seed values: their mean and sample standard deviation (n − 1; 0 for one value)."""
+    """The LaTeX "$m \\pm s$" of per-seed values: their mean and sample standard deviation (n − 1; 0 for one)."""
     import torch
 
     v = torch.as_tensor(list(values), dtype=torch.float64)

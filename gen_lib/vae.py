@@ -100,8 +100,8 @@ class VAE(nn.Module):
     # -- inputs ---------------------------------------------------------------------------
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x[0].numel() != self.input_dim:
-            raise ValueError(f"images have shape {tuple(x.shape)}; expected (B, {', '.join(map(str, self.image_shape))})"
-                             f" or (B, {self.input_dim})")
+            shape = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"images have shape {tuple(x.shape)}; expected (B, {shape}) or (B, {self.input_dim})")
         x = x.reshape(x.shape[0], -1)
         likelihood = getattr(self.decoder, "likelihood", "bernoulli")
         if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
