@@ -277,7 +277,8 @@ def build_image_flow(n_layers: int = 20, hidden: int = 256, logit_alpha: float |
     c, h, w = image_shape
     layers: list[nn.Module] = [LogitTransform(logit_alpha)] if logit_alpha is not None else []
     layers += [ActNorm(c * h * w)] if actnorm else []
-    layers += [AffineCoupling(checkerboard_mask(h, w, k % 2), hidden) for k in range(n_layers)]
+    masks = [checkerboard_mask(h, w, k % 2).repeat(c) for k in range(n_layers)]  # (C·H·W,): the same in every channel
+    layers += [AffineCoupling(mask, hidden) for mask in masks]
     return ImageFlow(layers, image_shape)
 
 

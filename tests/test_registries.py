@@ -138,3 +138,32 @@ def test_feature_registry():
             metrics.register_features("mnist", lambda: None)
     finally:
         del metrics.FEATURES["mean_pixel"]
+
+
+def test_a_registered_dataset_reaches_the_profiles_the_loader_and_the_feature_maps(monkeypatch):
+    import dataclasses
+
+    entry = dataclasses.replace(data.info("mnist"), title="MNIST again")  # same files, another name
+    monkeypatch.setitem(data.INFO, "mnist_again", entry)
+    assert config.resolve("flow", "smoke", dataset="mnist_again")["dataset"] == "mnist_again"
+    x, y = data.load_mnist("test", dataset="mnist_again")
+    assert x.shape == (10_000, *entry.shape) and y.shape == (10_000,)
+    assert "mnist_again" in metrics.feature_names()
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 20)])
+def test_models_are_built_for_the_dataset_shape(shape):
+    from gen_lib import classifier, flows, vae
+
+    x = torch.rand(3, *shape)
+    model = vae.build_vae("vamp", likelihood="continuous_bernoulli", hidden=16, image_shape=shape)
+    assert model.elbo(x).shape == (3,) and model.sample_images(2).shape == (2, *shape)
+    net = classifier.MNISTClassifier(8, n_classes=4, image_shape=shape)
+    assert net(x).shape == (3, 4) and net.features(x).shape == (3, 8)
+    flow = flows.build_image_flow(2, 8, image_shape=shape)
+    assert flow.log_prob(x).shape == (3,) and flow.sample(2).shape == (2, *shape)
+    masks = [layer.mask for layer in flow.layers if isinstance(layer, flows.AffineCoupling)]
+    assert all(m.numel() == x[0].numel() for m in masks) and torch.equal(masks[0] + masks[1], torch.ones_like(masks[0]))
+    ddpm = diffusion.build_ddpm(diffusion.DDPMConfig(base_channels=8, channel_mults="1,1,1,1", n_res=1, T=10),
+                                shape=shape)
+    assert ddpm.loss(x * 2 - 1).shape == () and ddpm.sample(2, steps=2, method="ddim").shape == (2, *shape)
