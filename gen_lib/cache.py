@@ -62,9 +62,14 @@ WRITER = {"flow": "02_flow", "ddpm": "03_ddpm"}
 
 
 def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = "mnist", **meta: Any) -> Path:
-    """Save samples (N, 1, 28, 28) in [0, 1] with metadata (config, method, seconds per sample...)."""
-    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
-        raise ValueError(f"samples of {model} have shape {tuple(images.shape)}; expected (N, 1, 28, 28)")
+    """Save samples (N, C, H, W) in [0, 1], the shape of `dataset`'s images, with metadata (config, method,
+    seconds per sample...)."""
+    from .data import info
+
+    shape = info(dataset).shape
+    if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+        raise ValueError(f"samples of {model} have shape {tuple(images.shape)}; "
+                         f"expected (N, {', '.join(map(str, shape))})")
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"samples of {model} lie in [{images.min():.3g}, {images.max():.3g}]; expected [0, 1]")
     path = samples_path(model, profile, dataset)

@@ -18,56 +18,36 @@ of KID, k(x, y) = (x.y / d + 1)^3, works on the scale it was designed for (unsca
 activations make KID values of thousands); and d is kept modest (128) so that
 N = 2,000 samples estimate a d x d covariance well.
 
-`fit` trains on one tensor, so images and labels travel packed as one (N, 785)
-tensor (`pack`). `train_classifier` trains it through `gen_lib.training.fit` in two
-phases, a step schedule of the learning rate: `classifier_epochs` at `classifier_lr`,
-then `classifier_decay_epochs` at a tenth of it (the low-lr epoch is what takes the
-test accuracy above 99 % within a few CPU minutes), each phase with its checkpoint
-under `cache.run_dir("classifier", ...)`. `load_classifier` finds the trained one (a
-clear error says how to train it when there is none).
+`gen_lib.recipes.train_classifier` trains it (images and labels, one `fit` call with a step
+schedule of the learning rate) into `build/runs/classifier/<hash>/`; `load_classifier` finds the
+trained one (a clear error says how to train it when there is none). The network adapts to the
+dataset's image shape and number of classes (`gen_lib.data.INFO`).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cache, config, data, training
-
-PIXELS = 28 * 28
-
-
-@dataclass
-class ClassifierConfig:
-    dataset: str = "mnist"         # mnist | fashion: what it is trained on
-    classifier_epochs: int = 2     # passes over the training set at classifier_lr
-    classifier_decay_epochs: int = 1  # then passes at classifier_lr / 10 (>= 1)
-    classifier_batch_size: int = 128
-    classifier_lr: float = 2e-3    # Adam
-    feature_dim: int = 128         # width of the penultimate layer (the feature space)
-    train_subset: int = 0          # 0 = all 60,000 training images
-    classifier_seed: int = 0
-
 
 class MNISTClassifier(nn.Module):
     """CNN classifier; `features(x)` is its penultimate layer (pre-ReLU), `forward(x)` the logits.
 
-    x: images (B, 1, 28, 28) in [0, 1]. Trained by cross-entropy (`loss`).
+    x: images (B, C, H, W) in [0, 1], `image_shape` = (C, H, W) (MNIST's by default). Trained by
+    cross-entropy (`loss` of an (images, labels) batch).
     """
 
-    def __init__(self, feature_dim: int = 128, n_classes: int = 10):
+    def __init__(self, feature_dim: int = 128, n_classes: int = 10, image_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        c, h, w = image_shape
         self.num_features = feature_dim  # torchmetrics reads this name
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),   # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
-            nn.Flatten(),                                                                     # (B, 3136)
+            nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),   # (B, 32, H/2, W/2)
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
+            nn.Flatten(),                                                                     # (B, 64 H/4 W/4)
         )
-        self.hidden = nn.Linear(64 * 7 * 7, feature_dim)
+        self.hidden = nn.Linear(64 * (h // 4) * (w // 4), feature_dim)
         self.standardize = nn.BatchNorm1d(feature_dim, affine=False)  # fixed after training: z-scores
         self.head = nn.Linear(feature_dim, n_classes)
 
@@ -75,20 +55,11 @@ class MNISTClassifier(nn.Module):
         return self.standardize(self.hidden(self.conv(x)))  # (B, d), before the ReLU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.features(x)))  # (B, 10)
+        return self.head(F.relu(self.features(x)))  # (B, n_classes)
 
-    def loss(self, packed: torch.Tensor) -> torch.Tensor:
-        x, y = unpack(packed)
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch  # (B, C, H, W), (B,)
         return F.cross_entropy(self(x), y)
-
-
-def pack(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Images (N, 1, 28, 28) and labels (N,) as one (N, 785) float tensor, the form `fit` takes."""
-    return torch.cat([images.reshape(len(images), PIXELS), labels.to(images.dtype)[:, None]], dim=1)
-
-
-def unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return packed[:, :PIXELS].reshape(-1, 1, 28, 28), packed[:, PIXELS].long()
 
 
 @torch.no_grad()
@@ -105,67 +76,27 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return (predict(model, images) == labels).float().mean().item()
 
 
-def classifier_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The classifier's own keys of a resolved [*.quality] dict (so a VAE change never retrains it)."""
-    return asdict(config.make(ClassifierConfig, cfg))
-
-
-def _phases(c: ClassifierConfig) -> list[tuple[str, int, float, int]]:
-    """(checkpoint name, epochs, lr, seed) of the two training phases."""
-    if c.classifier_decay_epochs < 1:
-        raise ValueError(f"classifier_decay_epochs={c.classifier_decay_epochs} must be >= 1 (the low-lr phase)")
-    return [("model_phase1.pt", c.classifier_epochs, c.classifier_lr, c.classifier_seed),
-            ("model.pt", c.classifier_decay_epochs, c.classifier_lr / 10, c.classifier_seed + 1)]
-
-
-def train_classifier(cfg: dict[str, Any], progress: bool = True, log=print) -> tuple[MNISTClassifier, dict]:
-    """Train (or reuse from the cache) the classifier of `cfg` (a resolved [*.quality] dict).
-
-    Returns the model (eval mode, on the default device) and a dict with its test
-    accuracy, the training history of both phases and the cache folder.
-    """
-    c = config.make(ClassifierConfig, cfg)
-    ccfg = asdict(c)
-    folder = cache.run_dir("classifier", ccfg)
-    x, y = data.load_mnist("train", dataset=c.dataset)
-    if c.train_subset:
-        x, y = x[:c.train_subset], y[:c.train_subset]
-    xt, yt = data.load_mnist("test", dataset=c.dataset)
-    torch.manual_seed(c.classifier_seed)  # the initial weights
-    model = MNISTClassifier(c.feature_dim)
-    history, status = [], []
-    for name, epochs, lr, seed in _phases(c):
-        result = training.fit(model, pack(x, y), epochs=epochs, batch_size=c.classifier_batch_size, lr=lr,
-                              seed=seed, config=ccfg, checkpoint=folder / name,
-                              eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, progress=progress,
-                              desc=f"classifier ({c.dataset}, lr {lr:g})", log=log)
-        history += [{**h, "lr": lr} for h in result.history]
-        status.append(result.status)
-    model.eval()
-    return model, {"test_accuracy": history[-1]["test_accuracy"], "history": history,
-                   "status": "reused" if set(status) == {"reused"} else "trained", "folder": folder}
-
-
 def load_classifier(dataset: str = "mnist", profile: str = "default") -> MNISTClassifier:
     """The classifier that notebook 04_quality trained for `dataset` under `profile`, from the cache.
 
     Raises FileNotFoundError, saying how to train it, when it has not been trained
     (or its training was interrupted).
     """
+    from . import config, data, recipes, training
+
     cfg = config.resolve("quality", profile, dataset=dataset)
-    ccfg = classifier_config(cfg)
-    path = cache.run_dir("classifier", ccfg) / "model.pt"
-    how = (f"train it with gen_lib.classifier.train_classifier(config.resolve('quality', {profile!r}, "
+    path = recipes.run_folder("classifier", cfg) / "model.pt"
+    how = (f"train it with gen_lib.recipes.train_classifier(config.resolve('quality', {profile!r}, "
            f"dataset={dataset!r})) or run notebook 04_quality "
            f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only 04_quality --no-pdf)")
     if not path.exists():
         raise FileNotFoundError(f"no trained {dataset} classifier for profile {profile!r} at {path}; {how}")
-    _, epochs, lr, seed = _phases(config.make(ClassifierConfig, cfg))[-1]
-    ckpt = training.load_checkpoint(path, {**ccfg, "seed": seed, "batch_size": ccfg["classifier_batch_size"],
-                                           "lr": lr})
+    ckpt = training.load_checkpoint(path)  # the folder is the configuration's: its hash names it
+    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
     if ckpt["epoch"] < epochs:
         raise FileNotFoundError(f"the {dataset} classifier at {path} stopped after {ckpt['epoch']} of "
-                                f"{epochs} low-lr epochs; {how}")
-    model = MNISTClassifier(ccfg["feature_dim"])
+                                f"{epochs} epochs; {how}")
+    info = data.info(dataset)
+    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
     model.load_state_dict(ckpt["model"])
     return model.to(training.default_device()).eval()

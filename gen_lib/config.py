@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS  # the dataset registry (gen_lib.data.INFO)
+from . import data  # the dataset registry, data.INFO
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
@@ -80,8 +80,8 @@ def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {section}; "
                          f"valid: {', '.join(sorted(params))}")
     params.update({k: v for k, v in overrides.items() if v is not None})
-    if params.get("dataset", "mnist") not in DATASETS:
-        raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(DATASETS)}")
+    if params.get("dataset", "mnist") not in data.INFO:
+        raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(data.INFO)}")
     return params
 
 

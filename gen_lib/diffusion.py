@@ -27,22 +27,26 @@ Likelihood (`DDPM.nll_bound`): the variational bound of Ho et al., Eq. 5, on −
 σ_t² = β_t and a Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's
 bits/dim scale of the dequantized 8-bit data.
 
+Samplers are step functions `step(x_t, eps, t, t_prev, schedule, noise, **options) -> x_prev` (the
+shape of diffusers' `Scheduler.step`, with the standard-normal `noise` passed in like its
+`variance_noise`), registered by name in `SAMPLERS`; the loop that calls them is written once
+(`DDPM.sample`). A new sampler is one function with `@register_sampler(name, label)`.
+
 The schedule is made of free functions in float64, stored as buffers; the network is
 passed in and called as `network(x_t, t)` with t int64 of shape (B,).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("ancestral", "ddim")
 VARIANCES = ("beta", "beta_tilde")
 
 
@@ -85,6 +89,107 @@ def _strata(T: int, S: int) -> torch.Tensor:
 def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """values[t] shaped (B, 1, 1, ...) to broadcast over x, in x's dtype."""
     return values[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+# ---------------------------------------------------------------- samplers: one step function each
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a sampler step reads of the noise schedule: ᾱ_t as Python floats (float64), t = 0..T−1."""
+
+    alphas_cumprod: tuple[float, ...]
+
+    def abar(self, t: int) -> float:
+        """ᾱ_t, with ᾱ_{−1} := 1 (the data end of the chain)."""
+        return 1.0 if t < 0 else self.alphas_cumprod[t]
+
+
+Step = Callable[..., torch.Tensor]  # (x_t, eps, t, t_prev, schedule, noise, **options) -> x_{t_prev}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One entry of the sampler registry."""
+
+    name: str
+    label: str  # its name in text and tables, plain ASCII (the report is LaTeX): "DDIM"
+    step: Step
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, label: str) -> Callable[[Step], Step]:
+    """Decorator: register `step` as the sampler `name`. A step maps x_t (B, *shape) to x_{t_prev}, given
+    the network's ε̂ (B, *shape), the steps t > t_prev (t_prev = −1 at the last step), the `Schedule`
+    and a standard-normal draw `noise` (B, *shape) that a stochastic step scales; keyword options
+    (`clip_denoised`, and its own) come from `DDPM.sample`."""
+    def add(step: Step) -> Step:
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        SAMPLERS[name] = SamplerSpec(name, label, step)
+        return step
+    return add
+
+
+def sampler(name: str) -> SamplerSpec:
+    """The registry entry of `name`; a clear error lists the registered samplers."""
+    if name not in SAMPLERS:
+        raise ValueError(f"method={name!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def _predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: float, clip: bool) -> torch.Tensor:
+    x0 = (x_t - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5  # x̂_0 (Ho et al., Eq. 15)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+@register_sampler("ancestral", "ancestral")
+def ancestral_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedule: Schedule,
+                   noise: torch.Tensor, *, clip_denoised: bool = True, variance: str = "beta") -> torch.Tensor:
+    """One step of Ho et al.'s Algorithm 2 in its x̂_0 form, μ = √ᾱ' β/(1 − ᾱ) x̂_0 + √(1 − β)(1 − ᾱ')/(1 − ᾱ) x_t,
+    then x_{t'} = μ + σ z with σ² = β (`variance="beta"`) or β̃ = β (1 − ᾱ')/(1 − ᾱ) ("beta_tilde"), and no
+    noise at the last step; β = 1 − ᾱ_t/ᾱ_{t'} is β_t when t' = t − 1 and the respaced β' otherwise."""
+    if variance not in VARIANCES:
+        raise ValueError(f"variance={variance!r} is unknown; choose one of {', '.join(VARIANCES)}")
+    abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    beta = 1.0 - abar / abar_prev
+    mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat \
+        + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x_t
+    if t_prev < 0:  # every step but the last adds noise
+        return mean
+    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / (1.0 - abar)
+    return mean + var ** 0.5 * noise
+
+
+@register_sampler("ddim", "DDIM")
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedule: Schedule, noise: torch.Tensor,
+              *, clip_denoised: bool = True) -> torch.Tensor:
+    """Song et al.'s deterministic DDIM step (η = 0, Eq. 12): x_{t'} = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂, with ε̂ made
+    consistent with a clamped x̂_0 (`noise` is not used)."""
+    abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    if clip_denoised:  # the ε consistent with the clamped x̂_0
+        eps = (x_t - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
+    return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
+
+
+@register_sampler("ddim_eta", "DDIM (eta = 1)")
+def ddim_eta_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedule: Schedule, noise: torch.Tensor,
+                  *, clip_denoised: bool = True, eta: float = 1.0) -> torch.Tensor:
+    """Song et al.'s generalized step (Eq. 12) with η > 0: x_{t'} = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z,
+    σ = η √((1 − ᾱ')/(1 − ᾱ)) √(1 − ᾱ/ᾱ') (Eq. 16). With η = 1 and S = T it is the ancestral chain with
+    σ² = β̃_t; η = 0 is `ddim_step`."""
+    if not eta >= 0:
+        raise ValueError(f"eta={eta!r} must be >= 0")
+    abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    if clip_denoised:  # the ε consistent with the clamped x̂_0
+        eps = (x_t - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
+    var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
+    return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev - var) ** 0.5 * eps + var ** 0.5 * noise
 
 
 class DDPM(nn.Module):
@@ -142,56 +247,45 @@ class DDPM(nn.Module):
         return self.p_losses(x0, t, noise)
 
     # ---------------------------------------------------------------- sampling
+    def schedule(self) -> Schedule:
+        """The ᾱ_t table as Python floats, read once per sampling run (no device sync per step)."""
+        return Schedule(tuple(self.alphas_cumprod.tolist()))
+
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, method: str = "ancestral",
-               generator: torch.Generator | None = None, *, variance: str = "beta", clip_denoised: bool = True,
-               bf16: bool = False, return_trajectory: bool = False, dtype: torch.dtype | None = None):
-        """Draw n samples (n, *shape) in [-1, 1] by `method` on `steps` evenly spaced steps (None = T).
+               generator: torch.Generator | None = None, *, clip_denoised: bool = True, bf16: bool = False,
+               return_trajectory: bool = False, dtype: torch.dtype | None = None, **options):
+        """Draw n samples (n, *shape) in [-1, 1] by the registered sampler `method` (`SAMPLERS`: "ancestral",
+        Ho et al.'s Algorithm 2; "ddim", Song et al.'s η = 0; ...) on `steps` evenly spaced steps (None = T).
 
-        "ancestral": Ho et al.'s Algorithm 2 (σ_t² = β_t, or β̃_t with variance="beta_tilde"),
-        noise at every step but the last; "ddim": Song et al.'s deterministic sampler (η = 0).
-        `clip_denoised` clamps x̂_0 to [-1, 1] at each step (off to study the exact sampler);
-        `bf16` runs the network under bf16 autocast (the update itself stays in float32).
-        `return_trajectory` also returns x_t before every step and the final x_0: (S + 1, n, *shape).
+        The one loop of every sampler: x_T ~ N(0, I), then for t in the steps, ε̂ = ε_θ(x_t, t) and
+        x ← step(x, ε̂, t, t_prev, schedule, z), z ~ N(0, I) drawn from `generator` at every step.
+        `options` go to the step (e.g. `variance="beta_tilde"` for "ancestral"); `clip_denoised` clamps
+        x̂_0 to [-1, 1] at each step (off to study the exact sampler); `bf16` runs the network under bf16
+        autocast (the update itself stays in float32). `return_trajectory` also returns x_t before every
+        step and the final x_0: (S + 1, n, *shape).
         """
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is unknown; choose one of {', '.join(METHODS)}")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance={variance!r} is unknown; choose one of {', '.join(VARIANCES)}")
+        spec = sampler(method)
+        known = [k for k, p in inspect.signature(spec.step).parameters.items() if p.kind == p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"sampler {method!r} has no option(s) {', '.join(unknown)}; "
+                             f"its options: {', '.join(known)}")
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
-        steps = self.T if steps is None else steps
-        timesteps = sampling_timesteps(self.T, steps)  # (S,) decreasing, validates steps
+        timesteps = sampling_timesteps(self.T, self.T if steps is None else steps).tolist()  # decreasing
         device = self.betas.device
         if dtype is None:
             dtype = next((p.dtype for p in self.network.parameters()), torch.get_default_dtype())
-        abar_all = self.alphas_cumprod.tolist()  # float64 values, read once (no device sync per step)
-        ts = timesteps.tolist()
+        schedule = self.schedule()
         x = torch.randn((n, *self.shape), generator=generator, device=device, dtype=dtype)  # x_T
         trajectory = [x.cpu()] if return_trajectory else None
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            abar = abar_all[t]
-            abar_prev = abar_all[t_prev] if t_prev >= 0 else 1.0
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 eps = self.network(x, torch.full((n,), t, device=device, dtype=torch.long))
-            eps = eps.to(dtype)
-            x0_hat = (x - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5
-            if clip_denoised:
-                x0_hat = x0_hat.clamp(-1.0, 1.0)
-            if method == "ddim":
-                if clip_denoised:  # the ε consistent with the clamped x̂_0
-                    eps = (x - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
-                x = abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
-            else:
-                beta = 1.0 - abar / abar_prev  # β_t when S = T; the respaced β' otherwise
-                mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat \
-                    + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x
-                if t_prev >= 0:  # every step but the last adds noise
-                    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / (1.0 - abar)
-                    x = mean + var ** 0.5 * torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
-                else:
-                    x = mean
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+            x = spec.step(x, eps.to(dtype), t, t_prev, schedule, noise, clip_denoised=clip_denoised, **options)
             if return_trajectory:
                 trajectory.append(x.cpu())
         return (x, torch.stack(trajectory)) if return_trajectory else x
@@ -342,46 +436,10 @@ class DDPMConfig:
     seed: int = 0
 
 
-def build_ddpm(cfg: DDPMConfig) -> DDPM:
-    """DDPM(UNet(...)) on (1, 28, 28) images with the linear schedule 1e-4 → 0.02 (Ho et al.)."""
+def build_ddpm(cfg: DDPMConfig, shape: tuple[int, int, int] = (1, 28, 28)) -> DDPM:
+    """DDPM(UNet(...)) on images of `shape` (C, H, W) (the dataset's; MNIST's by default) with the linear
+    schedule 1e-4 → 0.02 (Ho et al.). Trained by `gen_lib.recipes.train_ddpm`."""
     from .unet import UNet
 
     mults = tuple(int(m) for m in str(cfg.channel_mults).split(","))
-    return DDPM(UNet(1, cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T)
-
-
-def train_ddpm(cfg: DDPMConfig, images: torch.Tensor, checkpoint: str | Path | None = None,
-               eval_images: torch.Tensor | None = None, **fit_kwargs: Any):
-    """Train (or reuse from `checkpoint`) the study's DDPM on images (N, 1, 28, 28) in [0, 1].
-
-    Each batch is dequantized, (255 x + u)/256 with u ~ U(0, 1), then mapped to [-1, 1]: the
-    same continuous view of the 8-bit data as the flow's (SPEC), so that the DDPM, like the flow,
-    models a density rather than 256 spikes; the 1/256-wide jitter is far below the noise of
-    every diffusion step (√β_0 = 0.01 ≈ 1.3/256). `eval_images` (test images in [0, 1]) give a
-    per-epoch test loss with fixed t and ε. Returns (ddpm, ema_ddpm, TrainResult).
-    """
-    from . import data
-    from .training import fit
-
-    ddpm = build_ddpm(cfg)
-    x = images[:cfg.train_subset] if cfg.train_subset else images
-    eval_fn = None
-    if eval_images is not None:
-        g = torch.Generator().manual_seed(12345)
-        x_eval = data.to_signed(data.dequantize(eval_images, g))
-        t_eval = torch.randint(0, cfg.T, (len(x_eval),), generator=g)
-        noise_eval = torch.randn(x_eval.shape, generator=g)
-
-        def eval_fn(model: DDPM) -> dict[str, float]:
-            device = model.betas.device
-            losses = [model.p_losses(x_eval[i:i + 500].to(device), t_eval[i:i + 500].to(device),
-                                     noise_eval[i:i + 500].to(device)).item() * len(x_eval[i:i + 500])
-                      for i in range(0, len(x_eval), 500)]
-            return {"test_loss": sum(losses) / len(x_eval)}
-
-    config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    result = fit(ddpm, x, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, config=config,
-                 checkpoint=checkpoint, transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
-                 eval_fn=eval_fn, bf16=cfg.bf16, channels_last=cfg.channels_last, ema_decay=cfg.ema_decay,
-                 desc="ddpm", **fit_kwargs)
-    return ddpm, result.ema, result
+    return DDPM(UNet(shape[0], cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T, shape=shape)

@@ -42,7 +42,6 @@ batches and takes the excess weight away from the rare ones.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -286,7 +285,8 @@ def build_image_flow(n_layers: int = 20, hidden: int = 256, logit_alpha: float |
     c, h, w = image_shape
     layers: list[nn.Module] = [LogitTransform(logit_alpha)] if logit_alpha is not None else []
     layers += [ActNorm(c * h * w)] if actnorm else []
-    layers += [AffineCoupling(checkerboard_mask(h, w, k % 2), hidden) for k in range(n_layers)]
+    masks = [checkerboard_mask(h, w, k % 2).repeat(c) for k in range(n_layers)]  # (C·H·W,): the same in every channel
+    layers += [AffineCoupling(mask, hidden) for mask in masks]
     return ImageFlow(layers, image_shape)
 
 
@@ -335,48 +335,3 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     """Mean and its standard error std / sqrt(n) over examples."""
     v = values.double()
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
-
-
-TRAIN_KEYS = ("dataset", "n_layers", "hidden", "logit_alpha", "actnorm", "batch_size", "lr", "schedule", "grad_clip",
-              "bf16", "seed", "train_subset", "eval_subset")
-
-
-def training_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved `flow` config that decides the trained weights (the checkpoint's identity);
-    `epochs` is left out so that a longer run resumes a shorter one."""
-    missing = [k for k in TRAIN_KEYS if k not in cfg]
-    if missing:
-        raise ValueError(f"flow config lacks {', '.join(missing)}; it needs {', '.join(TRAIN_KEYS)}")
-    return {k: cfg[k] for k in TRAIN_KEYS}
-
-
-def train_image_flow(cfg: dict[str, Any], train_x: torch.Tensor, eval_x: torch.Tensor | None = None,
-                     checkpoint=None, progress: bool = True, device: torch.device | str | None = None):
-    """Build the image flow of `cfg` and train it by maximum likelihood on dequantized `train_x`
-    (N, 1, 28, 28) in [0, 1]: Adam on -log p(y) / 784, y = (x * 255 + u) / 256 drawn afresh each epoch,
-    the learning rate constant or on a cosine to 0 over the epochs (`schedule`).
-
-    `cfg` keys: TRAIN_KEYS and epochs. The actnorm is initialised on 4,096 dequantized training images
-    (then the checkpoint, if any, replaces it). After every epoch the test bits/dim of `eval_x` (fixed
-    dequantization, fp32) joins the history as `test_bpd`, and `train_bpd` is the epoch's mean
-    training loss in bits/dim. Returns (flow, TrainResult).
-    """
-    from . import data, training
-
-    tcfg = training_config(cfg)
-    torch.manual_seed(tcfg["seed"])
-    flow = build_image_flow(tcfg["n_layers"], tcfg["hidden"], tcfg["logit_alpha"] or None, actnorm=tcfg["actnorm"])
-    init = data.dequantize(train_x[:4096].float(), generator=torch.Generator().manual_seed(tcfg["seed"]))
-    initialize_actnorm(flow, init)
-
-    def eval_fn(model: Flow) -> dict[str, float]:
-        return {"test_bpd": dataset_bits_per_dim(model, eval_x).mean().item()} if eval_x is not None else {}
-
-    result = training.fit(flow, train_x, epochs=cfg["epochs"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
-                          seed=tcfg["seed"], config=tcfg, checkpoint=checkpoint,
-                          transform=lambda b, g: data.dequantize(b, generator=g), eval_fn=eval_fn,
-                          device=device, bf16=tcfg["bf16"], grad_clip=tcfg["grad_clip"] or None,
-                          schedule=tcfg["schedule"], progress=progress, desc="flow")
-    for record in result.history:  # the loss is nats/dim of y; bits/dim as in bits_per_dim
-        record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
-    return flow, result

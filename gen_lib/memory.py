@@ -61,21 +61,22 @@ def fid_bytes(n: int, d: int) -> int:
 def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
     """Upper bounds in bytes of the peak of each large phase under `profile`: the keys are
     `iwae`, `sampling`, `features` and `fid`."""
-    from . import classifier, config, diffusion
+    from . import classifier, config, data, diffusion
 
     overrides = overrides or {}
     ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))
     quality = config.resolve("quality", profile, **overrides.get("quality", {}))
-    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, ddpm_cfg))
-    x = torch.zeros(2, 1, 28, 28)
+    info = data.info(ddpm_cfg["dataset"])
+    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, ddpm_cfg), shape=info.shape)
+    x = torch.zeros(2, *info.shape)
     unet = activation_bytes_per_example(ddpm.network, x, torch.zeros(2, dtype=torch.long))
     weights = sum(p.numel() * p.element_size() for p in ddpm.parameters())
-    net = classifier.MNISTClassifier(feature_dim=quality["feature_dim"])
+    net = classifier.MNISTClassifier(quality["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
     n = max(quality["n_eval"], quality["fid_curve_max"])
     return {
-        "iwae": iwae_chunk_bytes(),
+        "iwae": iwae_chunk_bytes(input_dim=info.dim),
         # one batch of x_t, its noise and the U-Net's activations, plus the weights (and their EMA copy)
-        "sampling": ddpm_cfg["sample_batch"] * (unet + 3 * 4 * 784) + 2 * weights,
+        "sampling": ddpm_cfg["sample_batch"] * (unet + 3 * 4 * info.dim) + 2 * weights,
         "features": FEATURE_BATCH * activation_bytes_per_example(net, x),  # the logits' forward includes the features
         "fid": fid_bytes(n, quality["feature_dim"]),
     }

@@ -26,10 +26,11 @@ bootstrap interval over both evaluated sets (features computed once; the basic b
 removes FID's small-sample bias to first order), and `mean_ci` a Student-t interval on the mean
 of per-image values such as bits/dim.
 
-Feature maps (`features=`): "mnist" / "fashion" (the classifier that notebook
-04_quality trained on that dataset, `gen_lib.classifier`), "inception" (Inception-v3
-pool features, only where torch-fidelity and its weights are on disk), or any callable
-mapping images to an (N, d) float tensor.
+Feature maps (`features=`), a registry: the name of any registered dataset ("mnist",
+"fashion": the classifier that notebook 04_quality trained on it, `gen_lib.classifier`), the
+names in `FEATURES` ("inception": Inception-v3 pool features, only where torch-fidelity and
+its weights are on disk; `register_features` adds one), or any callable mapping images to an
+(N, d) float tensor. `feature_names()` lists them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import torch
 from torch import nn
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
-FEATURE_NAMES = ("mnist", "fashion", "inception")
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
 
 
@@ -113,6 +113,40 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int =
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std)
+
+
+def fid_sizes(d: int, n_max: int, candidates: tuple[int, ...] = (64, 128, 256, 500, 1000, 2000, 5000, 10000)
+              ) -> list[int]:
+    """The set sizes N of an FID-vs-N curve: the `candidates` from `min_samples(d)` (a stable covariance) to `n_max`."""
+    return [n for n in candidates if min_samples(d) <= n <= n_max]
+
+
+def fid_vs_n(reference: torch.Tensor, features: torch.Tensor, sizes: list[int], repeats: int = 3,
+             seed: int = 1000) -> dict[int, tuple[float, float]]:
+    """FID between n random rows of `reference` (N, d) and n random rows of `features` (M, d), for each n in
+    `sizes`: (mean, std) over `repeats` draws (one draw when n is all of `reference`); draw r is seeded by
+    `seed + r`. FID's expectation falls roughly like 1/n even for two samples of one distribution: the curve
+    shows how much a small N inflates it."""
+    out = {}
+    for n in sizes:
+        values = []
+        for r in range(repeats if n < len(reference) else 1):
+            g = torch.Generator().manual_seed(seed + r)
+            values.append(fid_from_features(reference[torch.randperm(len(reference), generator=g)[:n]],
+                                            features[torch.randperm(len(features), generator=g)[:n]]))
+        v = torch.tensor(values, dtype=torch.float64)
+        out[n] = (v.mean().item(), v.std(unbiased=False).item())
+    return out
+
+
+def fid_disjoint(real: torch.Tensor, fake: torch.Tensor, n: int, max_subsets: int = 8) -> float:
+    """Mean FID over up to `max_subsets` disjoint pairs of n consecutive rows of real and fake (N, d): FID at a
+    small N such as the original study's 256."""
+    starts = range(0, min(len(real), len(fake)) - n + 1, n)
+    values = [fid_from_features(real[i:i + n], fake[i:i + n]) for i in list(starts)[:max_subsets]]
+    if not values:
+        raise ValueError(f"n={n} is larger than the sets ({len(real)}, {len(fake)})")
+    return sum(values) / len(values)
 
 
 def _kth_radius(f: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
@@ -226,17 +260,40 @@ def inception_features() -> FeatureMap:
     return phi
 
 
+# The feature-map registry beyond the datasets' own classifiers: name -> a function that builds the map.
+FEATURES: dict[str, Callable[[], FeatureMap]] = {"inception": inception_features}
+
+
+def register_features(name: str, build: Callable[[], FeatureMap]) -> None:
+    """Add the feature map `name`: `build()` returns a callable images (N, C, H, W) in [0, 1] -> (N, d)."""
+    from .data import INFO
+
+    if name in FEATURES or name in INFO:
+        raise ValueError(f"feature map {name!r} is already registered; registered: {', '.join(feature_names())}")
+    FEATURES[name] = build
+
+
+def feature_names() -> tuple[str, ...]:
+    """Every feature map by name: each registered dataset's classifier, then `FEATURES`."""
+    from .data import INFO
+
+    return (*INFO, *FEATURES)
+
+
 def feature_map(features: Union[str, FeatureMap] = "mnist", profile: str = "default") -> FeatureMap:
-    """The feature map called `features`: "mnist" | "fashion" | "inception", or a callable (returned as is)."""
+    """The feature map called `features` (`feature_names()`: a dataset's classifier, trained by 04_quality
+    under `profile`, or a name of `FEATURES`), or a callable (returned as is)."""
+    from .data import INFO
+
     if callable(features):
         return features
-    if features in ("mnist", "fashion"):
+    if features in INFO:
         from .classifier import load_classifier
 
         return load_classifier(features, profile).features
-    if features == "inception":
-        return inception_features()
-    raise ValueError(f"features={features!r} is unknown; choose one of {', '.join(FEATURE_NAMES)} or pass a "
+    if features in FEATURES:
+        return FEATURES[features]()
+    raise ValueError(f"features={features!r} is unknown; choose one of {', '.join(feature_names())} or pass a "
                      "callable mapping images to an (N, d) tensor")
 
 

@@ -1,18 +1,23 @@
-"""Plotting helpers shared by the notebooks (part-specific plots live in the notebooks)."""
+"""Plotting helpers of the notebooks. Every figure with one panel per model (per prior, per sampler)
+takes a dict label -> data and lays out as many panels as it has entries."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None, padding: int = 2):
-    """Show images (N, 1, 28, 28) in [0, 1] as one grid; returns the axes."""
+    """Show images (N, C, H, W) in [0, 1] (C = 1 grey or 3 colour) as one grid; returns the axes."""
     if ax is None:
         _, ax = plt.subplots(figsize=(nrow * 0.5, (len(images) + nrow - 1) // nrow * 0.5))
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
-    ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    shown = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # make_grid repeats a grey channel
+    ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -56,3 +61,95 @@ def learning_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return ax
+
+
+def panels(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 4.0), **kwargs):
+    """A figure with n panels in rows of at most `ncols`: returns (fig, list of n axes); spare axes are removed."""
+    if n < 1:
+        raise ValueError(f"n={n}: a figure needs at least one panel")
+    cols = min(n, ncols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, flat[:n]
+
+
+def latent_densities(views: dict[str, dict], labels: torch.Tensor, classes: tuple[str, ...], n_points: int = 5000,
+                     ncols: int = 3, span: float = 12.0):
+    """Figure 1: per model (label -> `vae.latent_view`), log p(z) of its prior as an image (the lowest `span`
+    nats below the peak shaded alike) with the encoder means on top, coloured by class `labels` (N,)."""
+    fig, axes = panels(len(views), ncols, size=(4.6, 4.1))
+    for ax, (title, view) in zip(axes, views.items()):
+        logp, (x0, x1, y0, y1) = view["logp"], view["extent"].tolist()
+        im = ax.imshow(logp.numpy(), origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto",
+                       vmin=max(logp.min().item(), logp.max().item() - span))
+        fig.colorbar(im, ax=ax, label="log p(z)")
+        mu = view["mu"]
+        keep = torch.randperm(len(mu), generator=torch.Generator().manual_seed(0))[:n_points]
+        ax.scatter(mu[keep, 0].numpy(), mu[keep, 1].numpy(), c=labels[keep].numpy(), cmap="tab10", s=2, alpha=0.6,
+                   vmin=-0.5, vmax=9.5)
+        ax.set_title(title)
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=plt.cm.tab10(d), label=c) for d, c in enumerate(classes)]
+    fig.legend(handles=handles, loc="center right", title="class", frameon=False, fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    return fig
+
+
+def image_rows(rows: dict[str, dict[str, torch.Tensor]], nrow: dict[str, int] | None = None, size: float = 4.0):
+    """One row of image grids per key of `rows` (e.g. "samples", "latent grid"), one column per model: `rows[r]`
+    maps a model's label to its images; `nrow[r]` images per grid row (default 8)."""
+    models = list(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(rows), len(models), figsize=(size * len(models), (size + 0.25) * len(rows)),
+                             squeeze=False)
+    for i, (row, images) in enumerate(rows.items()):
+        for j, model in enumerate(models):
+            image_grid(images[model], nrow=(nrow or {}).get(row, 8), ax=axes[i, j], padding=1 if i else 2,
+                       title=f"{model}: {row}")
+    fig.tight_layout()
+    return fig
+
+
+def seed_bands(histories: dict[str, list[list[dict]]], keys: dict[str, str]):
+    """Per-epoch curves, mean over seeds with a min-max band: `histories[model]` is one history per seed;
+    one panel per entry of `keys` (history key -> y-axis label)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for name, runs in histories.items():
+        epochs = [h["epoch"] for h in runs[0]]
+        for ax, key in zip(axes[0], keys):
+            values = np.array([[h[key] for h in run] for run in runs])  # (seeds, epochs)
+            ax.plot(epochs, values.mean(0), marker="o", ms=3, label=name)
+            ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.2)
+    for ax, ylabel in zip(axes[0], keys.values()):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def neighbours(queries: dict[str, torch.Tensor], reference: torch.Tensor, dist: dict[str, torch.Tensor],
+               idx: dict[str, torch.Tensor], n_rows: int):
+    """For the first `n_rows` images of each model (label -> images (N, C, H, W)), the image and its k nearest
+    `reference` images (`metrics.nearest_neighbours`: distances and indices (N, k)), each titled by its distance."""
+    k = next(iter(idx.values())).shape[1]
+    fig, axes = plt.subplots(len(queries) * n_rows, k + 1, figsize=(0.9 * (k + 1), 0.9 * len(queries) * n_rows),
+                             squeeze=False)
+    for m, (name, images) in enumerate(queries.items()):
+        for j in range(n_rows):
+            row = axes[m * n_rows + j]
+            image_grid(images[j:j + 1], nrow=1, ax=row[0], padding=0)
+            for c in range(k):
+                image_grid(reference[int(idx[name][j, c])][None], nrow=1, ax=row[c + 1], padding=0)
+                row[c + 1].set_title(f"{dist[name][j, c]:.1f}", fontsize=6, pad=1)
+            row[0].set_axis_on()
+            row[0].set_xticks([])
+            row[0].set_yticks([])
+            row[0].set_ylabel(name.split(" ")[0] if j == 0 else "", fontsize=7)
+    axes[0, 0].set_title("sample", fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.25)
+    return fig

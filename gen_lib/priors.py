@@ -12,17 +12,27 @@ ELBO serves all four (Tomczak, *Deep Generative Modeling*, 2022, ch. 4):
 
 Only the Gaussian prior has an analytic KL against the Gaussian posterior in
 `torch.distributions`; the VAE uses a Monte-Carlo KL for the others.
+
+The registry (`register`, `REGISTRY`) is the one list of priors: `build_vae`, the notebooks
+(Table 1, Figure 1, the samples figure, the report's sentences), the profiles' size parameters
+and the contract tests all read it. A prior registers its factory, its label, its size
+parameters (keyword arguments of the factory, set in a profile as `<name>_<param>`, defaulting
+to the factory's own defaults), a phrase for the report and, for the study's four, the original
+study's Table 1 row. CONTRIBUTING.md shows how to add one (also from a plugin module named in
+GEN_LIB_PLUGINS, without touching this file).
 """
 
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from . import flows
-
-PRIORS = ("gaussian", "mog", "flow", "vamp")
 
 
 def _check_latent_dim(latent_dim: int) -> None:
@@ -96,22 +106,26 @@ class FlowPrior(nn.Module):
 class VampPrior(nn.Module):
     """VampPrior p(z) = sum_k softmax(w)_k q(z | u_k) (Tomczak & Welling, 2018).
 
-    The u_k = sigmoid(v_k) are `n_pseudo` learnable pseudo-images in [0, 1]^784; q is
-    the VAE's own encoder (shared, not copied), so the prior moves with the encoder.
+    The u_k = sigmoid(v_k) are `n_pseudo` learnable pseudo-images in [0, 1]^D (D = the encoder's
+    `input_dim`, 784 for MNIST, unless `input_dim` says otherwise); q is the VAE's own encoder
+    (shared, not copied), so the prior moves with the encoder.
     """
 
-    def __init__(self, latent_dim: int, encoder: nn.Module, n_pseudo: int = 16, input_dim: int = 784):
+    def __init__(self, latent_dim: int, encoder: nn.Module, n_pseudo: int = 16, input_dim: int | None = None):
         super().__init__()
         _check_latent_dim(latent_dim)
         if not isinstance(n_pseudo, int) or n_pseudo < 1:
             raise ValueError(f"n_pseudo={n_pseudo!r} must be a positive integer")
+        input_dim = input_dim or getattr(encoder, "input_dim", None)
+        if not input_dim:
+            raise ValueError("VampPrior needs input_dim: the encoder has no `input_dim` attribute")
         self.latent_dim = latent_dim
         self.encoder = [encoder]  # a list: the encoder's parameters belong to the VAE, not twice to the prior
-        self.pseudo_logits = nn.Parameter(0.1 * torch.randn(n_pseudo, input_dim))  # (K, 784), u ~ 0.5 at start
+        self.pseudo_logits = nn.Parameter(0.1 * torch.randn(n_pseudo, input_dim))  # (K, D), u ~ 0.5 at start
         self.logits = nn.Parameter(torch.zeros(n_pseudo))  # (K,)
 
     def pseudo_inputs(self) -> torch.Tensor:
-        """The pseudo-images u_k in [0, 1], shape (K, 784)."""
+        """The pseudo-images u_k in [0, 1], shape (K, D)."""
         return torch.sigmoid(self.pseudo_logits)
 
     def forward(self) -> Distribution:
@@ -119,16 +133,119 @@ class VampPrior(nn.Module):
         return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), q, validate_args=False)
 
 
-def build_prior(name: str, latent_dim: int = 2, encoder: nn.Module | None = None) -> nn.Module:
-    """The study's prior `name` in {"gaussian", "mog", "flow", "vamp"} (the VampPrior needs `encoder`)."""
-    if name == "gaussian":
-        return GaussianPrior(latent_dim)
-    if name == "mog":
-        return MoGPrior(latent_dim, n_components=16)
-    if name == "flow":
-        return FlowPrior(latent_dim, n_layers=10, hidden=8)
-    if name == "vamp":
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """One entry of the prior registry (see `register`)."""
+
+    name: str
+    factory: Callable[..., nn.Module]  # factory(latent_dim, [encoder=...,] **params) -> the prior module
+    label: str  # its name in tables and figures, formatted with its parameters: "MoG ({n_components})"
+    params: tuple[str, ...] = ()  # size parameters: keyword arguments of `factory`, profile keys <name>_<param>
+    description: str = ""  # a LaTeX phrase for the report, formatted with its parameters
+    original: tuple[float, float, float] | None = None  # the original study's Table 1: ELBO mean, std, IWAE
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether the factory takes the VAE's encoder (the VampPrior does)."""
+        return "encoder" in inspect.signature(self.factory).parameters
+
+    def defaults(self) -> dict[str, Any]:
+        """The factory's own default value of each size parameter."""
+        signature = inspect.signature(self.factory).parameters
+        return {p: signature[p].default for p in self.params}
+
+
+REGISTRY: dict[str, PriorSpec] = {}
+
+
+def register(name: str, factory: Callable[..., nn.Module], label: str, params: tuple[str, ...] = (),
+             description: str = "", original: tuple[float, float, float] | None = None) -> PriorSpec:
+    """Add the prior `name` to the registry and return its entry.
+
+    `factory(latent_dim, **params)` (plus `encoder=` when it declares that argument) builds the
+    module, whose `forward()` returns a `torch.distributions.Distribution` with event shape
+    (latent_dim,). Every name in `params` must be a keyword argument of `factory` with a default.
+    """
+    if not name.isidentifier() or name in REGISTRY:
+        raise ValueError(f"prior name {name!r} must be a new identifier; registered: {', '.join(REGISTRY)}")
+    signature = inspect.signature(factory).parameters
+    bad = [p for p in params if p not in signature or signature[p].default is inspect.Parameter.empty]
+    if bad:
+        raise ValueError(f"prior {name!r}: parameter(s) {', '.join(bad)} are not keyword arguments with a default "
+                         f"of {getattr(factory, '__name__', factory)}")
+    REGISTRY[name] = PriorSpec(name, factory, label, tuple(params), description, original)
+    return REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    """The registered priors, in registration order (the study's four first)."""
+    return tuple(REGISTRY)
+
+
+def spec(name: str) -> PriorSpec:
+    """The registry entry of `name`; a clear error lists the registered names."""
+    if name not in REGISTRY:
+        raise ValueError(f"prior={name!r} is unknown; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def params(name: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The size parameters of prior `name`: `cfg["<name>_<param>"]` where the profile sets it, else the
+    factory's default (the study's value)."""
+    entry = spec(name)
+    cfg = cfg or {}
+    return {p: cfg.get(f"{name}_{p}", default) for p, default in entry.defaults().items()}
+
+
+def label(name: str, cfg: Mapping[str, Any] | None = None) -> str:
+    """The prior's name in tables and figures, with its sizes under `cfg`: "MoG (16)"."""
+    return spec(name).label.format(**params(name, cfg))
+
+
+def describe(name: str, cfg: Mapping[str, Any] | None = None) -> str:
+    """The prior's phrase for the report, with its sizes under `cfg`."""
+    return spec(name).description.format(**params(name, cfg))
+
+
+def select(text: str | None) -> tuple[str, ...]:
+    """Priors named in a comma-separated `text` ("gaussian,flow"), in that order; None or "" = all registered."""
+    if not text:
+        return names()
+    chosen = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    for n in chosen:
+        spec(n)
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"priors={text!r} names a prior twice")
+    return chosen
+
+
+def build_prior(name: str, latent_dim: int = 2, encoder: nn.Module | None = None, **sizes: Any) -> nn.Module:
+    """The registered prior `name` (e.g. "gaussian", "mog", "flow", "vamp"; `names()` lists them) in
+    `latent_dim` dimensions, with size parameters `sizes` (default: the factory's). A prior whose factory
+    takes an encoder (the VampPrior) needs `encoder`."""
+    entry = spec(name)
+    unknown = sorted(set(sizes) - set(entry.params))
+    if unknown:
+        raise ValueError(f"prior {name!r} has no parameter(s) {', '.join(unknown)}; its parameters: "
+                         f"{', '.join(entry.params) or 'none'}")
+    if entry.needs_encoder:
         if encoder is None:
-            raise ValueError("prior='vamp' needs the VAE's encoder (encoder=None was given)")
-        return VampPrior(latent_dim, encoder, n_pseudo=16)
-    raise ValueError(f"prior={name!r} is unknown; choose one of {', '.join(PRIORS)}")
+            raise ValueError(f"prior={name!r} needs the VAE's encoder (encoder=None was given)")
+        return entry.factory(latent_dim, encoder=encoder, **sizes)
+    return entry.factory(latent_dim, **sizes)
+
+
+register("gaussian", GaussianPrior, "Gaussian", description="a standard Gaussian",
+         original=(-135.00, 0.40, -29.40))
+register("mog", MoGPrior, "MoG ({n_components})", ("n_components",),
+         "a mixture of {n_components} Gaussians with learnable means, scales and weights",
+         original=(-134.07, 0.41, -29.12))
+register("flow", FlowPrior, "Flow ({n_layers} layers)", ("n_layers", "hidden"),
+         "a flow prior of {n_layers} RealNVP affine coupling layers (hidden width {hidden}, alternating masks) on "
+         "a Gaussian base", original=(-134.88, 0.66, -27.27))
+register("vamp", VampPrior, "VampPrior ({n_pseudo})", ("n_pseudo",),
+         "a VampPrior, the mixture of the encoder's posteriors at {n_pseudo} learnable pseudo-images with "
+         "learnable weights", original=(-134.00, 0.29, -28.83))

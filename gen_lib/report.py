@@ -15,7 +15,8 @@ from typing import Any
 from . import paths
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters (\\ & % _ #) escaped."""
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
         text = text.replace(a, b)
     return text
@@ -24,6 +25,23 @@ def _latex_escape(text: str) -> str:
 def fmt(value: float, digits: int = 2) -> str:
     """A number for the text: fixed digits, a true minus sign."""
     return f"{value:.{digits}f}".replace("-", "$-$") if isinstance(value, float) else str(value)
+
+
+def mean_pm(values, digits: int = 2) -> str:
+    """The LaTeX "$m \\pm s$" of per-seed values: their mean and sample standard deviation (n − 1; 0 for one)."""
+    import torch
+
+    v = torch.as_tensor(list(values), dtype=torch.float64)
+    std = v.std().item() if len(v) > 1 else 0.0
+    return f"${v.mean().item():.{digits}f} \\pm {std:.{digits}f}$"
+
+
+def join_words(items: list[str]) -> str:
+    """A list in running text: "a", "a and b", "a, b and c"."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def write_macros(name: str, values: dict[str, Any]) -> Path:
@@ -43,14 +61,17 @@ def write_table(name: str, body: str) -> Path:
     return path
 
 
-def dataframe_table(df, name: str, caption: str, label: str, column_format: str | None = None) -> Path:
-    """A pandas DataFrame (cells already formatted as strings) as a booktabs table."""
+def dataframe_table(df, name: str, caption: str, label: str, column_format: str | None = None,
+                    fit_width: bool = False) -> Path:
+    """A pandas DataFrame (cells already formatted as strings) as a booktabs table; `fit_width` scales a wide
+    one to the text width."""
     cols = column_format or ("l" + "r" * (len(df.columns)))
-    header = " & ".join([_latex_escape(str(df.index.name or ""))] + [_latex_escape(str(c)) for c in df.columns])
-    rows = [" & ".join([_latex_escape(str(i))] + [str(v) for v in row]) + r" \\" for i, row in zip(df.index, df.values)]
+    header = " & ".join([latex_escape(str(df.index.name or ""))] + [latex_escape(str(c)) for c in df.columns])
+    rows = [" & ".join([latex_escape(str(i))] + [str(v) for v in row]) + r" \\" for i, row in zip(df.index, df.values)]
     body = "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
-                      r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", header + r" \\", r"\midrule",
-                      *rows, r"\bottomrule", r"\end{tabular}", r"\end{table}"])
+                      r"\small", (r"\resizebox{\linewidth}{!}{" if fit_width else "") + rf"\begin{{tabular}}{{{cols}}}",
+                      r"\toprule", header + r" \\", r"\midrule", *rows, r"\bottomrule",
+                      r"\end{tabular}" + ("}" if fit_width else ""), r"\end{table}"])
     return write_table(name, body)
 
 
@@ -103,9 +124,9 @@ def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: s
 
     ds = info(dataset)
     values = {"meta.profile": profile, "meta.dataset": ds.title, "meta.items": ds.items,
-              "meta.source": _latex_escape(ds.source), "meta.date": _dt.date.today().isoformat(),
-              "meta.commit": _latex_escape(git_commit()), "meta.hardware": _latex_escape(hardware()),
-              "meta.torch": _latex_escape(torch.__version__)}
+              "meta.source": latex_escape(ds.source), "meta.date": _dt.date.today().isoformat(),
+              "meta.commit": latex_escape(git_commit()), "meta.hardware": latex_escape(hardware()),
+              "meta.torch": latex_escape(torch.__version__)}
     for nb, seconds in (timings or {}).items():
         values[f"meta.time.{nb}"] = f"{seconds / 60:.1f}"
     return write_macros("meta", values)

@@ -1,8 +1,9 @@
 """The runner behind `make report` and the notebook tests.
 
-    python -m gen_lib.run --profile default [--only 02_flow] [--no-pdf]
+    python -m gen_lib.run --profile default [--only 02_flow] [--no-pdf] [--param priors=gaussian,flow]
 
-Executes each notebook with papermill (parameters: profile, dataset) into
+Executes each notebook with papermill (parameters: profile, dataset, and any `--param NAME=VALUE`
+that the notebook's parameters cell declares) into
 `build/notebooks/`, renders it to HTML beside it, writes the report's metadata
 (profile, date, commit, hardware, times), then compiles `report/report.tex` with
 latexmk into `build/report.pdf`. `--build-dir` and `--report-dir` move all outputs
@@ -12,6 +13,7 @@ latexmk into `build/report.pdf`. `--build-dir` and `--report-dir` move all outpu
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, paths, site
+from . import config, data, paths, site
 
 NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")
 SOURCE_NOTEBOOKS = paths.ROOT / "notebooks"
@@ -31,8 +33,33 @@ def _log(msg: str) -> None:
     print(f"[gen_lib.run] {msg}", flush=True)
 
 
-def execute(name: str, profile: str, dataset: str = "mnist") -> float:
-    """Run one notebook through papermill and render it to HTML; returns seconds."""
+def parse_params(items: list[str] | None) -> dict[str, object]:
+    """`["priors=gaussian,flow", "seeds=3"]` -> {"priors": "gaussian,flow", "seeds": 3}: a value is read as a Python
+    literal where it is one (numbers, True, None), else kept as a string."""
+    out = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name] = text
+    return out
+
+
+def _declared(notebook: Path) -> set[str]:
+    """The names the notebook's parameters cell assigns."""
+    import nbformat
+
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return {node.targets[0].id for node in ast.parse(cell.source).body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+
+
+def execute(name: str, profile: str, dataset: str = "mnist", params: dict | None = None) -> float:
+    """Run one notebook through papermill and render it to HTML; returns seconds. `params` are further
+    notebook parameters; those its parameters cell does not declare are left out (another notebook's)."""
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter
@@ -44,8 +71,9 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     # No tqdm bars in the kernel: without a terminal every redraw would become a log line. Training
     # prints one line per epoch instead. Cell output is echoed once (stdout_file), not also logged.
     os.environ["GEN_LIB_BARS"] = "0"
-    pm.execute_notebook(str(SOURCE_NOTEBOOKS / f"{name}.ipynb"), str(out),
-                        parameters={"profile": profile, "dataset": dataset},
+    source = SOURCE_NOTEBOOKS / f"{name}.ipynb"
+    extra = {k: v for k, v in (params or {}).items() if k in _declared(source)}
+    pm.execute_notebook(str(source), str(out), parameters={"profile": profile, "dataset": dataset, **extra},
                         cwd=str(SOURCE_NOTEBOOKS), kernel_name="python3", log_output=False,
                         progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr)
     seconds = time.perf_counter() - t0
@@ -55,7 +83,8 @@ def execute(name: str, profile: str, dataset: str = "mnist") -> float:
     return seconds
 
 
-def execute_measured(name: str, profile: str, dataset: str = "mnist") -> tuple[float, float]:
+def execute_measured(name: str, profile: str, dataset: str = "mnist", params: list[str] | None = None
+                     ) -> tuple[float, float]:
     """Run `execute` in a child process; returns (seconds, peak RSS in MiB of the notebook's kernel).
 
     A child per notebook lets wait4() report the peak RSS of that notebook alone (the kernel
@@ -63,7 +92,7 @@ def execute_measured(name: str, profile: str, dataset: str = "mnist") -> tuple[f
     """
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "gen_lib.run", "--profile", profile, "--dataset", dataset,
-                              "--only", name, "--no-pdf", "--no-meta"])
+                              "--only", name, "--no-pdf", "--no-meta", *(f"--param={p}" for p in params or [])])
     try:
         _, status, usage = os.wait4(child.pid, 0)
     except KeyboardInterrupt:
@@ -134,10 +163,12 @@ def build_pdf() -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gen_lib.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
-    parser.add_argument("--dataset", default="mnist", help=" | ".join(config.DATASETS))
+    parser.add_argument("--dataset", default="mnist", help=" | ".join(data.INFO))
     parser.add_argument("--only", action="append", default=None, help=f"notebook(s) to run: {', '.join(NOTEBOOKS)}")
     parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
     parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a notebook parameter, e.g. priors=gaussian,flow (for the notebooks that declare it)")
     parser.add_argument("--no-meta", action="store_true", help=argparse.SUPPRESS)  # child of execute_measured
     parser.add_argument("--build-dir", help="where checkpoints, results and notebooks go (default build/)")
     parser.add_argument("--report-dir", help="where figures/ and tables/ go (default report/)")
@@ -145,12 +176,19 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile not in config.PROFILES:
         parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
-    if args.dataset not in config.DATASETS:
-        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(config.DATASETS)}")
+    if args.dataset not in data.INFO:
+        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(data.INFO)}")
     only = args.only or list(NOTEBOOKS)
     for name in only:
         if name not in NOTEBOOKS:
             parser.error(f"--only {name!r} is unknown; choose from {', '.join(NOTEBOOKS)}")
+    try:
+        params = parse_params(args.param)
+    except ValueError as err:
+        parser.error(str(err))
+    for key in params:
+        if not any(key in _declared(SOURCE_NOTEBOOKS / f"{name}.ipynb") for name in only):
+            parser.error(f"--param {key}: no notebook of {', '.join(only)} declares a parameter {key!r}")
     if args.build_dir:
         os.environ["GEN_LIB_BUILD"] = str(Path(args.build_dir).resolve())
     if args.report_dir:
@@ -160,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.no_meta:  # one notebook, in a child process of execute_measured
         for name in only:
-            execute(name, args.profile, args.dataset)
+            execute(name, args.profile, args.dataset, params)
         return
     runs_file = paths.build_dir() / f"timings-{args.profile}.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
@@ -175,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, name in enumerate(only):
             _log(f"start {name} ({i + 1}/{len(only)}, profile {args.profile}, {args.dataset}); expected "
                  f"{_minutes(expected[name])}, about {_remaining(expected, only[i:])} for what remains")
-            seconds, rss = execute_measured(name, args.profile, args.dataset)
+            seconds, rss = execute_measured(name, args.profile, args.dataset, args.param)
             _log(f"end {name} in {_minutes(seconds)} (elapsed {_minutes(time.perf_counter() - t_run)}"
                  + (f", about {_remaining(expected, only[i + 1:])} to go)" if i + 1 < len(only) else ")")
                  + f" -> {paths.build_dir() / 'notebooks' / (name + '.html')}")

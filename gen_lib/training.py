@@ -217,7 +217,7 @@ def fit(
     channels_last: bool = False,
     ema_decay: float | None = None,
     grad_clip: float | None = None,
-    schedule: str = "constant",
+    schedule: str | Callable[[int, int], float] = "constant",
     warmup_steps: int = 0,
     progress: bool = True,
     desc: str = "train",
@@ -229,7 +229,9 @@ def fit(
     and labels); a batch is then the tuple of their rows. The loss is `loss_fn(model, batch)` if
     given, else `model.loss(batch)`: a scalar to minimise. `transform(batch, generator)` makes each
     batch's view (e.g. dequantize). The learning rate follows `lr * lr_factor(step, ...)`
-    (`schedule` "constant" or "cosine" over all `epochs`, after `warmup_steps` of linear warm-up).
+    (`schedule` "constant" or "cosine" over all `epochs`, after `warmup_steps` of linear warm-up), or
+    `lr * schedule(step, total_steps)` when `schedule` is a function: its `__name__` joins the checkpoint's
+    configuration, so it must name what the function does (e.g. "step: lr/10 in the last epoch").
     `eval_fn(model)` runs after each epoch in eval mode; its dict joins the history.
     `checkpoint` (a path) enables resume: the model, optimizer, step count, EMA, history and
     `config` are saved atomically after every epoch. The model is left on `device`.
@@ -238,14 +240,15 @@ def fit(
     if epochs < 0 or batch_size < 1 or not lr > 0 or warmup_steps < 0:
         raise ValueError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}, warmup_steps={warmup_steps}: need "
                          "epochs >= 0, batch_size >= 1, lr > 0, warmup_steps >= 0")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+    if not callable(schedule) and schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is unknown; choose one of {', '.join(SCHEDULES)} or a function")
+    schedule_name = schedule.__name__ if callable(schedule) else schedule
     tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
     if len({t.shape[0] for t in tensors}) != 1:
         raise ValueError(f"data tensors have first dimensions {[t.shape[0] for t in tensors]}; they must agree")
     device = torch.device(device) if device is not None else default_device()
     config = _jsonable({**config, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr,
-                        **({"schedule": schedule} if schedule != "constant" else {}),
+                        **({"schedule": schedule_name} if schedule_name != "constant" else {}),
                         **({"warmup_steps": warmup_steps} if warmup_steps else {})})
     identity = {k: v for k, v in config.items() if k != "epochs_total"}
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -289,7 +292,8 @@ def fit(
                    leave=False, mininterval=2.0)
         for step in bar:
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(epoch * steps + step, epochs * steps, schedule, warmup_steps)
+                group["lr"] = lr * (schedule(epoch * steps + step, epochs * steps) if callable(schedule) else
+                                    lr_factor(epoch * steps + step, epochs * steps, schedule, warmup_steps))
             idx = order[step * batch_size:(step + 1) * batch_size]
             batch = tuple(t[idx] for t in tensors) if len(tensors) > 1 else tensors[0][idx]
             if transform is not None:

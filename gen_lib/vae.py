@@ -12,8 +12,9 @@ The KL is analytic when `torch.distributions.kl_divergence` knows the pair (Gaus
 prior), otherwise the single-sample Monte-Carlo estimate log q(z|x) - log p(z) at the
 same z used for the reconstruction term (MoG, flow and VampPrior).
 
-Shapes: images x are (B, 1, 28, 28) or (B, 784) and are flattened to (B, 784); latents
-z are (B, D) or (K, B, D); per-example results are (B,), in nats.
+Shapes: images x are (B, C, H, W) (the dataset's shape, (B, 1, 28, 28) for MNIST) or (B, P)
+with P = C * H * W, and are flattened to (B, P); latents z are (B, D) or (K, B, D);
+per-example results are (B,), in nats.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from torch import nn
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
                                  kl_divergence)
 
+from . import priors
+from .data import INFO
 from .memory import IWAE_CHUNK
-from .priors import PRIORS, build_prior
+
+MNIST_SHAPE = INFO["mnist"].shape  # the study's images, (1, 28, 28): the default where none is given
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 KL_METHODS = ("auto", "analytic", "mc")
@@ -43,11 +47,12 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class GaussianEncoder(nn.Module):
-    """q(z|x) = N(z; mu(x), diag(sigma(x)^2)), an MLP 784-512-512-2D with sigma = softplus(.) + 1e-5."""
+    """q(z|x) = N(z; mu(x), diag(sigma(x)^2)), an MLP P-512-512-2D (P = 784 for MNIST) with
+    sigma = softplus(.) + 1e-5."""
 
-    def __init__(self, latent_dim: int = 2, hidden: int = 512, input_dim: int = 784):
+    def __init__(self, latent_dim: int = 2, hidden: int = 512, input_dim: int = math.prod(MNIST_SHAPE)):
         super().__init__()
-        self.latent_dim = latent_dim
+        self.latent_dim, self.input_dim = latent_dim, input_dim
         self.net = _mlp([input_dim, hidden, hidden, 2 * latent_dim])
 
     def forward(self, x: torch.Tensor) -> Distribution:
@@ -57,13 +62,13 @@ class GaussianEncoder(nn.Module):
 
 
 class BernoulliDecoder(nn.Module):
-    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))), an MLP D-512-512-784 giving logits l.
+    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))), an MLP D-512-512-P giving logits l.
 
     `likelihood="continuous_bernoulli"` gives the continuous Bernoulli of Loaiza-Ganem &
     Cunningham (2019) instead, the proper density for data in [0, 1] (its normaliser is included).
     """
 
-    def __init__(self, latent_dim: int = 2, hidden: int = 512, output_dim: int = 784,
+    def __init__(self, latent_dim: int = 2, hidden: int = 512, output_dim: int = math.prod(MNIST_SHAPE),
                  likelihood: str = "bernoulli"):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -72,24 +77,31 @@ class BernoulliDecoder(nn.Module):
         self.net = _mlp([latent_dim, hidden, hidden, output_dim])
 
     def forward(self, z: torch.Tensor) -> Distribution:
-        logits = self.net(z)  # (..., 784)
+        logits = self.net(z)  # (..., P)
         cls = Bernoulli if self.likelihood == "bernoulli" else ContinuousBernoulli
         return Independent(cls(logits=logits, validate_args=False), 1, validate_args=False)
 
 
 class VAE(nn.Module):
     """A VAE `VAE(encoder, decoder, prior)`: encoder(x) -> q(z|x), decoder(z) -> p(x|z),
-    prior() -> p(z), all `torch.distributions` objects. `elbo`, `iwae` are per example (B,)."""
+    prior() -> p(z), all `torch.distributions` objects. `elbo`, `iwae` are per example (B,).
+    `image_shape` (C, H, W) is the images' shape (default MNIST's); the encoder reads C * H * W numbers."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module,
+                 image_shape: tuple[int, ...] = MNIST_SHAPE):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.latent_dim = encoder.latent_dim
+        self.image_shape, self.input_dim = tuple(image_shape), math.prod(image_shape)
+        if getattr(encoder, "input_dim", self.input_dim) != self.input_dim:
+            raise ValueError(f"the encoder reads {encoder.input_dim} numbers but images of shape {self.image_shape} "
+                             f"have {self.input_dim}")
 
     # -- inputs ---------------------------------------------------------------------------
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x[0].numel() != 784:
-            raise ValueError(f"images have shape {tuple(x.shape)}; expected (B, 1, 28, 28) or (B, 784)")
+        if x.dim() < 2 or x[0].numel() != self.input_dim:
+            shape = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"images have shape {tuple(x.shape)}; expected (B, {shape}) or (B, {self.input_dim})")
         x = x.reshape(x.shape[0], -1)
         likelihood = getattr(self.decoder, "likelihood", "bernoulli")
         if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
@@ -104,7 +116,7 @@ class VAE(nn.Module):
     # -- bounds ---------------------------------------------------------------------------
     def kl_method(self) -> str:
         """'analytic' if torch.distributions has KL(q || p) for this prior, else 'mc'."""
-        q = self.encoder(torch.zeros(1, 784, device=self._device(), dtype=self._dtype()))
+        q = self.encoder(torch.zeros(1, self.input_dim, device=self._device(), dtype=self._dtype()))
         try:
             kl_divergence(q, self.prior())
             return "analytic"
@@ -139,7 +151,7 @@ class VAE(nn.Module):
 
     def log_weights(self, x: torch.Tensor, z: torch.Tensor, q: Distribution | None = None,
                     p: Distribution | None = None) -> torch.Tensor:
-        """log w = log p(x|z) + log p(z) - log q(z|x) for x (B, 784) flat and z (K, B, D) -> (K, B)."""
+        """log w = log p(x|z) + log p(z) - log q(z|x) for x (B, P) flat and z (K, B, D) -> (K, B)."""
         q = self.encoder(x) if q is None else q
         p = self.prior() if p is None else p
         return self.decoder(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
@@ -168,7 +180,7 @@ class VAE(nn.Module):
     # -- sampling ------------------------------------------------------------------------
     @torch.no_grad()
     def sample_images(self, n: int, generator: torch.Generator | None = None, mean: bool = True) -> torch.Tensor:
-        """n images (n, 1, 28, 28) in [0, 1]: z ~ p(z), then the decoder's mean E[x|z]
+        """n images (n, *image_shape) in [0, 1]: z ~ p(z), then the decoder's mean E[x|z]
         (for the Bernoulli the pixel probabilities; for the continuous Bernoulli its mean,
         not its parameter lambda), or a draw x ~ p(x|z) when `mean=False`."""
         if generator is not None:  # torch.distributions has no generator argument: seed the global RNG from it
@@ -178,10 +190,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """Images (n, 1, 28, 28) in [0, 1] from latents z (n, D): the decoder's mean or a draw."""
+        """Images (n, *image_shape) in [0, 1] from latents z (n, D): the decoder's mean or a draw."""
         px = self.decoder(z).base_dist
         x = px.mean if mean else px.sample()
-        return x.clamp(0, 1).reshape(-1, 1, 28, 28)
+        return x.clamp(0, 1).reshape(-1, *self.image_shape)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,17 +208,20 @@ class VAE(nn.Module):
         return next(self.parameters()).dtype
 
 
-def build_vae(prior: str, likelihood: str = "bernoulli", latent_dim: int = 2, hidden: int = 512) -> VAE:
-    """The study's VAE: MLP encoder/decoder 784-`hidden`-`hidden`-`latent_dim` (ReLU), a Gaussian
-    encoder, a Bernoulli (binarized data) or continuous Bernoulli ([0, 1] data) decoder, and the
-    prior `prior` in {"gaussian", "mog", "flow", "vamp"}."""
-    if prior not in PRIORS:
-        raise ValueError(f"prior={prior!r} is unknown; choose one of {', '.join(PRIORS)}")
+def build_vae(prior: str, likelihood: str = "bernoulli", latent_dim: int = 2, hidden: int = 512, *,
+              image_shape: tuple[int, ...] = MNIST_SHAPE, prior_params: dict | None = None) -> VAE:
+    """The study's VAE: MLP encoder/decoder P-`hidden`-`hidden`-`latent_dim` (ReLU; P = 784 for MNIST's
+    `image_shape`), a Gaussian encoder, a Bernoulli (binarized data) or continuous Bernoulli ([0, 1] data)
+    decoder, and the registered prior `prior` ("gaussian", "mog", "flow", "vamp", ...: `priors.names()`)
+    with size parameters `prior_params` (default: the prior's own)."""
+    priors.spec(prior)
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood={likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}")
-    encoder = GaussianEncoder(latent_dim, hidden)
-    decoder = BernoulliDecoder(latent_dim, hidden, likelihood=likelihood)
-    return VAE(encoder, decoder, build_prior(prior, latent_dim, encoder=encoder))
+    dim = math.prod(image_shape)
+    encoder = GaussianEncoder(latent_dim, hidden, input_dim=dim)
+    decoder = BernoulliDecoder(latent_dim, hidden, output_dim=dim, likelihood=likelihood)
+    prior_module = priors.build_prior(prior, latent_dim, encoder=encoder, **(prior_params or {}))
+    return VAE(encoder, decoder, prior_module, image_shape=image_shape)
 
 
 # -- near-exact log p(x) for a 2-D latent ------------------------------------------------------
@@ -324,6 +339,51 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int, n_quadrature: int = 0, n_grid: i
     if n_quadrature:
         out["log_px"] = log_likelihood_quadrature(vae, x[:n_quadrature].to(dev), n_grid=n_grid).cpu()
     return out
+
+
+@torch.no_grad()
+def iwae_by_k(vae: VAE, x: torch.Tensor, ks: tuple[int, ...], seed: int = 0) -> dict[int, float]:
+    """Mean IWAE_K bound over the images x (nats) for each K in `ks`, draws seeded by `seed`: the bound
+    rises with K towards log p(x) (Burda et al., 2016, Theorem 1)."""
+    vae.eval()
+    x = x.to(vae._device(), vae._dtype())
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return {k: vae.iwae(x, k, chunk=IWAE_CHUNK).mean().item() for k in ks}
+
+
+@torch.no_grad()
+def latent_view(vae: VAE, x: torch.Tensor, n_grid: int = 200, n_prior: int = 5000, tail: float = 0.5,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """What Figure 1 shows of a VAE with a 2-D latent: the encoder means `mu` (N, 2) of the images x,
+    and log p(z) of the prior on an `n_grid` x `n_grid` grid, `logp` (n_grid, n_grid) (row = z_2,
+    column = z_1), over the box `extent` = (z1_lo, z1_hi, z2_lo, z2_hi) that holds all but `tail` % on
+    either side of both the encodings and `n_prior` prior samples (padded by 10 %)."""
+    if vae.latent_dim != 2:
+        raise ValueError(f"latent_view draws a 2-D latent; this VAE has latent_dim={vae.latent_dim}")
+    dev = vae._device()
+    mu = vae.encode(x.to(dev))[0].cpu()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        pz = vae.prior().sample((n_prior,)).cpu()  # the box covers the prior's mass and the encodings
+    lo = torch.minimum(mu.double().quantile(tail / 100, 0), pz.double().quantile(tail / 100, 0))
+    hi = torch.maximum(mu.double().quantile(1 - tail / 100, 0), pz.double().quantile(1 - tail / 100, 0))
+    pad = 0.1 * (hi - lo)
+    lo, hi = (lo - pad).float(), (hi + pad).float()
+    g1, g2 = torch.meshgrid(torch.linspace(lo[0], hi[0], n_grid), torch.linspace(lo[1], hi[1], n_grid), indexing="xy")
+    grid = torch.stack([g1, g2], -1).reshape(-1, 2).to(dev, vae._dtype())  # (n*n, 2)
+    logp = vae.prior().log_prob(grid).cpu().reshape(n_grid, n_grid)
+    return {"mu": mu, "logp": logp, "extent": torch.stack([lo[0], hi[0], lo[1], hi[1]])}
+
+
+@torch.no_grad()
+def decoded_plane(vae: VAE, x: torch.Tensor, n: int = 12, tail: float = 2.0) -> torch.Tensor:
+    """The decoder's mean on a regular n x n grid over the box holding the encodings of x between the
+    `tail` and 100 - `tail` percentiles: images (n * n, *image_shape), row by row from the top (z_2 high)."""
+    mu = vae.encode(x.to(vae._device()))[0].cpu().double()
+    lo, hi = mu.quantile(tail / 100, 0).float(), mu.quantile(1 - tail / 100, 0).float()
+    g1, g2 = torch.meshgrid(torch.linspace(lo[0], hi[0], n), torch.linspace(hi[1], lo[1], n), indexing="xy")
+    return vae.decode(torch.stack([g1, g2], -1).reshape(-1, 2).to(vae._device(), vae._dtype())).cpu()
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ def test_bad_arguments(kwargs, word):
 def _copy_raw(tmp_path: Path) -> Path:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in data.SHA256["mnist"]:
+    for name in data.info("mnist").sha256:
         shutil.copy2(data.raw_dir() / name, raw / name)
     return raw
 

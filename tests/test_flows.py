@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from _bounds import Z
-from gen_lib import data, training
+from gen_lib import data, recipes, training
 from gen_lib.flows import (AffineCoupling, Flow, ImageFlow, LogitTransform, bits_per_dim, build_image_flow,
-                           checkerboard_mask, dataset_bits_per_dim, mean_and_stderr, train_image_flow,
-                           training_config)
+                           checkerboard_mask, dataset_bits_per_dim, mean_and_stderr)
 
 
 def _randomize(flow: Flow, scale: float = 0.3) -> Flow:
@@ -207,14 +206,13 @@ def _cfg(**kw):
     return cfg
 
 
-def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_build):
     x = torch.randint(0, 256, (128, 1, 28, 28)).float() / 255
-    ckpt = tmp_path / "flow.pt"
-    train_image_flow(_cfg(), x, checkpoint=ckpt, progress=False)
+    ckpt = recipes.train_flow(_cfg(), x, progress=False).folder / "model.pt"
     good = training.load_checkpoint(ckpt)
     flow = build_image_flow(4, 32)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint"):
-        training.fit(flow, x, epochs=2, batch_size=64, lr=1e-3, seed=0, config=training_config(_cfg()), checkpoint=ckpt,
+        training.fit(flow, x, epochs=2, batch_size=64, lr=1e-3, seed=0, config=recipes.run_key("flow", _cfg()), checkpoint=ckpt,
                      loss_fn=lambda m, b: m.loss(b) * float("nan"),
                      transform=lambda b, g: data.dequantize(b, generator=g), progress=False)
     kept = training.load_checkpoint(ckpt)
@@ -223,12 +221,13 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_lowers_test_bits_per_dim(seed, bf16):
+def test_training_lowers_test_bits_per_dim(tmp_build, seed, bf16):
     train_x, _ = data.load_mnist("train")
     test_x, _ = data.load_mnist("test")
     before = dataset_bits_per_dim(build_image_flow(4, 64), test_x[:256])
-    flow, result = train_image_flow(_cfg(hidden=64, epochs=2, seed=seed, bf16=bf16), train_x[:2048],
-                                    eval_x=test_x[:256], progress=False)
+    run = recipes.train_flow(_cfg(hidden=64, epochs=2, seed=seed, bf16=bf16), train_x[:2048], eval_x=test_x[:256],
+                             progress=False)
+    flow, result = run.model, run.result
     after = dataset_bits_per_dim(flow, test_x[:256])
     # the history's test bits/dim is this same float32 computation (a mean of 256: <= 256 u relative)
     u = torch.finfo(torch.float32).eps / 2

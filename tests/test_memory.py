@@ -2,7 +2,6 @@
 of 10,000 images, FID at N = 10,000) are chunked so that their peak stays within 8 GiB on a CPU and
 40 GiB on a GPU, whatever K and N are. Asserted from the chunk and batch sizes, before any run."""
 
-import resource
 import subprocess
 import sys
 

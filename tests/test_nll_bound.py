@@ -12,21 +12,9 @@ from gen_lib import data, flows
 from gen_lib import vae as V
 from gen_lib.diffusion import DDPM, alphas_cumprod, bound_bits_per_dim, dataset_bits_per_dim, linear_beta_schedule
 from gen_lib.unet import UNet
+from test_diffusion import GaussianOptimalEps  # the optimal ε-network of Gaussian data
 
 T = 1000
-
-
-class GaussianOptimalEps(nn.Module):
-    """E[ε | x_t] when x_0 ~ N(mu, s²) per pixel, independently: x_t = √ᾱ x_0 + √(1−ᾱ) ε and ε are
-    jointly Gaussian, so E[ε | x_t] = √(1−ᾱ) (x_t − √ᾱ mu) / (ᾱ s² + 1 − ᾱ)."""
-
-    def __init__(self, mu, s, abar):
-        super().__init__()
-        self.mu, self.s, self.abar = mu, s, abar
-
-    def forward(self, x, t):
-        a = self.abar[t].reshape(-1, 1, 1, 1)
-        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.s ** 2 + 1 - a)
 
 
 def _gaussian_case():

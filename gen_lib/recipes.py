@@ -1,0 +1,259 @@
+"""The study's training recipes: one function per model that takes the resolved configuration
+(`config.resolve(section, profile)`) and the data, and returns the trained model, its history and
+its run folder. The notebooks call these; nothing else trains a model.
+
+- `train_vae`:        the VAE of Part 1 (binarized data, a registered prior) or of Part 2 (`section=
+                      "quality_vae"`: continuous data, a continuous Bernoulli decoder, the prior `vae_prior`)
+- `train_flow`:       the RealNVP image flow on dequantized images
+- `train_ddpm`:       the DDPM on dequantized images in [-1, 1]
+- `train_classifier`: the CNN whose penultimate layer gives the FID/KID features
+
+Run identity: `run_key(section, cfg)` is the one place that says which parameters decide a run's
+weights. Its hash names the run folder `build/runs/<section>/<hash>/` and it is the configuration
+`fit` stores in and checks against every checkpoint. The number of epochs is left out, so a longer
+run resumes a shorter one from its last checkpoint (`fit` continues from the saved epoch). A
+learning-rate schedule whose horizon is the requested epochs (the flow's cosine, the classifier's
+step) then continues with the longer horizon: the resumed run is not the run that would have been
+trained for the longer horizon from the start (its early epochs followed the shorter schedule).
+Reusing the shorter run is the point; to train the longer schedule from scratch, delete the folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from . import cache, config, data, priors, training
+from .diffusion import DDPMConfig
+
+# What decides the weights of each section's runs (epochs left out: see the module's note).
+IDENTITY: dict[str, tuple[str, ...]] = {
+    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "train_subset"),  # + the prior's size parameters
+    "quality_vae": ("dataset", "vae_prior", "seed", "vae_batch_size", "vae_lr", "train_subset"),  # + the same
+    "flow": ("dataset", "n_layers", "hidden", "logit_alpha", "actnorm", "batch_size", "lr", "schedule", "grad_clip",
+             "bf16", "seed", "train_subset", "eval_subset"),
+    "ddpm": ("dataset", *(f for f in DDPMConfig.__dataclass_fields__ if f != "epochs")),
+    "classifier": ("dataset", "classifier_batch_size", "classifier_lr", "feature_dim", "train_subset",
+                   "classifier_seed"),
+}
+EPOCHS: dict[str, tuple[str, ...]] = {  # the parameters left out of the identity on purpose
+    "priors": ("epochs",), "quality_vae": ("vae_epochs",), "flow": ("epochs",), "ddpm": ("epochs",),
+    "classifier": ("classifier_epochs", "classifier_decay_epochs"),
+}
+_PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}
+
+
+def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity of a run of `section` under the resolved configuration `cfg`: the values of
+    `IDENTITY[section]`, and for a VAE its prior's size parameters (`<prior>_<param>`). Epochs are left out."""
+    if section not in IDENTITY:
+        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(IDENTITY)}")
+    missing = [k for k in IDENTITY[section] if k not in cfg]
+    if missing:
+        raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
+                         f"a {section} run needs {', '.join(IDENTITY[section])}")
+    key = {"run": section, **{k: cfg[k] for k in IDENTITY[section]}}
+    if section in _PRIOR_KEY:
+        name = cfg[_PRIOR_KEY[section]]
+        key.update({f"{name}_{p}": v for p, v in priors.params(name, cfg).items()})
+    return key
+
+
+def run_folder(section: str, cfg: Mapping[str, Any]) -> Path:
+    """`build/runs/<section>/<hash of run_key>/`, created with its config.json."""
+    return cache.run_dir(section, run_key(section, cfg))
+
+
+@dataclass
+class Trained:
+    """What a recipe returns: the trained model, how training went, and where the run lives."""
+
+    model: nn.Module
+    result: training.TrainResult  # history (one dict per epoch), status, seconds, ema
+    folder: Path  # build/runs/<section>/<hash>/: the checkpoint and every cached result of this model
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.result.history
+
+
+def subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n rows of x (all of them when n is 0): the `train_subset` rule of every section."""
+    return x[:n] if n else x
+
+
+# ---------------------------------------------------------------- VAE
+
+
+@dataclass(frozen=True)
+class _VAEKeys:
+    prior: str
+    epochs: str
+    batch_size: str
+    lr: str
+    likelihood: str
+
+
+_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bernoulli"),
+        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "continuous_bernoulli")}
+
+
+def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
+              seed: int | None = None, eval_x: torch.Tensor | None = None, device: torch.device | str | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> Trained:
+    """Train (or resume, or reuse) the study's VAE (`vae.build_vae`) by Adam on the negative ELBO.
+
+    `section="priors"` (Part 1): `train_x` binarized images, a Bernoulli decoder, `prior` (a registered
+    name) with its size parameters from `cfg`, the given `seed`. `section="quality_vae"` (Part 2): images
+    in [0, 1], a continuous Bernoulli decoder, the prior `cfg["vae_prior"]`, `cfg["seed"]`, and the
+    `vae_*` hyperparameters. The first `train_subset` images are used. `eval_x` (optional): the test ELBO
+    on those images after every epoch (`test_elbo` in the history). Initial weights: `torch.manual_seed(seed)`.
+    """
+    from . import vae
+
+    if section not in _VAE:
+        raise ValueError(f"section={section!r}: a VAE trains for one of {', '.join(_VAE)}")
+    keys = _VAE[section]
+    cfg = {**cfg, **({keys.prior: prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
+    name, seed = cfg[keys.prior], cfg["seed"]
+    key = run_key(section, cfg)
+    folder = cache.run_dir(section, key)
+    torch.manual_seed(seed)
+    model = vae.build_vae(name, likelihood=keys.likelihood, image_shape=data.info(cfg["dataset"]).shape,
+                          prior_params=priors.params(name, cfg))
+    eval_fn = None
+    if eval_x is not None:
+        def eval_fn(m):
+            return {"test_elbo": m.elbo(eval_x.to(m._device())).mean().item()}
+    result = training.fit(model, subset(train_x, cfg["train_subset"]), epochs=cfg[keys.epochs],
+                          batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key,
+                          checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
+                          desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)
+    return Trained(model, result, folder)
+
+
+# ---------------------------------------------------------------- image flow
+
+
+def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.Tensor | None = None,
+               device: torch.device | str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> Trained:
+    """Train (or resume, or reuse) the image flow of `cfg` (a resolved [flow] section) by maximum likelihood
+    on dequantized `train_x` (N, C, H, W) in [0, 1]: Adam on −log p(y) / D, y = (x · 255 + u) / 256 drawn
+    afresh each epoch, the learning rate constant or on a cosine to 0 over the epochs (`schedule`).
+
+    The actnorm is initialised on 4,096 dequantized training images (then the checkpoint, if any, replaces
+    it). After every epoch the test bits/dim of `eval_x` (fixed dequantization, fp32) joins the history as
+    `test_bpd`; `train_bpd` is the epoch's mean training loss in bits/dim.
+    """
+    from . import flows
+
+    key = run_key("flow", cfg)
+    folder = cache.run_dir("flow", key)
+    torch.manual_seed(cfg["seed"])
+    flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
+                                  image_shape=data.info(cfg["dataset"]).shape, actnorm=cfg["actnorm"])
+    x = subset(train_x, cfg["train_subset"])
+    init = data.dequantize(x[:4096].float(), generator=torch.Generator().manual_seed(cfg["seed"]))
+    flows.initialize_actnorm(flow, init)
+
+    def eval_fn(model):
+        return {"test_bpd": flows.dataset_bits_per_dim(model, eval_x).mean().item()} if eval_x is not None else {}
+
+    result = training.fit(flow, x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                          seed=cfg["seed"], config=key, checkpoint=folder / "model.pt",
+                          transform=lambda b, g: data.dequantize(b, generator=g), eval_fn=eval_fn, device=device,
+                          bf16=cfg["bf16"], grad_clip=cfg["grad_clip"] or None, schedule=cfg["schedule"],
+                          progress=progress, desc="flow", log=log)
+    for record in result.history:  # the loss is nats/dim of y; bits/dim as in flows.bits_per_dim
+        record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
+    return Trained(flow, result, folder)
+
+
+# ---------------------------------------------------------------- DDPM
+
+
+def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.Tensor | None = None,
+               device: torch.device | str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> Trained:
+    """Train (or resume, or reuse) the study's DDPM (`diffusion.build_ddpm`) on images (N, C, H, W) in [0, 1].
+
+    Each batch is dequantized, (255 x + u)/256 with u ~ U(0, 1), then mapped to [-1, 1]: the same continuous
+    view of the 8-bit data as the flow's (SPEC), so that the DDPM, like the flow, models a density rather
+    than 256 spikes; the 1/256-wide jitter is far below the noise of every diffusion step
+    (√β_0 = 0.01 ≈ 1.3/256). `eval_x` (test images in [0, 1]) gives a per-epoch `test_loss` with fixed t
+    and ε, on the EMA weights. The EMA model is `Trained.result.ema`.
+    """
+    from .diffusion import build_ddpm
+
+    model_cfg = config.make(DDPMConfig, cfg)
+    key = run_key("ddpm", cfg)
+    folder = cache.run_dir("ddpm", key)
+    ddpm = build_ddpm(model_cfg, shape=data.info(cfg["dataset"]).shape)
+    eval_fn = None
+    if eval_x is not None:
+        g = torch.Generator().manual_seed(12345)
+        x_eval = data.to_signed(data.dequantize(eval_x, g))
+        t_eval = torch.randint(0, model_cfg.T, (len(x_eval),), generator=g)
+        noise_eval = torch.randn(x_eval.shape, generator=g)
+
+        def eval_fn(model):
+            dev, total = model.betas.device, 0.0
+            for i in range(0, len(x_eval), 500):
+                part = slice(i, i + 500)
+                total += model.p_losses(x_eval[part].to(dev), t_eval[part].to(dev), noise_eval[part].to(dev)).item() \
+                    * len(x_eval[part])
+            return {"test_loss": total / len(x_eval)}
+
+    result = training.fit(ddpm, subset(train_x, model_cfg.train_subset), epochs=model_cfg.epochs,
+                          batch_size=model_cfg.batch_size, lr=model_cfg.lr, seed=model_cfg.seed, config=key,
+                          checkpoint=folder / "model.pt", transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
+                          eval_fn=eval_fn, device=device, bf16=model_cfg.bf16, channels_last=model_cfg.channels_last,
+                          ema_decay=model_cfg.ema_decay, progress=progress, desc="ddpm", log=log)
+    return Trained(ddpm, result, folder)
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def _classifier_schedule(cfg: Mapping[str, Any]) -> Callable[[int, int], float]:
+    """The classifier's step schedule: lr for `classifier_epochs`, then lr/10 for `classifier_decay_epochs`."""
+    if cfg["classifier_decay_epochs"] < 1:
+        raise ValueError(f"classifier_decay_epochs={cfg['classifier_decay_epochs']} must be >= 1 (the low-lr phase)")
+    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
+
+    def step_lr_over_10_in_the_decay_epochs(step: int, total_steps: int) -> float:
+        return 1.0 if step * epochs < cfg["classifier_epochs"] * total_steps else 0.1
+
+    return step_lr_over_10_in_the_decay_epochs
+
+
+def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | None = None, progress: bool = True,
+                     log: Callable[[str], None] = print) -> Trained:
+    """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [quality] section) on the
+    training images and labels of `cfg["dataset"]`, by cross-entropy: Adam at `classifier_lr` for
+    `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs` (the low-lr epoch takes the
+    MNIST test accuracy above 99 % within a few CPU minutes). `test_accuracy` joins the history after
+    every epoch. The model is returned in eval mode; `classifier.load_classifier` finds it later.
+    """
+    from .classifier import MNISTClassifier, accuracy
+
+    info = data.info(cfg["dataset"])
+    key = run_key("classifier", cfg)
+    folder = cache.run_dir("classifier", key)
+    x, y = data.load_mnist("train", dataset=cfg["dataset"])
+    xt, yt = data.load_mnist("test", dataset=cfg["dataset"])
+    torch.manual_seed(cfg["classifier_seed"])  # the initial weights
+    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
+    n = cfg["train_subset"] or len(x)
+    result = training.fit(model, (x[:n], y[:n]), epochs=cfg["classifier_epochs"] + cfg["classifier_decay_epochs"],
+                          batch_size=cfg["classifier_batch_size"], lr=cfg["classifier_lr"], seed=cfg["classifier_seed"],
+                          config=key, checkpoint=folder / "model.pt", schedule=_classifier_schedule(cfg),
+                          eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, device=device,
+                          progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
+    return Trained(model.eval(), result, folder)

@@ -1,0 +1,80 @@
+"""The training recipes and the one run identity: epochs are not part of it, so a longer run resumes a
+shorter one; every other training parameter is."""
+
+import pytest
+import torch
+
+from gen_lib import config, data, priors, recipes, training
+
+
+@pytest.mark.parametrize("section, profile_section", [("priors", "priors"), ("quality_vae", "quality"),
+                                                      ("flow", "flow"), ("ddpm", "ddpm"), ("classifier", "quality")])
+def test_run_key_leaves_out_epochs_and_keeps_everything_else(section, profile_section):
+    cfg = {**config.resolve(profile_section, "smoke"), "prior": "mog", "seed": 0}
+    key = recipes.run_key(section, cfg)
+    for epochs in recipes.EPOCHS[section]:
+        assert epochs not in key
+        assert recipes.run_key(section, {**cfg, epochs: cfg[epochs] + 5}) == key  # same run, resumed
+    for name in recipes.IDENTITY[section]:
+        value = cfg[name]
+        other = {"prior": "flow", "vae_prior": "mog", "dataset": "fashion"}.get(name) or \
+            ((not value) if isinstance(value, bool) else value + ("x" if isinstance(value, str) else 1))
+        assert recipes.run_key(section, {**cfg, name: other}) != key, name
+    assert recipes.run_key(section, {**cfg, "n_samples": 12345, "profile": "paper"}) == key  # not training
+
+
+def test_run_key_holds_the_prior_sizes_of_its_own_prior_only():
+    cfg = {**config.resolve("priors", "smoke"), "prior": "mog", "seed": 0}
+    key = recipes.run_key("priors", cfg)
+    assert key["mog_n_components"] == priors.spec("mog").defaults()["n_components"]
+    assert recipes.run_key("priors", {**cfg, "mog_n_components": 3}) != key
+    assert recipes.run_key("priors", {**cfg, "flow_n_layers": 3}) == key  # another prior's size
+    with pytest.raises(ValueError, match="lacks seed"):
+        recipes.run_key("priors", {k: v for k, v in cfg.items() if k != "seed"})
+    with pytest.raises(ValueError, match="section='gan' has no recipe"):
+        recipes.run_key("gan", cfg)
+
+
+def test_a_longer_run_resumes_a_shorter_one(tmp_build):
+    x, _ = data.load_mnist("train")
+    cfg = config.resolve("priors", "smoke", train_subset=256, batch_size=64, epochs=1)
+    short = recipes.train_vae(cfg, data.binarize(x), prior="gaussian", seed=0, device="cpu", progress=False)
+    longer = recipes.train_vae({**cfg, "epochs": 2}, data.binarize(x), prior="gaussian", seed=0, device="cpu",
+                               progress=False)
+    assert short.result.status == "trained" and longer.result.status == "resumed"
+    assert longer.folder == short.folder and [h["epoch"] for h in longer.history] == [1, 2]
+    assert longer.history[0] == short.history[0]  # the first epoch is the shorter run's, not trained again
+    again = recipes.train_vae({**cfg, "epochs": 2}, data.binarize(x), prior="gaussian", seed=0, device="cpu",
+                              progress=False)
+    assert again.result.status == "reused"
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), longer.model.state_dict().values()))
+    other = recipes.train_vae({**cfg, "lr": 2e-3}, data.binarize(x), prior="gaussian", seed=0, device="cpu",
+                              progress=False)
+    assert other.folder != short.folder and other.result.status == "trained"  # another run, from scratch
+
+
+def test_classifier_schedule_drops_the_rate_for_the_decay_epochs():
+    cfg = {"classifier_epochs": 2, "classifier_decay_epochs": 1}
+    schedule = recipes._classifier_schedule(cfg)
+    total = 3 * 10  # 3 epochs of 10 steps
+    assert [schedule(s, total) for s in (0, 19, 20, 29)] == [1.0, 1.0, 0.1, 0.1]
+    longer = recipes._classifier_schedule({"classifier_epochs": 2, "classifier_decay_epochs": 3})
+    assert longer.__name__ == schedule.__name__  # the name joins the checkpoint's identity: epochs are not in it
+    with pytest.raises(ValueError, match="classifier_decay_epochs=0"):
+        recipes._classifier_schedule({"classifier_epochs": 2, "classifier_decay_epochs": 0})
+
+
+def test_fit_takes_a_schedule_function_and_records_its_name(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    x = torch.randn(40, 2)
+    rates = []
+
+    def halve_after_first_epoch(step, total):
+        rates.append(0.5 if step >= total // 2 else 1.0)
+        return rates[-1]
+
+    training.fit(model, x, epochs=2, batch_size=10, lr=0.1, seed=0, config={"t": 1}, device="cpu", progress=False,
+                 loss_fn=lambda m, b: m(b).pow(2).mean(), schedule=halve_after_first_epoch,
+                 checkpoint=tmp_path / "c.pt")
+    assert rates == [1.0] * 4 + [0.5] * 4
+    assert training.load_checkpoint(tmp_path / "c.pt")["config"]["schedule"] == "halve_after_first_epoch"
