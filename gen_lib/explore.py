@@ -17,7 +17,7 @@ Each explorer computes its tensors once, `render(...)` draws one setting as a ma
 settings at once: the fallback that the executed HTML keeps where widgets cannot run.
 
 The loaders (`load_vaes`, `load_flow`, `load_ddpm`) rebuild the run folders exactly as notebooks
-01_priors, 02_flow and 03_ddpm do (`cache.run_dir` of the same configuration) and load their
+01_priors, 02_flow and 03_ddpm do (`recipes.run_folder` of the same configuration) and load their
 checkpoints with `training.load_checkpoint`; they never train. A missing checkpoint is an error
 that names the notebook to run first.
 """
@@ -34,40 +34,36 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import cache, config, flows, training, vae
+from . import config, data, flows, priors, recipes, training, vae
 from .diffusion import DDPM, DDPMConfig, build_ddpm, sampling_timesteps
-from .priors import PRIORS
-
-LABEL = {"gaussian": "Gaussian", "mog": "MoG (16)", "flow": "Flow (10 layers)", "vamp": "VampPrior (16)"}
-PRIOR_TRAIN_KEYS = ("dataset", "epochs", "batch_size", "lr", "train_subset")  # TRAIN_KEYS of 01_priors
 
 
 # ---------------------------------------------------------------- the cached models
 
 
-def _checkpoint(name: str, run_config: dict[str, Any], file: str, notebook: str, profile: str,
-                epochs: int) -> dict[str, Any]:
-    path = cache.run_dir(name, run_config) / file
+def _checkpoint(section: str, run_cfg: dict[str, Any], notebook: str, profile: str, epochs: int) -> dict[str, Any]:
+    """The finished checkpoint of `recipes.run_key(section, run_cfg)`, or an error naming the notebook to run."""
+    path = recipes.run_folder(section, run_cfg) / "model.pt"
     if not path.exists():
-        raise FileNotFoundError(f"no cached {name} model for profile {profile!r} at {path}; run notebook {notebook} "
+        raise FileNotFoundError(f"no cached {section} model for profile {profile!r} at {path}; run notebook {notebook} "
                                 f"first (python -m gen_lib.run --profile {profile} --only {notebook} --no-pdf)")
     ckpt = training.load_checkpoint(path)
     if ckpt.get("epoch", epochs) < epochs:
-        raise FileNotFoundError(f"the cached {name} model at {path} has {ckpt['epoch']} of {epochs} epochs "
+        raise FileNotFoundError(f"the cached {section} model at {path} has {ckpt['epoch']} of {epochs} epochs "
                                 f"(an interrupted run); run notebook {notebook} again to finish it")
     return ckpt
 
 
-def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0) -> dict[str, vae.VAE]:
+def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0,
+              names: tuple[str, ...] | None = None) -> dict[str, vae.VAE]:
     """The VAE of every prior (seed `seed`) that 01_priors trained under `profile`, in eval mode on the CPU."""
     cfg = config.resolve("priors", profile, dataset=dataset)
     if not 0 <= seed < cfg["seeds"]:
         raise ValueError(f"seed={seed}: profile {profile!r} trains seeds 0..{cfg['seeds'] - 1}")
     models = {}
-    for name in PRIORS:
-        run_cfg = {**{k: cfg[k] for k in PRIOR_TRAIN_KEYS}, "prior": name, "seed": seed}
-        ckpt = _checkpoint("priors", run_cfg, "model.pt", "01_priors", profile, cfg["epochs"])
-        model = vae.build_vae(name)
+    for name in names or priors.select(cfg.get("priors")):
+        ckpt = _checkpoint("priors", {**cfg, "prior": name, "seed": seed}, "01_priors", profile, cfg["epochs"])
+        model = vae.build_vae(name, image_shape=data.info(dataset).shape, prior_params=priors.params(name, cfg))
         model.load_state_dict(ckpt["model"])
         models[name] = model.eval()
     return models
@@ -76,9 +72,9 @@ def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0) -> dict[str, 
 def load_flow(profile: str, dataset: str = "mnist", device: torch.device | str = "cpu") -> flows.ImageFlow:
     """The image flow that 02_flow trained under `profile`, in float32 and eval mode."""
     cfg = config.resolve("flow", profile, dataset=dataset)
-    ckpt = _checkpoint("flow", {**flows.training_config(cfg), "epochs": cfg["epochs"]}, "flow.pt", "02_flow",
-                       profile, cfg["epochs"])
-    flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None)
+    ckpt = _checkpoint("flow", cfg, "02_flow", profile, cfg["epochs"])
+    flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
+                                  image_shape=data.info(dataset).shape, actnorm=cfg["actnorm"])
     flow.load_state_dict(ckpt["model"])
     return flow.float().to(device).eval()
 
@@ -86,10 +82,8 @@ def load_flow(profile: str, dataset: str = "mnist", device: torch.device | str =
 def load_ddpm(profile: str, dataset: str = "mnist", device: torch.device | str = "cpu") -> DDPM:
     """The DDPM that 03_ddpm trained under `profile`, with the EMA weights it samples from, in eval mode."""
     cfg = config.resolve("ddpm", profile, dataset=dataset)
-    model_cfg = config.make(DDPMConfig, cfg)
-    train_cfg = {"dataset": cfg["dataset"], **{k: cfg[k] for k in DDPMConfig.__dataclass_fields__}}
-    ckpt = _checkpoint("ddpm", train_cfg, "model.pt", "03_ddpm", profile, cfg["epochs"])
-    ddpm = build_ddpm(model_cfg)
+    ckpt = _checkpoint("ddpm", cfg, "03_ddpm", profile, cfg["epochs"])
+    ddpm = build_ddpm(config.make(DDPMConfig, cfg), shape=data.info(dataset).shape)
     ddpm.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
     return ddpm.to(device).eval()
 
@@ -198,7 +192,7 @@ class LatentExplorer(_Explorer):
         import ipywidgets as widgets
 
         first = next(iter(self.vaes))
-        self.prior = widgets.Dropdown(options=[(LABEL.get(n, n), n) for n in self.vaes], value=first,
+        self.prior = widgets.Dropdown(options=[(priors.label(n), n) for n in self.vaes], value=first,
                                       description="prior")
         (lo1, lo2), (hi1, hi2) = self.box[first]
         style = dict(continuous_update=False, readout_format=".2f", step=0.01)
@@ -260,13 +254,13 @@ class LatentExplorer(_Explorer):
                             fontsize=9, weight="bold")
         ax.set_xlim(lo1, hi1)
         ax.set_ylim(lo2, hi2)
-        ax.set_title(f"{LABEL.get(prior, prior)}: log p(z), test encodings", fontsize=9)
+        ax.set_title(f"{priors.label(prior)}: log p(z), test encodings", fontsize=9)
         ax.tick_params(labelsize=7)
 
     def describe(self, prior: str, z: tuple[float, float]) -> str:
         v = self.view(prior, z)
         labels = ", ".join(str(int(self.test_y[i])) for i in v["neighbours"])
-        return (f"<b>{LABEL.get(prior, prior)}</b>: z = ({z[0]:.2f}, {z[1]:.2f}), log p(z) = {v['log_pz']:.3f}; "
+        return (f"<b>{priors.label(prior)}</b>: z = ({z[0]:.2f}, {z[1]:.2f}), log p(z) = {v['log_pz']:.3f}; "
                 f"nearest test images (labels): {labels}")
 
     def path(self, prior: str, n: int = 5) -> list[tuple[float, float]]:
@@ -432,6 +426,8 @@ class FlowExplorer(_Explorer):
         layer = self.flow.layers[k]
         if isinstance(layer, flows.LogitTransform):
             return "after logit"
+        if isinstance(layer, flows.ActNorm):
+            return "after actnorm"
         couplings = [i for i, l in enumerate(self.flow.layers) if isinstance(l, flows.AffineCoupling)]
         return f"after coupling {couplings.index(k) + 1}" if k in couplings else f"after layer {k + 1}"
 
@@ -483,7 +479,7 @@ class FlowExplorer(_Explorer):
         import matplotlib.pyplot as plt
 
         n = len(temperatures)
-        offset = int(isinstance(self.flow.layers[0], flows.LogitTransform))  # walk index of the logit
+        offset = sum(not isinstance(layer, flows.AffineCoupling) for layer in self.flow.layers)  # logit, actnorm
         couplings = len(self.walk) - 1 - offset
         layers = sorted({0, offset} | {offset + round(couplings * f) for f in (0.25, 0.5, 0.75, 1.0)})[:n]
         fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.8), squeeze=False)
@@ -502,4 +498,4 @@ class FlowExplorer(_Explorer):
 
 
 __all__ = ["LatentExplorer", "DiffusionExplorer", "FlowExplorer", "load_vaes", "load_flow", "load_ddpm",
-           "denoising_trajectory", "PRIOR_TRAIN_KEYS"]
+           "denoising_trajectory"]

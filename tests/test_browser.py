@@ -72,27 +72,15 @@ def _smoke_copy(name: str, folder: Path) -> None:
 
 
 def _train_caches_for_explore() -> None:
-    """Seed 0 of every prior (01_priors) and the DDPM (03_ddpm), trained as those notebooks train them."""
-    import torch
-
-    from gen_lib import cache, config, data, training, vae
-    from gen_lib.diffusion import DDPMConfig, train_ddpm
-    from gen_lib.explore import PRIOR_TRAIN_KEYS
-    from gen_lib.priors import PRIORS
+    """Seed 0 of every prior (01_priors) and the DDPM (03_ddpm), trained by the recipes those notebooks call."""
+    from gen_lib import config, data, priors, recipes
 
     cfg = config.resolve("priors", "smoke")
     train_x, _ = data.load_mnist("train")
     train_b = data.binarize(train_x[:cfg["train_subset"]])
-    for name in PRIORS:
-        run_cfg = {**{k: cfg[k] for k in PRIOR_TRAIN_KEYS}, "prior": name}
-        torch.manual_seed(0)
-        training.fit(vae.build_vae(name), train_b, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                     seed=0, config=run_cfg, checkpoint=cache.run_dir("priors", {**run_cfg, "seed": 0}) / "model.pt",
-                     progress=False)
-    dcfg = config.resolve("ddpm", "smoke")
-    train_cfg = {"dataset": dcfg["dataset"], **{k: dcfg[k] for k in DDPMConfig.__dataclass_fields__}}
-    train_ddpm(config.make(DDPMConfig, dcfg), train_x, checkpoint=cache.run_dir("ddpm", train_cfg) / "model.pt",
-               progress=False)
+    for name in priors.names():
+        recipes.train_vae(cfg, train_b, prior=name, seed=0, progress=False)
+    recipes.train_ddpm(config.resolve("ddpm", "smoke"), train_x, progress=False)
 
 
 @pytest.fixture(scope="module")

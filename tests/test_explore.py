@@ -1,17 +1,14 @@
 """The explorers of notebook 05_explore, driven through their Python API (what a widget's slider sets),
 and the loaders that find the models notebooks 01-03 cached."""
 
-import ast
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from gen_lib import cache, config, data, explore, flows, training, vae
-from gen_lib.diffusion import DDPM, DDPMConfig, train_ddpm
-from gen_lib.priors import PRIORS
+from gen_lib import config, data, explore, flows, priors, recipes, vae
+from gen_lib.diffusion import DDPM
 
 pytest.importorskip("ipywidgets")
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +113,7 @@ def test_flow_explorer_temperature_and_walk():
         nn.init.normal_(p, std=0.05)
     x = torch.rand(4, 1, 28, 28)
     ex = explore.FlowExplorer(flow, x, n_samples=4, n_walk=2)
-    assert ex.names == ["data y", "after logit", "after coupling 1", "after coupling 2"]
+    assert ex.names == ["data y", "after logit", "after actnorm", "after coupling 1", "after coupling 2"]
     image = ex.image.value
     ex.temperature.value = 1.0
     assert ex.image.value != image and "temperature 1.00" in ex.readout.value
@@ -146,40 +143,20 @@ def test_missing_cache_names_the_notebook_to_run(tmp_build):
         explore.load_vaes("smoke", seed=5)
 
 
-def test_prior_train_keys_are_those_of_notebook_01():
-    cells = json.loads((ROOT / "notebooks" / "01_priors.ipynb").read_text())["cells"]
-    for cell in cells:
-        for node in ast.walk(ast.parse("".join(cell["source"]))) if cell["cell_type"] == "code" else ():
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TRAIN_KEYS":
-                assert ast.literal_eval(node.value) == explore.PRIOR_TRAIN_KEYS
-                return
-    pytest.fail("01_priors no longer defines TRAIN_KEYS; update explore.load_vaes to find its run folders")
-
-
 @pytest.mark.slow
 def test_loaders_find_what_the_notebooks_train(tmp_build):
-    """Train each model as its notebook does (smoke configuration, a few images) and load it back."""
+    """Train each model with the recipe its notebook calls (smoke configuration, a few images) and load it back."""
     x = data.binarize(torch.rand(16, 1, 28, 28))
     cfg = config.resolve("priors", "smoke")
-    for name in PRIORS:  # 01_priors, seed 0
-        run_cfg = {**{k: cfg[k] for k in explore.PRIOR_TRAIN_KEYS}, "prior": name}
-        torch.manual_seed(0)
-        model = vae.build_vae(name)
-        training.fit(model, x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=0,
-                     config=run_cfg, checkpoint=cache.run_dir("priors", {**run_cfg, "seed": 0}) / "model.pt",
-                     device="cpu", progress=False)
+    for name in priors.names():  # 01_priors, seed 0
+        model = recipes.train_vae(cfg, x, prior=name, seed=0, device="cpu", progress=False).model
     loaded = explore.load_vaes("smoke")
-    assert list(loaded) == list(PRIORS)
-    torch.testing.assert_close(loaded["vamp"].state_dict(), model.cpu().state_dict())
+    assert list(loaded) == list(priors.names())
+    torch.testing.assert_close(loaded[priors.names()[-1]].state_dict(), model.cpu().state_dict())
 
     images = torch.rand(8, 1, 28, 28)
-    fcfg = config.resolve("flow", "smoke")  # 02_flow
-    folder = cache.run_dir("flow", {**flows.training_config(fcfg), "epochs": fcfg["epochs"]})
-    flow, _ = flows.train_image_flow(fcfg, images, checkpoint=folder / "flow.pt", progress=False, device="cpu")
+    flow = recipes.train_flow(config.resolve("flow", "smoke"), images, device="cpu", progress=False).model  # 02_flow
     torch.testing.assert_close(explore.load_flow("smoke").state_dict(), flow.float().state_dict())
 
-    dcfg = config.resolve("ddpm", "smoke")  # 03_ddpm
-    train_cfg = {"dataset": dcfg["dataset"], **{k: dcfg[k] for k in DDPMConfig.__dataclass_fields__}}
-    _, ema, _ = train_ddpm(config.make(DDPMConfig, dcfg), images, checkpoint=cache.run_dir("ddpm", train_cfg) / "model.pt",
-                           progress=False, device="cpu")
-    torch.testing.assert_close(explore.load_ddpm("smoke").state_dict(), ema.state_dict())  # the EMA weights
+    run = recipes.train_ddpm(config.resolve("ddpm", "smoke"), images, device="cpu", progress=False)  # 03_ddpm
+    torch.testing.assert_close(explore.load_ddpm("smoke").state_dict(), run.result.ema.state_dict())  # the EMA
