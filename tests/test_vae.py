@@ -170,13 +170,16 @@ def test_quadrature_holds_the_mass(trained, name, seed):
     1. the mass of f(z) = p(x|z) p(z) on a box three times as wide as the final one (same centre and
        cells) lies inside the final box, up to less than float32's resolution of log p(x);
     2. importance sampling from a heavy-tailed Student-t (3 degrees of freedom) fitted to the quadrature's
-       posterior, an unbiased estimate of p(x) whatever the box, agrees within its standard error.
+       posterior, an unbiased estimate of p(x) whatever the box, agrees within its standard error plus the
+       quadrature's own error. (Where the posterior sits far from the encoder's mean the box grows, and 32
+       cells may not resolve it: the 64-grid is the reference, its error bounded by its change from 32.)
     """
     models, x = trained
     model = models[name]
     torch.manual_seed(seed)
     with torch.no_grad():
-        exact, info = V.log_likelihood_quadrature(model, x, return_info=True)
+        exact, info = V.log_likelihood_quadrature(model, x, n_grid=64, return_info=True)
+        quad = (exact - V.log_likelihood_quadrature(model, x, n_grid=32)).abs().max()  # first-order bound
         xf = x.flatten(1).float()
         n = 3 * 24
         t = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1
@@ -201,7 +204,7 @@ def test_quadrature_holds_the_mass(trained, name, seed):
         log_w = (_log_integrand(model, xf, zs) - log_r).T  # (k, B)
     estimate = log_w.logsumexp(0) - math.log(k)
     se = _iwae_stderr(log_w)
-    assert ((estimate - exact).abs() <= Z * se).all(), ((estimate - exact) / se, se)
+    assert ((estimate - exact).abs() <= Z * se + quad).all(), (estimate - exact, se, quad)
 
 
 def test_quadrature_converges_as_grid_is_refined(trained):
