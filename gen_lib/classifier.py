@@ -19,8 +19,8 @@ activations make KID values of thousands); and d is kept modest (128) so that
 N = 2,000 samples estimate a d x d covariance well.
 
 `gen_lib.recipes.train_classifier` trains it (images and labels, one `fit` call with a step
-schedule of the learning rate) into `build/runs/classifier/<hash>/`; `load_classifier` finds the
-trained one (a clear error says how to train it when there is none). The network adapts to the
+schedule of the learning rate) into `build/runs/classifier/<hash>/`; `recipes.load_classifier` finds
+the trained one (a clear error says how to train it when there is none). The network adapts to the
 dataset's image shape and number of classes (`gen_lib.data.INFO`).
 """
 
@@ -74,29 +74,3 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> t
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of correctly classified images."""
     return (predict(model, images) == labels).float().mean().item()
-
-
-def load_classifier(dataset: str = "mnist", profile: str = "default") -> MNISTClassifier:
-    """The classifier that notebook 04_quality trained for `dataset` under `profile`, from the cache.
-
-    Raises FileNotFoundError, saying how to train it, when it has not been trained
-    (or its training was interrupted).
-    """
-    from . import config, data, recipes, training
-
-    cfg = config.resolve("quality", profile, dataset=dataset)
-    path = recipes.run_folder("classifier", cfg) / "model.pt"
-    how = (f"train it with gen_lib.recipes.train_classifier(config.resolve('quality', {profile!r}, "
-           f"dataset={dataset!r})) or run notebook 04_quality "
-           f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only 04_quality --no-pdf)")
-    if not path.exists():
-        raise FileNotFoundError(f"no trained {dataset} classifier for profile {profile!r} at {path}; {how}")
-    ckpt = training.load_checkpoint(path)  # the folder is the configuration's: its hash names it
-    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
-    if ckpt["epoch"] < epochs:
-        raise FileNotFoundError(f"the {dataset} classifier at {path} stopped after {ckpt['epoch']} of "
-                                f"{epochs} epochs; {how}")
-    info = data.info(dataset)
-    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
-    model.load_state_dict(ckpt["model"])
-    return model.to(training.default_device()).eval()

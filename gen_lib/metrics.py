@@ -288,7 +288,7 @@ def feature_map(features: Union[str, FeatureMap] = "mnist", profile: str = "defa
     if callable(features):
         return features
     if features in INFO:
-        from .classifier import load_classifier
+        from .recipes import load_classifier
 
         return load_classifier(features, profile).features
     if features in FEATURES:

@@ -239,7 +239,7 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
     training images and labels of `cfg["dataset"]`, by cross-entropy: Adam at `classifier_lr` for
     `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs` (the low-lr epoch takes the
     MNIST test accuracy above 99 % within a few CPU minutes). `test_accuracy` joins the history after
-    every epoch. The model is returned in eval mode; `classifier.load_classifier` finds it later.
+    every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
     from .classifier import MNISTClassifier, accuracy
 
@@ -257,3 +257,29 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                           eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, device=device,
                           progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
     return Trained(model.eval(), result, folder)
+
+
+def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
+    """The classifier that notebook 04_quality trained for `dataset` under `profile`, from the cache.
+
+    Raises FileNotFoundError, saying how to train it, when it has not been trained
+    (or its training was interrupted).
+    """
+    from .classifier import MNISTClassifier
+
+    cfg = config.resolve("quality", profile, dataset=dataset)
+    path = run_folder("classifier", cfg) / "model.pt"
+    how = (f"train it with gen_lib.recipes.train_classifier(config.resolve('quality', {profile!r}, "
+           f"dataset={dataset!r})) or run notebook 04_quality "
+           f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only 04_quality --no-pdf)")
+    if not path.exists():
+        raise FileNotFoundError(f"no trained {dataset} classifier for profile {profile!r} at {path}; {how}")
+    ckpt = training.load_checkpoint(path)  # the folder is the configuration's: its hash names it
+    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
+    if ckpt["epoch"] < epochs:
+        raise FileNotFoundError(f"the {dataset} classifier at {path} stopped after {ckpt['epoch']} of "
+                                f"{epochs} epochs; {how}")
+    info = data.info(dataset)
+    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
+    model.load_state_dict(ckpt["model"])
+    return model.to(training.default_device()).eval()

@@ -35,7 +35,7 @@ def test_features_are_deterministic_in_eval_mode():
 def test_missing_classifier_is_a_clear_error(tmp_build):
     with pytest.raises(FileNotFoundError, match=r"no trained mnist classifier for profile 'default'.*"
                                                 r"train_classifier.*--only 04_quality"):
-        classifier.load_classifier("mnist", "default")
+        recipes.load_classifier("mnist", "default")
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_bui
     assert info["test_accuracy"] >= 0.99  # (time is reported, not asserted: CI machines are shared)
 
     # the cached model is what features="mnist" uses; its features are standardised on real data
-    loaded = classifier.load_classifier("mnist", "default")
+    loaded = recipes.load_classifier("mnist", "default")
     test_x, test_y = data.load_mnist("test")
     assert classifier.accuracy(loaded, test_x, test_y) == pytest.approx(info["test_accuracy"], abs=1e-6)
     f = metrics.extract(loaded.features, test_x[:2000])
