@@ -46,6 +46,10 @@ EPOCHS: dict[str, tuple[str, ...]] = {  # the parameters left out of the identit
     "classifier": ("classifier_epochs", "classifier_decay_epochs"),
 }
 _PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}
+# What a section's runs always do, recorded in their identity (a change of it moves the run folder).
+FIXED: dict[str, dict[str, Any]] = {
+    "quality_vae": {"train_data": "dequantized (255 x + u) / 256, u ~ U(0, 1), drawn afresh each epoch"},
+}
 
 
 def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
                          f"a {section} run needs {', '.join(IDENTITY[section])}")
-    key = {"run": section, **{k: cfg[k] for k in IDENTITY[section]}}
+    key = {"run": section, **{k: cfg[k] for k in IDENTITY[section]}, **FIXED.get(section, {})}
     if section in _PRIOR_KEY:
         name = cfg[_PRIOR_KEY[section]]
         key.update({f"{name}_{p}": v for p, v in priors.params(name, cfg).items()})
@@ -109,10 +113,13 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     """Train (or resume, or reuse) the study's VAE (`vae.build_vae`) by Adam on the negative ELBO.
 
     `section="priors"` (Part 1): `train_x` binarized images, a Bernoulli decoder, `prior` (a registered
-    name) with its size parameters from `cfg`, the given `seed`. `section="quality_vae"` (Part 2): images
-    in [0, 1], a continuous Bernoulli decoder, the prior `cfg["vae_prior"]`, `cfg["seed"]`, and the
-    `vae_*` hyperparameters. The first `train_subset` images are used. `eval_x` (optional): the test ELBO
-    on those images after every epoch (`test_elbo` in the history). Initial weights: `torch.manual_seed(seed)`.
+    name) with its size parameters from `cfg`, the given `seed`. `section="quality_vae"` (Part 2): 8-bit
+    images in [0, 1], dequantized afresh in every epoch as the flow's and the DDPM's are, y = (255 x + u)/256
+    (so that its likelihood is a density of the same y as theirs: Table 3), a continuous Bernoulli decoder,
+    the prior `cfg["vae_prior"]`, `cfg["seed"]`, and the `vae_*` hyperparameters. The first `train_subset`
+    images are used. `eval_x` (optional): the test ELBO on those images after every epoch (`test_elbo` in
+    the history; dequantized once, with a fixed seed, for the Part 2 VAE). Initial weights:
+    `torch.manual_seed(seed)`.
     """
     from . import vae
 
@@ -126,11 +133,16 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     torch.manual_seed(seed)
     model = vae.build_vae(name, likelihood=keys.likelihood, image_shape=data.info(cfg["dataset"]).shape,
                           prior_params=priors.params(name, cfg))
+    continuous = section == "quality_vae"
     eval_fn = None
     if eval_x is not None:
+        if continuous:
+            eval_x = data.dequantize(eval_x.float(), generator=torch.Generator().manual_seed(12345))
+
         def eval_fn(m):
             return {"test_elbo": m.elbo(eval_x.to(m._device())).mean().item()}
     result = training.fit(model, subset(train_x, cfg["train_subset"]), epochs=cfg[keys.epochs],
+                          transform=(lambda b, g: data.dequantize(b, generator=g)) if continuous else None,
                           batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key,
                           checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
                           desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,17 @@ from typing import Any
 from . import paths
 
 
+# characters that pdfLaTeX's text fonts lack, in the labels the notebooks use (x ~ p(x|z), lambda(z))
+_MATH_CHARACTERS = {"~": r"$\sim$", "λ": r"$\lambda$", "σ": r"$\sigma$", "ε": r"$\epsilon$", "≥": r"$\geq$",
+                    "≤": r"$\leq$", "±": r"$\pm$", "→": r"$\to$"}
+
+
 def latex_escape(text: str) -> str:
-    """Text with LaTeX's special characters (\\ & % _ #) escaped."""
+    """Text with LaTeX's special characters (\\ & % _ #) escaped, and the Greek letters and symbols of
+    `_MATH_CHARACTERS` (which pdfLaTeX's text fonts lack) in math mode."""
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    for a, b in _MATH_CHARACTERS.items():
         text = text.replace(a, b)
     return text
 
@@ -36,6 +45,16 @@ def mean_pm(values, digits: int = 2) -> str:
     return f"${v.mean().item():.{digits}f} \\pm {std:.{digits}f}$"
 
 
+def with_interval(value: float, low: float, high: float, digits: int = 2) -> str:
+    """An estimate and its interval for tables and text: "2.31 [2.16, 3.81]", fixed digits, true minus signs."""
+    return f"{fmt(float(value), digits)} [{fmt(float(low), digits)}, {fmt(float(high), digits)}]"
+
+
+def separated(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two intervals (low, high) do not overlap: a difference the intervals resolve."""
+    return a[1] < b[0] or b[1] < a[0]
+
+
 def join_words(items: list[str]) -> str:
     """A list in running text: "a", "a and b", "a, b and c"."""
     items = list(items)
@@ -44,10 +63,14 @@ def join_words(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
 def write_macros(name: str, values: dict[str, Any]) -> Path:
     """Write `report/tables/macros_<name>.tex`: one `\\val{key}` per entry (already formatted strings)."""
     lines = [f"% written by gen_lib.report.write_macros({name!r}); do not edit"]
     for key, value in values.items():
+        value = _THOUSANDS.sub("{,}", str(value))  # "10,000" -> "10{,}000": no space after the comma in math mode
         lines.append(f"\\expandafter\\def\\csname val@{key}\\endcsname{{{value}}}")
     path = paths.tables_dir() / f"macros_{name}.tex"
     path.write_text("\n".join(lines) + "\n")

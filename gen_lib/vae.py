@@ -35,6 +35,10 @@ MNIST_SHAPE = INFO["mnist"].shape  # the study's images, (1, 28, 28): the defaul
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 KL_METHODS = ("auto", "analytic", "mc")
 BPD_METHODS = ("iwae", "quadrature")
+# What an image "from the VAE" can be, given z: the decoder's mean E[x|z], its parameter (the Bernoulli's
+# probabilities; the continuous Bernoulli's lambda, which is not its mean), or a draw x ~ p(x|z), the
+# model's actual sample. For the Bernoulli the first two coincide.
+OUTPUTS = ("mean", "parameter", "draw")
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -81,6 +85,17 @@ class BernoulliDecoder(nn.Module):
         cls = Bernoulli if self.likelihood == "bernoulli" else ContinuousBernoulli
         return Independent(cls(logits=logits, validate_args=False), 1, validate_args=False)
 
+    def log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) for z (..., B, D) and x (B, P): `self(z).log_prob(x)`, (..., B).
+
+        For the Bernoulli it is computed as x.l - sum softplus(l) with the logits l: the same function
+        as torch's binary cross-entropy, in three passes over the (..., B, P) logits instead of six
+        (it dominates the IWAE's cost: K decoder outputs per image)."""
+        if self.likelihood != "bernoulli":
+            return self(z).log_prob(x)
+        logits = self.net(z)
+        return (logits * x).sum(-1) - nn.functional.softplus(logits).sum(-1)
+
 
 class VAE(nn.Module):
     """A VAE `VAE(encoder, decoder, prior)`: encoder(x) -> q(z|x), decoder(z) -> p(x|z),
@@ -114,6 +129,12 @@ class VAE(nn.Module):
         return x
 
     # -- bounds ---------------------------------------------------------------------------
+    def log_px(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) for latents z (..., B, D) and flat images x (B, P): (..., B). Uses the decoder's own
+        `log_prob(z, x)` where it has one (the study's decoder: a faster Bernoulli), else `decoder(z).log_prob(x)`."""
+        fast = getattr(self.decoder, "log_prob", None)
+        return fast(z, x) if fast is not None else self.decoder(z).log_prob(x)
+
     def kl_method(self) -> str:
         """'analytic' if torch.distributions has KL(q || p) for this prior, else 'mc'."""
         q = self.encoder(torch.zeros(1, self.input_dim, device=self._device(), dtype=self._dtype()))
@@ -134,7 +155,7 @@ class VAE(nn.Module):
         x = self._flat(x)
         q = self.encoder(x)
         z = q.rsample()  # (B, D)
-        log_px = self.decoder(z).log_prob(x)  # (B,)
+        log_px = self.log_px(z, x)  # (B,)
         p = self.prior()
         if kl in ("auto", "analytic"):
             try:
@@ -154,7 +175,7 @@ class VAE(nn.Module):
         """log w = log p(x|z) + log p(z) - log q(z|x) for x (B, P) flat and z (K, B, D) -> (K, B)."""
         q = self.encoder(x) if q is None else q
         p = self.prior() if p is None else p
-        return self.decoder(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+        return self.log_px(z, x) + p.log_prob(z) - q.log_prob(z)
 
     def iwae(self, x: torch.Tensor, k: int, chunk: int = 2**18) -> torch.Tensor:
         """IWAE bound logsumexp_k log w_k - log K with K samples from q(z|x), (B,) nats.
@@ -179,20 +200,23 @@ class VAE(nn.Module):
 
     # -- sampling ------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_images(self, n: int, generator: torch.Generator | None = None, mean: bool = True) -> torch.Tensor:
-        """n images (n, *image_shape) in [0, 1]: z ~ p(z), then the decoder's mean E[x|z]
-        (for the Bernoulli the pixel probabilities; for the continuous Bernoulli its mean,
-        not its parameter lambda), or a draw x ~ p(x|z) when `mean=False`."""
+    def sample_images(self, n: int, generator: torch.Generator | None = None, output: str = "mean") -> torch.Tensor:
+        """n images (n, *image_shape) in [0, 1]: z ~ p(z), then `output` of p(x|z) (`OUTPUTS`): "mean" E[x|z]
+        (the default; for the continuous Bernoulli its mean, not its parameter lambda), "parameter" (the
+        Bernoulli's probabilities; the continuous Bernoulli's lambda) or "draw" x ~ p(x|z). The same
+        `generator` state gives the same z for every `output`, so the three can be compared image by image."""
+        _check_output(output)
         if generator is not None:  # torch.distributions has no generator argument: seed the global RNG from it
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
         z = self.prior().sample((n,))  # (n, D)
-        return self.decode(z, mean=mean)
+        return self.decode(z, output=output)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """Images (n, *image_shape) in [0, 1] from latents z (n, D): the decoder's mean or a draw."""
+    def decode(self, z: torch.Tensor, output: str = "mean") -> torch.Tensor:
+        """Images (n, *image_shape) in [0, 1] from latents z (n, D): the decoder's `output` (`OUTPUTS`)."""
+        _check_output(output)
         px = self.decoder(z).base_dist
-        x = px.mean if mean else px.sample()
+        x = {"mean": lambda: px.mean, "parameter": lambda: px.probs, "draw": px.sample}[output]()
         return x.clamp(0, 1).reshape(-1, *self.image_shape)
 
     @torch.no_grad()
@@ -206,6 +230,11 @@ class VAE(nn.Module):
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} is unknown; choose one of {', '.join(OUTPUTS)}")
 
 
 def build_vae(prior: str, likelihood: str = "bernoulli", latent_dim: int = 2, hidden: int = 512, *,
@@ -274,7 +303,7 @@ def _log_integrand(vae, p, x, centre, half, u):
     """log p(x|z) + log p(z) on the grid centre + half * u: (b, n*n), and log cell area (b,)."""
     z = centre[:, None, :] + half[:, None, :] * u  # (b, n*n, 2)
     zz = z.transpose(0, 1).to(x.dtype)  # (n*n, b, 2): sample-first, as the prior and decoder expect
-    f = (vae.decoder(zz).log_prob(x) + p.log_prob(zz)).double().transpose(0, 1)
+    f = (vae.log_px(zz, x) + p.log_prob(zz)).double().transpose(0, 1)
     return f, torch.log(4 * half[:, 0] * half[:, 1] / u.shape[0])
 
 

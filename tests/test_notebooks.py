@@ -65,6 +65,12 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
     figures = list((tmp_path / "report" / "figures").glob("*.pdf"))
     tables = list((tmp_path / "report" / "tables").glob("*.tex"))
     assert len(figures) >= 8 and len(tables) >= 6
+    names = {f.stem for f in figures} | {t.stem for t in tables}
+    # Part 2 on one scale: Table 3, the extended Table 2 with intervals, FID against sampling steps
+    assert {"quality_table3", "quality_table2", "ddpm_fid_steps"} <= names
+    table2 = (tmp_path / "report" / "tables" / "quality_table2.tex").read_text()
+    assert r"draw x $\sim$ p(x|z)" in table2 and r"parameter $\lambda$(z)" in table2 and "[" in table2  # three VAE rows, intervals
+    assert "Likelihood and sample quality of the three models" in text
     # logs a person can read: one line per epoch, no progress-bar redraws, each notebook's start and end
     log = done.stdout + done.stderr
     assert "it/s]" not in log and "%|" not in log, "tqdm bars were drawn into the log"
@@ -121,6 +127,7 @@ sample_batch = 16
 compare_n = 4
 compare_ancestral = 2
 fid_n = 32
+n_boot = 20
 
 [paper.quality]
 vae_epochs = 1
@@ -129,6 +136,11 @@ classifier_epochs = 1
 feature_dim = 16
 n_eval = 32
 fid_curve_max = 64
+n_boot = 20
+nll_n = 16
+nll_t = 4
+nll_k = 20
+nll_quadrature = 4
 """
 
 

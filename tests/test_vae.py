@@ -250,6 +250,34 @@ def test_continuous_bernoulli_samples_are_images_in_unit_interval():
         model.elbo(x + 1)
 
 
+def test_three_outputs_share_z_and_are_mean_parameter_and_draw():
+    model = _small("flow", likelihood="continuous_bernoulli")
+    out = {o: model.sample_images(200, generator=torch.Generator().manual_seed(3), output=o) for o in V.OUTPUTS}
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=torch.Generator().manual_seed(3))))
+    z = model.prior().sample((200,))  # the z that sample_images draws from that generator
+    px = model.decoder(z).base_dist
+    lam, mean = px.probs.reshape(out["mean"].shape), px.mean.reshape(out["mean"].shape)
+    assert torch.equal(out["parameter"], lam.clamp(0, 1)) and torch.equal(out["mean"], mean.clamp(0, 1))
+    # the continuous Bernoulli's mean lies between lambda and 1/2 (it is pulled towards the middle)
+    assert ((out["mean"] - 0.5).abs() <= (out["parameter"] - 0.5).abs() + 1e-6).all()
+    # a draw is a draw: its pixels scatter around the mean with the distribution's variance (4 sigma on the average)
+    d = out["draw"]
+    assert 0 <= d.min() and d.max() <= 1
+    resid = (d - mean).pow(2) - px.variance.reshape(d.shape)
+    assert resid.mean().abs() < 4 * resid.std() / resid.numel() ** 0.5
+    with pytest.raises(ValueError, match="output='probs'.*mean, parameter, draw"):
+        model.sample_images(2, output="probs")
+
+
+def test_fast_bernoulli_log_likelihood_is_the_distributions_log_prob():
+    model = _small("gaussian").double()
+    x = _binary().reshape(-1, 784).double()
+    z = torch.randn(7, len(x), 2, dtype=torch.float64)
+    fast, slow = model.log_px(z, x), model.decoder(z).log_prob(x)
+    # float64 round-off of sums over 784 terms of size |logit| + softplus: far below 1e-9 nats
+    assert fast.shape == (7, len(x)) and torch.allclose(fast, slow, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: V.build_vae("laplace"), "laplace"),
     (lambda: V.build_vae("gaussian", likelihood="gaussian"), "likelihood='gaussian'"),
