@@ -124,9 +124,10 @@ def busy_warning(cores: int | None = None) -> str | None:
 
 def _estimates(profile: str, dataset: str, runs: dict) -> dict[str, float]:
     """Expected seconds per notebook: this profile's last recorded run, else the README's measured times
-    (2-core AMD EPYC: 01_priors re-timed on 2026-11-28, the others on 2026-11-25)."""
-    measured = {"smoke": {"01_priors": 24, "02_flow": 12, "03_ddpm": 12, "04_quality": 18},
-                "default": {"01_priors": 907, "02_flow": 246, "03_ddpm": 726, "04_quality": 72}}.get(profile, {})
+    (2-core AMD EPYC, one run of every notebook from an empty build folder, 2026-11-28)."""
+    measured = {"smoke": {"01_priors": 24, "02_flow": 12, "03_ddpm": 24, "04_quality": 18, "05_explore": 6},
+                "default": {"01_priors": 758, "02_flow": 229, "03_ddpm": 1097, "04_quality": 195,
+                            "05_explore": 18}}.get(profile, {})
     return {name: float(runs.get(name, {}).get("seconds", measured.get(name, float("nan")))) for name in NOTEBOOKS}
 
 
