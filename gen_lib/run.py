@@ -34,13 +34,18 @@ def _log(msg: str) -> None:
 
 
 def parse_params(items: list[str] | None) -> dict[str, object]:
-    """`["priors=gaussian,flow", "seeds=3"]` -> {"priors": "gaussian,flow", "seeds": 3}: a value is read as a Python
-    literal where it is one (numbers, True, None), else kept as a string."""
+    """`["priors=gaussian,flow", "seeds=3", "bf16=false"]` -> {"priors": "gaussian,flow", "seeds": 3, "bf16": False}:
+    a value is read as a Python literal where it is one (numbers, True, None), true/false/none in any case as
+    the booleans and None (as profiles.toml writes them), else kept as a string."""
+    words = {"true": True, "false": False, "none": None, "null": None}
     out = {}
     for item in items or []:
         name, sep, text = item.partition("=")
         if not sep or not name.isidentifier():
             raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        if text.strip().lower() in words:
+            out[name] = words[text.strip().lower()]
+            continue
         try:
             out[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):

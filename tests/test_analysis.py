@@ -146,6 +146,9 @@ def test_report_helpers():
 def test_runner_params(capsys):
     assert run.parse_params(["priors=gaussian,flow", "seeds=3", "x=None", "s="]) == \
         {"priors": "gaussian,flow", "seeds": 3, "x": None, "s": ""}
+    # profiles.toml's spelling of booleans works too (a string "false" would be truthy in the notebook)
+    assert run.parse_params(["bf16=false", "a=True", "b=TRUE", "c=none"]) == {"bf16": False, "a": True, "b": True,
+                                                                              "c": None}
     with pytest.raises(ValueError, match="NAME=VALUE"):
         run.parse_params(["priors"])
     assert {"profile", "dataset", "priors", "seeds", "epochs"} <= run._declared(run.SOURCE_NOTEBOOKS / "01_priors.ipynb")
