@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from . import config, data, paths
-from .run import NOTEBOOKS
+from .run import NOTEBOOKS, check_profile_and_dataset
 
 AGAIN = 75  # EX_TEMPFAIL: not finished, call again
 
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", help="where checkpoints, results and notebooks go (default build/)")
     parser.add_argument("--report-dir", help="where figures/ and tables/ go (default report/)")
     args = parser.parse_args(argv)
-    if args.profile not in config.PROFILES:
-        parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
-    if args.dataset not in data.INFO:
-        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(data.INFO)}")
+    check_profile_and_dataset(parser, args)
     if not args.limit >= 30:
         parser.error(f"--limit {args.limit}: a chunk needs at least 30 seconds (start-up alone takes several)")
     extra = []

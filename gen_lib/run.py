@@ -167,6 +167,14 @@ def build_pdf() -> Path:
     return pdf
 
 
+def check_profile_and_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A clear error (naming the allowed values) for an unknown --profile or --dataset, before anything runs."""
+    if args.profile not in config.PROFILES:
+        parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
+    if args.dataset not in data.INFO:
+        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(data.INFO)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gen_lib.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
@@ -181,10 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-dir", help="where figures/ and tables/ go (default report/)")
     args = parser.parse_args(argv)
 
-    if args.profile not in config.PROFILES:
-        parser.error(f"--profile {args.profile!r} is unknown; choose one of {', '.join(config.PROFILES)}")
-    if args.dataset not in data.INFO:
-        parser.error(f"--dataset {args.dataset!r} is unknown; choose one of {', '.join(data.INFO)}")
+    check_profile_and_dataset(parser, args)
     only = args.only or list(NOTEBOOKS)
     for name in only:
         if name not in NOTEBOOKS:
