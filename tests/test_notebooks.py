@@ -161,10 +161,13 @@ def test_paper_profile_code_paths_at_tiny_sizes(tmp_path):
     assert ddpm["fid_n"] > 0 and ddpm["sample_method"] == "ancestral" and ddpm["sample_steps"] == ddpm["T"]
     assert ddpm["n_samples"] > ddpm["sample_batch"] and ddpm["n_res"] == 2 and ddpm["dropout"] > 0
     assert ddpm["channels_last"] and priors["iwae_k"] == 5000
-    # through the chunk runner a GPU lease needs (gen_lib.chunks), in chunks short enough that it must resume
+    # through the chunk runner a GPU lease needs (gen_lib.chunks): a first chunk far shorter than the whole run
+    # (minutes here), so that it must stop and resume, then chunks long enough that no single step of a slower
+    # machine can starve one (a limit tuned to this machine's step times would be a flaky test elsewhere)
     chunks = []
-    for _ in range(20):
-        done = subprocess.run([sys.executable, "-m", "gen_lib.chunks", "--profile", "paper", "--limit", "90",
+    for i in range(20):
+        done = subprocess.run([sys.executable, "-m", "gen_lib.chunks", "--profile", "paper",
+                               "--limit", "45" if i == 0 else "600",
                                "--build-dir", str(tmp_path / "build"), "--report-dir", str(tmp_path / "report")],
                               cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
         chunks.append(done.returncode)
