@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data  # the dataset registry, data.INFO
+from . import precision
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
@@ -82,7 +83,8 @@ def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
     params.update({k: v for k, v in overrides.items() if v is not None})
     if params.get("dataset", "mnist") not in data.INFO:
         raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(data.INFO)}")
-    return params
+    precision.check(section, params)
+    return precision.settle(section, params)  # "auto" precisions: this machine's measured choice
 
 
 def make(cls: type, params: dict[str, Any]):

@@ -179,10 +179,11 @@ class Flow(nn.Module):
         z = z.reshape(z.shape[0], -1)
         return -0.5 * (z.pow(2).sum(-1) + self.dim * _LOG_2PI)
 
-    def data_to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, *event) -> (z (B, *event), log|det dz/dx| (B,))."""
+    def data_to_base(self, x: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, *event) -> (z (B, *event), log|det dz/dx| (B,)). `check=False` skips `check_input` (a host
+        synchronisation): for inputs computed by the caller, such as a VAE's latents under the flow prior."""
         h, total = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for h, log_det in self._walk(x):  # a flow without layers is the identity
+        for h, log_det in self._walk(x, check):  # a flow without layers is the identity
             total = total + log_det
         return h.reshape(x.shape), total
 
@@ -197,8 +198,9 @@ class Flow(nn.Module):
         """x and its image after every layer, each (B, *event): the walk from data to base."""
         return [x] + [h.reshape(x.shape) for h, _ in self._walk(x)]
 
-    def _walk(self, x):
-        self.check_input(x)
+    def _walk(self, x, check: bool = True):
+        if check:
+            self.check_input(x)
         h = x.reshape(x.shape[0], self.dim)  # (B, D)
         for layer in self.layers:
             h, log_det = layer(h)
@@ -249,7 +251,7 @@ class FlowDistribution(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         shape = value.shape[: value.dim() - len(self.event_shape)]  # any sample/batch shape
         flat = value.reshape(-1, *self.event_shape)
-        z, log_det = self.flow.data_to_base(flat)
+        z, log_det = self.flow.data_to_base(flat, check=False)  # a density: no data checks (torch's validate_args=False)
         return (self.flow.base_log_prob(z) + log_det).reshape(shape)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:

@@ -33,8 +33,8 @@ from .diffusion import DDPMConfig
 
 # What decides the weights of each section's runs (epochs left out: see the module's note).
 IDENTITY: dict[str, tuple[str, ...]] = {
-    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "train_subset"),  # + the prior's size parameters
-    "quality_vae": ("dataset", "vae_prior", "seed", "vae_batch_size", "vae_lr", "train_subset"),  # + the same
+    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "bf16", "train_subset"),  # + the prior's sizes
+    "quality_vae": ("dataset", "vae_prior", "seed", "vae_batch_size", "vae_lr", "vae_bf16", "train_subset"),  # + the same
     "flow": ("dataset", "n_layers", "hidden", "logit_alpha", "actnorm", "batch_size", "lr", "schedule", "grad_clip",
              "bf16", "seed", "train_subset", "eval_subset"),
     "ddpm": ("dataset", *(f for f in DDPMConfig.__dataclass_fields__ if f != "epochs")),
@@ -101,10 +101,16 @@ class _VAEKeys:
     batch_size: str
     lr: str
     likelihood: str
+    bf16: str
 
 
-_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bernoulli"),
-        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "continuous_bernoulli")}
+_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bernoulli", "bf16"),
+        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "continuous_bernoulli",
+                                "vae_bf16")}
+
+
+def _unchecked_loss(model, batch):
+    return model.loss(batch, check=False)
 
 
 def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
@@ -141,9 +147,11 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
 
         def eval_fn(m):
             return {"test_elbo": m.elbo(eval_x.to(m._device())).mean().item()}
-    result = training.fit(model, subset(train_x, cfg["train_subset"]), epochs=cfg[keys.epochs],
+    train_x = subset(train_x, cfg["train_subset"])
+    model.check_data(train_x)  # once here, not in every step (its dequantized views stay in [0, 1])
+    result = training.fit(model, train_x, epochs=cfg[keys.epochs], loss_fn=_unchecked_loss,
                           transform=(lambda b, g: data.dequantize(b, generator=g)) if continuous else None,
-                          batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key,
+                          batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key, bf16=cfg[keys.bf16],
                           checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
                           desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)
     return Trained(model, result, folder)

@@ -290,3 +290,28 @@ def test_fast_bernoulli_log_likelihood_is_the_distributions_log_prob():
 def test_bad_input_raises_naming_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_softplus_is_exact_within_round_off_and_its_gradient_is_the_sigmoid():
+    from gen_lib.vae import softplus
+
+    l64 = torch.cat([torch.linspace(-120, 120, 20001, dtype=torch.float64), torch.tensor([-1e4, 1e4], dtype=torch.float64)])
+    exact = torch.logaddexp(l64, torch.zeros_like(l64))  # log(e^l + 1) (torch's softplus returns l above 20)
+    # absolute error within a few roundings of the result (at least of 1: log(1 + e) with e below the unit
+    # roundoff is 0, an absolute error below it; an absolute error is what a sum over pixels adds up)
+    scale = exact.abs().clamp_min(1)
+    assert ((softplus(l64) - exact).abs() <= 4 * 2.0 ** -53 * scale).all()
+    assert ((softplus(l64.float()).double() - exact).abs() <= 4 * 2.0 ** -24 * scale).all()
+    probe = l64.clone().requires_grad_(True)
+    softplus(probe).sum().backward()
+    assert torch.allclose(probe.grad, torch.sigmoid(l64), rtol=0, atol=1e-15)
+
+
+def test_the_bound_stays_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = vae.build_vae("flow")
+    x = (torch.rand(16, 784) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        elbo = model.elbo(x)
+        loss = model.loss(x, check=False)
+    assert elbo.dtype == torch.float32 and loss.dtype == torch.float32 and torch.isfinite(elbo).all()

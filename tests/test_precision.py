@@ -1,0 +1,84 @@
+"""The per-machine precision choice (gen_lib.precision) and the ceiling benchmark's recorder."""
+
+import pytest
+import torch
+from torch import nn
+
+from gen_lib import config, precision
+
+
+@pytest.fixture
+def fake_times(monkeypatch):
+    """Step times by setting, without running models: {"fp32": ms, "bf16": ms, ...}; counts the measurements."""
+    state = {"ms": {}, "calls": 0}
+
+    def trainer(model, batch, loss, bf16, channels_last):
+        return ("bf16" if bf16 else "fp32") + ("+cl" if channels_last else "")
+
+    def time_step(setting, n, warmup=2):
+        state["calls"] += 1
+        return state["ms"][setting]
+    monkeypatch.setattr(precision, "_trainer", trainer)
+    monkeypatch.setattr(precision, "_time_step", time_step)
+    return state
+
+
+def test_auto_takes_the_faster_setting_and_caches_it_per_machine(tmp_build, fake_times):
+    fake_times["ms"] = {"fp32": 10.0, "bf16": 5.0}
+    cfg = config.resolve("priors", "smoke", bf16="auto")
+    assert cfg["bf16"] is True and "bf16 autocast (2.00x" in cfg["precision"]
+    calls = fake_times["calls"]
+    fake_times["ms"] = {"fp32": 5.0, "bf16": 10.0}  # a re-measurement would now choose fp32: the cache must win
+    assert config.resolve("priors", "smoke", bf16="auto")["bf16"] is True
+    assert fake_times["calls"] == calls
+    (tmp_build / "build" / "precision.json").unlink()  # another machine (or a cleared cache) measures again
+    cfg = config.resolve("priors", "smoke", bf16="auto")
+    assert cfg["bf16"] is False and cfg["precision"].startswith("float32 (bf16 autocast ran at 0.50x")
+
+
+def test_bf16_must_win_by_the_margin(tmp_build, fake_times):
+    fake_times["ms"] = {"fp32": 10.0, "bf16": 10.0 / (precision.MARGIN - 0.05)}
+    assert config.resolve("priors", "smoke", bf16="auto")["bf16"] is False
+
+
+def test_channels_last_for_the_unet(tmp_build, fake_times):
+    fake_times["ms"] = {"fp32": 200.0, "fp32+cl": 170.0, "bf16": 120.0, "bf16+cl": 100.0}
+    cfg = config.resolve("ddpm", "smoke", bf16="auto", channels_last="auto")
+    assert cfg["bf16"] is True and cfg["channels_last"] is True
+    assert "channels_last (1.20x)" in cfg["precision"]
+
+
+def test_explicit_values_are_kept_and_said(tmp_build, fake_times):
+    cfg = config.resolve("flow", "smoke", bf16=False)
+    assert cfg["bf16"] is False and cfg["precision"] == "float32 (set by the profile)"
+    assert fake_times["calls"] == 0
+
+
+def test_a_bad_value_is_refused_naming_the_choices(tmp_build):
+    with pytest.raises(ValueError, match=r"bf16='yes' in \[flow\]: choose true, false or \"auto\""):
+        config.resolve("flow", "smoke", bf16="yes")
+
+
+def test_a_real_measurement_gives_booleans_and_times(tmp_build):
+    entry = precision.choose("vae", {"batch_size": 16}, log=lambda s: None)
+    assert isinstance(entry["bf16"], bool) and entry["channels_last"] is False
+    assert set(entry["ms"]) == {"fp32", "bf16"} and all(v > 0 for v in entry["ms"].values())
+    assert entry["machine"]["threads"] == torch.get_num_threads()
+
+
+def test_the_ceiling_records_exactly_the_gemms_autograd_runs():
+    from benchmarks import ceiling
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(8, 6)
+
+    def step():
+        net(x).square().sum().backward()
+    calls = ceiling.record(step)
+    # forward: 2 addmm; backward: the 2 weight gradients and the hidden layer's input gradient (not the input's)
+    assert len(calls) == 5
+    flops = 2 * 8 * (6 * 5 + 5 * 3) * 2 + 2 * 8 * 5 * 3
+    assert ceiling._gflop(calls) * 1e9 == pytest.approx(flops)
+    result = ceiling.ceiling(step)
+    assert result["ms"] > 0 and result["dtype"] in ("float32", "bfloat16") and result["ops"] == 5
