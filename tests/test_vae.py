@@ -309,7 +309,7 @@ def test_softplus_is_exact_within_round_off_and_its_gradient_is_the_sigmoid():
 
 def test_the_bound_stays_float32_under_bf16_autocast():
     torch.manual_seed(0)
-    model = vae.build_vae("flow")
+    model = V.build_vae("flow")
     x = (torch.rand(16, 784) > 0.5).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         elbo = model.elbo(x)
