@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from benchmarks import ceiling
 from gen_lib import config
 from gen_lib.diffusion import DDPMConfig, build_ddpm
 
@@ -25,7 +26,8 @@ def _median_time(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int) -> float:
+def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int,
+                     ceiling_out: dict | None = None) -> float:
     torch.manual_seed(0)
     ddpm = build_ddpm(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -40,6 +42,8 @@ def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: boo
         loss.float().backward()
         opt.step()
 
+    if ceiling_out is not None:  # the step's convolutions and GEMMs alone (benchmarks.ceiling), recorded in fp32
+        ceiling_out.update(ceiling.ceiling(step))
     return _median_time(step, reps)
 
 
@@ -61,10 +65,21 @@ def run(quick: bool = False) -> list[dict]:
         cfg = config.make(DDPMConfig, config.resolve("ddpm", "default"))
         batch, reps, n, fast, slow = cfg.batch_size, 5, 16, (50, 100), cfg.T
     rows = []
-    fp32 = _train_step_time(cfg, batch, False, False, reps)
+    top: dict = {}
+    fp32 = _train_step_time(cfg, batch, False, False, reps, ceiling_out=top)
     bf16 = _train_step_time(cfg, batch, True, False, reps)
     bf16_cl = _train_step_time(cfg, batch, True, True, reps)
+    fp32_cl = _train_step_time(cfg, batch, False, True, reps)
     width = f"c0={cfg.base_channels}, mults {cfg.channel_mults}, n_res {cfg.n_res}"
+    best_name, best = min((("fp32", fp32), ("bf16", bf16), ("bf16+channels_last", bf16_cl),
+                           ("fp32+channels_last", fp32_cl)), key=lambda kv: kv[1])
+    rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch}), as a fraction of the ceiling",
+                 "baseline": f"fp32: {fp32 * 1e3:.0f} ms = {top['ms'] / (fp32 * 1e3):.0%} of the ceiling",
+                 "ours": f"fastest here, {best_name}: {best * 1e3:.0f} ms = {top['ms'] / (best * 1e3):.0%} of the ceiling",
+                 "ratio": fp32 / best, "unit": "s/step",
+                 "note": (f"ceiling {top['ms']:.0f} ms: the step's {top['ops']} convolutions and GEMMs "
+                          f"({top['gflop']:.1f} GFLOP) alone in {top['dtype']} (fp32 {top['by_dtype']['float32']:.0f} ms, "
+                          f"bf16 {top['by_dtype']['bfloat16']:.0f} ms); the notebooks' choice: gen_lib.precision")})
     for name, t in (("bf16 autocast", bf16), ("bf16 autocast + channels_last", bf16_cl)):
         rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch})",
                      "baseline": f"fp32: {fp32:.3f} s", "ours": f"{name}: {t:.3f} s", "ratio": fp32 / t,

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from benchmarks import ceiling
 from gen_lib import data, training
 from gen_lib.flows import bits_per_dim, build_image_flow
 
@@ -66,6 +67,9 @@ def run(quick: bool = False) -> list[dict]:
             lp16 = flow.log_prob(y)
     gap = (bits_per_dim(lp16) - bits_per_dim(lp32)).abs().mean().item()
 
+    torch.manual_seed(0)  # the ceiling: one step's GEMMs alone (benchmarks.ceiling), on a fresh copy
+    y = data.dequantize(x_all[:batch], generator=gen).to(device)
+    top = ceiling.ceiling(lambda m=_setup(device, n_layers, hidden): _step(*m, y, False, device))
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     ratio = statistics.median(a[0] / b[0] for a, b in zip(times[False], times[True]))
@@ -82,6 +86,13 @@ def run(quick: bool = False) -> list[dict]:
         "ratio": ratio,
         "unit": "s/epoch",
         "note": note,
+    }, {
+        "what": f"flow training step ({n_layers} couplings, hidden {hidden}, batch {batch}), as a fraction of the ceiling",
+        "baseline": f"fp32: {wall[False] * 1e3:.0f} ms = {top['ms'] / (wall[False] * 1e3):.0%} of the ceiling",
+        "ours": f"bf16 autocast: {wall[True] * 1e3:.0f} ms = {top['ms'] / (wall[True] * 1e3):.0%} of the ceiling",
+        "ratio": ratio, "unit": "ms/step",
+        "note": (f"ceiling {top['ms']:.1f} ms: the step's {top['ops']} GEMMs ({top['gflop']:.2f} GFLOP) alone in "
+                 f"{top['dtype']} (fp32 {top['by_dtype']['float32']:.1f} ms, bf16 {top['by_dtype']['bfloat16']:.1f} ms)"),
     }]
 
 
