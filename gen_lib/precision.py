@@ -118,7 +118,7 @@ def _candidate(kind: str, cfg: Mapping[str, Any], device: torch.device):
     if kind == "vae":
         from .vae import build_vae
 
-        b = int(cfg.get("batch_size", cfg.get("vae_batch_size", 128)))
+        b = int(cfg.get("batch_size", 128))  # [quality] arrives with its vae_ prefixes stripped (settle)
         batch = (torch.rand(b, 784, generator=g) > 0.5).float().to(device)
         return (f"vae 784-512-512-2 batch {b}", lambda: build_vae("gaussian"), batch,
                 lambda m, x: m.loss(x, check=False), 20)
