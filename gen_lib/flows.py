@@ -47,18 +47,20 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
+from .seeds import Linear
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    net = nn.Sequential(Linear(d_in, hidden), nn.ReLU(), Linear(hidden, d_out))  # nn.Linear (and stacked seeds)
     nn.init.zeros_(net[-1].weight)
     nn.init.zeros_(net[-1].bias)
     return net
 
 
 class AffineCoupling(nn.Module):
-    """Affine coupling layer on flat vectors (B, D) with a fixed binary `mask` (D,).
+    """Affine coupling layer on flat vectors (..., D) with a fixed binary `mask` (D,).
 
     z_b = x_b * exp(s(x_a)) + t(x_a), z_a = x_a, where a = {mask == 1} (passed through)
     and b = {mask == 0} (transformed); log|det dz/dx| = sum(s). s = tanh(.) is bounded.
@@ -87,15 +89,15 @@ class AffineCoupling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> base: (z, log|det dz/dx|) with shapes (B, D), (B,)."""
-        s, t = self._st(x[:, self.pass_idx])
-        z_b = x[:, self.change_idx] * torch.exp(s).to(x.dtype) + t.to(x.dtype)
-        return x.index_copy(1, self.change_idx, z_b), s.sum(-1).to(x.dtype)
+        s, t = self._st(x[..., self.pass_idx])
+        z_b = x[..., self.change_idx] * torch.exp(s).to(x.dtype) + t.to(x.dtype)
+        return x.index_copy(-1, self.change_idx, z_b), s.sum(-1).to(x.dtype)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Base -> data."""
-        s, t = self._st(z[:, self.pass_idx])  # z_a == x_a: the conditioner sees the same input
-        x_b = (z[:, self.change_idx] - t.to(z.dtype)) * torch.exp(-s).to(z.dtype)
-        return z.index_copy(1, self.change_idx, x_b)
+        s, t = self._st(z[..., self.pass_idx])  # z_a == x_a: the conditioner sees the same input
+        x_b = (z[..., self.change_idx] - t.to(z.dtype)) * torch.exp(-s).to(z.dtype)
+        return z.index_copy(-1, self.change_idx, x_b)
 
 
 class LogitTransform(nn.Module):
@@ -148,7 +150,7 @@ class ActNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (x - self.loc.to(x.dtype)) * torch.exp(-self.log_scale).to(x.dtype)
-        return z, (-self.log_scale.sum()).to(x.dtype).expand(x.shape[0])
+        return z, (-self.log_scale.sum(-1)).to(x.dtype).expand(x.shape[:-1])
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         return z * torch.exp(self.log_scale).to(z.dtype) + self.loc.to(z.dtype)
@@ -174,15 +176,19 @@ class Flow(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("flow input has non-finite values (nan or inf)")
 
+    def _batch_shape(self, x: torch.Tensor) -> torch.Size:
+        return x.shape[: x.dim() - len(self.event_shape)]
+
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; 0, I) per example, (B,)."""
-        z = z.reshape(z.shape[0], -1)
+        """log N(z; 0, I) per example, (B,) (or any batch shape: z (..., *event) gives (...))."""
+        z = z.reshape(*self._batch_shape(z), -1)
         return -0.5 * (z.pow(2).sum(-1) + self.dim * _LOG_2PI)
 
     def data_to_base(self, x: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, *event) -> (z (B, *event), log|det dz/dx| (B,)). `check=False` skips `check_input` (a host
-        synchronisation): for inputs computed by the caller, such as a VAE's latents under the flow prior."""
-        h, total = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        synchronisation): for inputs computed by the caller, such as a VAE's latents under the flow prior; these
+        may carry more batch dimensions, (..., *event) -> (..., *event), (...)."""
+        h, total = x, torch.zeros(self._batch_shape(x), dtype=x.dtype, device=x.device)
         for h, log_det in self._walk(x, check):  # a flow without layers is the identity
             total = total + log_det
         return h.reshape(x.shape), total
@@ -201,7 +207,7 @@ class Flow(nn.Module):
     def _walk(self, x, check: bool = True):
         if check:
             self.check_input(x)
-        h = x.reshape(x.shape[0], self.dim)  # (B, D)
+        h = x.reshape(*self._batch_shape(x), self.dim)  # (B, D), or (..., D) unchecked
         for layer in self.layers:
             h, log_det = layer(h)
             yield h, log_det
@@ -249,10 +255,9 @@ class FlowDistribution(Distribution):
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(flow.event_shape), validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        shape = value.shape[: value.dim() - len(self.event_shape)]  # any sample/batch shape
-        flat = value.reshape(-1, *self.event_shape)
-        z, log_det = self.flow.data_to_base(flat, check=False)  # a density: no data checks (torch's validate_args=False)
-        return (self.flow.base_log_prob(z) + log_det).reshape(shape)
+        # any sample/batch shape (the layers act on the last axis); a density: no data checks (validate_args=False)
+        z, log_det = self.flow.data_to_base(value, check=False)
+        return self.flow.base_log_prob(z) + log_det
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         n = math.prod(sample_shape)

@@ -129,8 +129,11 @@ class VampPrior(nn.Module):
         return torch.sigmoid(self.pseudo_logits)
 
     def forward(self) -> Distribution:
-        q = self.encoder[0](self.pseudo_inputs())  # Independent(Normal), batch (K,), event (D,)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), q, validate_args=False)
+        u = self.pseudo_inputs()  # (K, P), or (S, K, P) for stacked seeds (gen_lib.seeds)
+        q = self.encoder[0](u.movedim(-2, 0)).base_dist  # batch (K,) or (K, S): the seed axis stays innermost
+        loc, scale = q.loc.movedim(0, -2), q.scale.movedim(0, -2)  # (..., K, D)
+        components = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components, validate_args=False)
 
 
 # ---------------------------------------------------------------- the registry

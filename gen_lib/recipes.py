@@ -4,6 +4,8 @@ its run folder. The notebooks call these; nothing else trains a model.
 
 - `train_vae`:        the VAE of Part 1 (binarized data, a registered prior) or of Part 2 (`section=
                       "quality_vae"`: continuous data, a continuous Bernoulli decoder, the prior `vae_prior`)
+- `train_vaes`:       Part 1's VAEs of one prior for several seeds, trained together as one stacked model
+                      (`training.fit_seeds`) where the profile says `stack_seeds`, else one by one
 - `train_flow`:       the RealNVP image flow on dequantized images
 - `train_ddpm`:       the DDPM on dequantized images in [-1, 1]
 - `train_classifier`: the CNN whose penultimate layer gives the FID/KID features
@@ -33,7 +35,7 @@ from .diffusion import DDPMConfig
 
 # What decides the weights of each section's runs (epochs left out: see the module's note).
 IDENTITY: dict[str, tuple[str, ...]] = {
-    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "bf16", "train_subset"),  # + the prior's sizes
+    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "bf16", "train_subset", "stack_seeds"),  # + the prior's sizes
     "quality_vae": ("dataset", "vae_prior", "seed", "vae_batch_size", "vae_lr", "vae_bf16", "train_subset"),  # + the same
     "flow": ("dataset", "n_layers", "hidden", "logit_alpha", "actnorm", "batch_size", "lr", "schedule", "grad_clip",
              "bf16", "seed", "train_subset", "eval_subset"),
@@ -113,6 +115,56 @@ def _unchecked_loss(model, batch):
     return model.loss(batch, check=False)
 
 
+def _elbo_per_example(model, batch, noise):
+    return -model.elbo(batch, check=False, noise=noise)
+
+
+def _vae_eval_fn(eval_x):
+    def eval_fn(m):
+        return {"test_elbo": m.elbo(eval_x.to(m._device())).mean().item()}
+    return eval_fn
+
+
+def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, seeds: Any,
+               eval_x: torch.Tensor | None = None, device: torch.device | str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> list[Trained]:
+    """Part 1's VAEs of `prior` for every seed of `seeds`, as `train_vae` trains each (same initial weights,
+    data order, checkpoints per seed and `Trained` per seed), but where `cfg["stack_seeds"]` is true all seeds
+    train together as one stacked model (`training.fit_seeds`, `gen_lib.seeds`): one batched step for all of
+    them. Stacked, a seed's noise comes from its own generator (not torch's global one), so stacking is part
+    of the run identity. A prior whose code does not run stacked (`seeds.agrees` on a few images fails: a
+    plugin written for one model) trains seed by seed, with a line in the log."""
+    from . import seeds as stacking
+    from . import vae
+
+    seeds = [int(s) for s in seeds]
+    if not cfg["stack_seeds"] or len(seeds) < 2:
+        return [train_vae(cfg, train_x, prior=prior, seed=s, eval_x=eval_x, device=device, progress=progress, log=log)
+                for s in seeds]
+    keys, models, folders = [], [], []
+    for seed in seeds:
+        c = {**cfg, "prior": prior, "seed": seed}
+        keys.append(run_key("priors", c))
+        folders.append(cache.run_dir("priors", keys[-1]))
+        torch.manual_seed(seed)
+        models.append(vae.build_vae(prior, image_shape=data.info(cfg["dataset"]).shape,
+                                    prior_params=priors.params(prior, cfg)))
+    train_x = subset(train_x, cfg["train_subset"])
+    models[0].check_data(train_x)  # once here, not in every step
+    per = max(1, min(4, len(train_x) // len(seeds)))  # a few images per seed: does the prior's code run stacked?
+    probe = train_x[: per * len(seeds)].reshape(len(seeds), per, -1).float()
+    if not stacking.agrees(models, _elbo_per_example, probe, torch.randn(len(seeds), per, models[0].latent_dim)):
+        log(f"{prior}: its code does not run stacked (gen_lib.seeds.agrees); training seed by seed")
+        return [train_vae({**cfg, "stack_seeds": False}, train_x, prior=prior, seed=s, eval_x=eval_x, device=device,
+                          progress=progress, log=log) for s in seeds]
+    results = training.fit_seeds(
+        models, train_x, seeds=seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], configs=keys,
+        loss_fn=_elbo_per_example, noise_shape=(models[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
+        eval_fn=_vae_eval_fn(eval_x) if eval_x is not None else None, device=device, bf16=cfg["bf16"],
+        progress=progress, desc=prior, log=log)
+    return [Trained(m, r, f) for m, r, f in zip(models, results, folders)]
+
+
 def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
               seed: int | None = None, eval_x: torch.Tensor | None = None, device: torch.device | str | None = None,
               progress: bool = True, log: Callable[[str], None] = print) -> Trained:
@@ -144,9 +196,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     if eval_x is not None:
         if continuous:
             eval_x = data.dequantize(eval_x.float(), generator=torch.Generator().manual_seed(12345))
-
-        def eval_fn(m):
-            return {"test_elbo": m.elbo(eval_x.to(m._device())).mean().item()}
+        eval_fn = _vae_eval_fn(eval_x)
     train_x = subset(train_x, cfg["train_subset"])
     model.check_data(train_x)  # once here, not in every step (its dequantized views stay in [0, 1])
     result = training.fit(model, train_x, epochs=cfg[keys.epochs], loss_fn=_unchecked_loss,

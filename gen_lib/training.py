@@ -361,4 +361,171 @@ def fit(
     return result
 
 
+def fit_seeds(
+    models: list[nn.Module],
+    data: torch.Tensor,
+    *,
+    seeds: list[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    configs: list[dict[str, Any]],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    noise_shape: tuple[int, ...],
+    checkpoints: list[str | Path | None] | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    device: torch.device | str | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    log: Callable[[str], None] = print,
+) -> list[TrainResult]:
+    """Train `models` (one per seed of `seeds`, one architecture) together as one stacked model
+    (`gen_lib.seeds.Stack`): each step is one batched computation for all of them, and one Adam over the
+    stacked parameters, which is each seed's own Adam (Adam is elementwise). A model class must run stacked
+    (`seeds.agrees`); `gen_lib.recipes.train_vaes` checks that and falls back to `fit` per seed otherwise.
+
+    `loss_fn(model, batch, noise)` returns the loss per example, (B,) for one model; run stacked it gets
+    batch (B, S, ...) and noise (B, S, *noise_shape) and returns (B, S). `noise` is the standard normal draw of
+    each example's reparameterisation. Each seed keeps its identity: its data order and its noise come from
+    its own generator, seeded by (seed, epoch) as `fit` seeds them; its loss is its own batch mean; its
+    checkpoint (`checkpoints[s]`, `fit`'s format with `configs[s]`, so `fit` can also read it), its history
+    and its result are its own. Resumes from the checkpoints; seeds whose checkpoints stand at different epochs
+    are trained in groups of equal epoch. A non-finite loss of any seed stops training (`NonFiniteLossError`,
+    naming the seed; the last good checkpoints are kept). `TrainResult.seconds` is the wall time divided
+    among the seeds trained together (their sum is the wall time). Constant learning rate, no EMA, no
+    gradient clipping: the VAE recipe's loop.
+    """
+    from .seeds import Stack
+
+    n_models = len(models)
+    if n_models == 0 or len(seeds) != n_models or len(configs) != n_models:
+        raise ValueError(f"fit_seeds needs one seed and one config per model: {n_models} models, {len(seeds)} seeds, "
+                         f"{len(configs)} configs")
+    if len(set(seeds)) != n_models:
+        raise ValueError(f"seeds={list(seeds)} repeats a seed")
+    if epochs < 0 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: need epochs >= 0, batch_size >= 1, lr > 0")
+    checkpoints = [Path(c) if c is not None else None for c in (checkpoints or [None] * n_models)]
+    device = torch.device(device) if device is not None else default_device()
+    identities, results, start = [], [], []
+    for s, (model, seed, cfg, ckpt_path) in enumerate(zip(models, seeds, configs, checkpoints)):
+        cfg = _jsonable({**cfg, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr})
+        identities.append({k: v for k, v in cfg.items() if k != "epochs_total"})
+        model.to(device)
+        results.append(TrainResult())
+        epoch = 0
+        if ckpt_path is not None and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path, identities[-1])
+            model.load_state_dict(ckpt["model"])
+            epoch = ckpt["epoch"]
+            if epoch > epochs:
+                raise CheckpointError(f"checkpoint {ckpt_path} has {epoch} epochs, more than the {epochs} requested; "
+                                      "delete it or use another folder")
+            results[-1].history = ckpt["history"]
+            results[-1].status = "reused" if epoch >= epochs else "resumed"
+            log(f"{desc} seed {seed}: {'reusing' if epoch >= epochs else 'resuming'} {ckpt_path} "
+                f"(epoch {epoch} of {epochs})")
+        start.append(epoch)
+    for first in sorted(set(start)):
+        group = [s for s in range(n_models) if start[s] == first]
+        if first < epochs:
+            _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results,
+                       loss_fn, noise_shape, eval_fn, device, bf16, progress, desc, log, Stack)
+    for model in models:
+        model.eval()
+    return results
+
+
+def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results, loss_fn,
+               noise_shape, eval_fn, device, bf16, progress, desc, log, Stack):
+    """`fit_seeds` for the models `group`, whose checkpoints stand at epoch `first`."""
+    members = [models[s] for s in group]
+    stack = Stack(members)
+    optimizer = torch.optim.Adam(list(stack.params.values()), lr=lr, **({"fused": True} if device.type in
+                                                                         ("cpu", "cuda") else {}))
+    names = list(stack.params)
+    if first > 0:  # each seed's Adam state, stacked in the stacked parameters' layout
+        states = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
+        for i, name in enumerate(names):
+            own = [st["state"][i] for st in states]
+            layout = (lambda t: t.mT) if name in stack.transposed else (lambda t: t)
+            optimizer.state[stack.params[name]] = {
+                "step": own[0]["step"].to(device=device, dtype=torch.float32),
+                **{k: torch.stack([layout(o[k]) for o in own]).to(device).contiguous() for k in ("exp_avg", "exp_avg_sq")}}
+    x = data.to(device)
+    n, count = x.shape[0], len(group)
+    steps = math.ceil(n / batch_size)
+    label = f"{desc} seed{'s' if count > 1 else ''} {', '.join(str(seeds[s]) for s in group)}"
+    show_bar = progress and bars_wanted()
+    t0 = time.perf_counter()
+    for epoch in range(first, epochs):
+        t_epoch = time.perf_counter()
+        orders, noises = [], []
+        for s in group:  # each seed's own draws, as `fit` seeds them
+            gen = torch.Generator(device=device).manual_seed(seeds[s] * 100_003 + epoch)
+            orders.append(torch.randperm(n, generator=gen, device=device))
+            noises.append(torch.randn((n, *noise_shape), generator=gen, device=device))
+        order, noise = torch.stack(orders), torch.stack(noises)  # (S, n), (S, n, *noise_shape)
+        total = torch.zeros(count, dtype=torch.float64, device=device)
+        first_bad = torch.full((count,), -1, dtype=torch.long, device=device)
+        bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", disable=not show_bar, leave=False,
+                   mininterval=2.0)
+        for step in bar:
+            idx = order[:, step * batch_size:(step + 1) * batch_size]  # (S, B)
+            batch = x[idx]  # (S, B, ...): seed s's batch in row s
+            eps = noise[torch.arange(count, device=device)[:, None], idx]  # (S, B, *noise_shape)
+            with autocast(device, bf16):
+                per_example = stack.run(loss_fn, batch.transpose(0, 1), eps.transpose(0, 1))  # (B, S)
+            losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # seed s's gradient is that of its own loss
+            optimizer.step()
+            total += losses.detach().double() * idx.shape[1]
+            if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
+                bad = first_bad.tolist()  # the only host sync of the loop
+                if any(b >= 0 for b in bad):
+                    k = next(i for i, b in enumerate(bad) if b >= 0)
+                    raise NonFiniteLossError(
+                        f"{desc} seed {seeds[group[k]]}: loss became nan or inf at epoch {epoch + 1}, step {bad[k] + 1}; "
+                        f"training stopped (the last good checkpoints are kept). Try a lower lr (now {lr}).")
+        stack.unstack()
+        took = time.perf_counter() - t_epoch
+        lines = []
+        for k, s in enumerate(group):
+            record = {"epoch": epoch + 1, "train_loss": total[k].item() / n, "seconds": (time.perf_counter() - t0) / count}
+            if eval_fn is not None:
+                models[s].eval()
+                with torch.no_grad():
+                    record.update(eval_fn(models[s]))
+                models[s].train()
+            results[s].history.append(record)
+            results[s].seconds = (time.perf_counter() - t0) / count
+            lines.append(", ".join(f"{v:.4g}" for k2, v in record.items() if k2 not in ("epoch", "seconds")))
+            if checkpoints[s] is not None:
+                save_atomic({"format": CHECKPOINT_FORMAT, "config": identities[s], "epoch": epoch + 1,
+                             "model": models[s].state_dict(), "optimizer": _seed_optimizer_state(optimizer, stack, k),
+                             "ema": None, "history": results[s].history}, checkpoints[s])
+        if progress:
+            metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]
+            eta = (time.perf_counter() - t0) / (epoch + 1 - first) * (epochs - epoch - 1)
+            log(f"{label} epoch {epoch + 1}/{epochs} ({', '.join(metrics)} per seed): " + "; ".join(lines)
+                + f"; {_duration(took)}" + (f", ETA {_duration(eta)}" if epoch + 1 < epochs else ""))
+    for s in group:
+        results[s].status = "trained" if first == 0 else "resumed"
+
+
+def _seed_optimizer_state(optimizer: torch.optim.Optimizer, stack, k: int) -> dict[str, Any]:
+    """Seed k's Adam state in the state-dict format of `torch.optim.Adam` over its own model's parameters."""
+    group = {key: v for key, v in optimizer.param_groups[0].items() if key != "params"}
+    state = {}
+    for i, (name, p) in enumerate(stack.params.items()):
+        st = optimizer.state.get(p, {})
+        layout = (lambda t: t.mT) if name in stack.transposed else (lambda t: t)
+        state[i] = {"step": st["step"].detach().clone().cpu(),
+                    **{key: layout(st[key][k]).contiguous().cpu() for key in ("exp_avg", "exp_avg_sq")}}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(stack.params)))}]}
+
+
 configure_threads()  # on import: exactly the cores this process has (or GEN_LIB_THREADS)

@@ -27,6 +27,7 @@ from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, I
                                  kl_divergence)
 
 from . import priors
+from .seeds import Linear
 from .data import INFO
 from .memory import IWAE_CHUNK
 
@@ -44,7 +45,7 @@ OUTPUTS = ("mean", "parameter", "draw")
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
+        layers.append(Linear(a, b))  # nn.Linear that also runs stacked seeds (gen_lib.seeds)
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -183,23 +184,40 @@ class VAE(nn.Module):
         except NotImplementedError:
             return "mc"
 
-    def elbo(self, x: torch.Tensor, kl: str = "auto", check: bool = True) -> torch.Tensor:
+    def _flat_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., *image_shape) or (..., P) as (..., P), unchecked: any leading batch dimensions (a stacked
+        model's (B, S, P), `gen_lib.seeds`)."""
+        n = len(self.image_shape)
+        if x.dim() > n and tuple(x.shape[-n:]) == self.image_shape:
+            return x.flatten(-n)
+        return x if x.shape[-1] == self.input_dim else x.reshape(x.shape[0], -1)
+
+    def elbo(self, x: torch.Tensor, kl: str = "auto", check: bool = True,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         """Single-sample ELBO log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) reparameterised, (B,) nats.
 
         `kl`: "auto" (analytic where torch.distributions has it, else Monte Carlo),
         "analytic" (error if unavailable) or "mc" (log q(z|x) - log p(z) at the same z).
         `check=False` skips the check of the values of x (binary for the Bernoulli decoder, in [0, 1] for the
-        continuous one): for a training loop that checked its whole data set once (`check_data`).
+        continuous one): for a training loop that checked its whole data set once (`check_data`); x may then
+        carry more batch dimensions, (..., P) (a stacked model's (B, S, P), `gen_lib.seeds`).
+        `noise`: the standard normal draw of the reparameterisation, z = mu + sigma * noise (shape of mu), for a
+        caller that draws it from its own generator; None draws it from torch's global generator.
         """
         if kl not in KL_METHODS:
             raise ValueError(f"kl={kl!r} is unknown; choose one of {', '.join(KL_METHODS)}")
-        x = self._flat(x) if check else x.reshape(x.shape[0], -1)
+        x = self._flat(x) if check else self._flat_unchecked(x)
         q = _at_least_float32(self.encoder(x))
         p = self.prior()  # a VampPrior runs the encoder here: in bf16 under autocast, as the encoder above
         # Under bf16 autocast only the networks run in bf16; z, the prior's density (a flow prior's layers)
         # and the KL stay in float32: they are small, and bf16 there costs casts without gaining speed.
         with torch.autocast(x.device.type, enabled=False):
-            z = q.rsample()  # (B, D)
+            if noise is None:
+                z = q.rsample()  # (B, D)
+            elif isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+                z = q.base_dist.loc + q.base_dist.scale * noise
+            else:
+                raise ValueError(f"noise= needs a Gaussian posterior; this encoder gives {type(q).__name__}")
             kl_value = None
             if kl in ("auto", "analytic"):
                 try:

@@ -1,0 +1,151 @@
+"""Several seeds of one model trained as one stacked model: S copies of a network whose parameters are
+stacked along a leading seed axis, run by the same code as a single model.
+
+Why: a VAE training step of the study is about 100 small operations around six GEMMs. One step for S
+seeds at once runs the same operations on S times more data (the GEMMs become batched GEMMs of the
+same FLOPs per seed), so the fixed cost of each operation is paid once for S models. On a 2-core CPU
+that is what separates the loop from the GEMMs' ceiling (`make bench`); on a GPU it is what fills the
+device.
+
+How: the model classes are written so that the same `forward` runs either shape:
+
+- `Linear` (an `nn.Linear`) computes with weights (out, in) as usual, or with stacked weights
+  (S, out, in) and biases (S, out) on inputs (..., S, in) -> (..., S, out) as one batched GEMM;
+- everything else indexes from the right (`x[..., idx]`, `sum(-1)`), so that the seed axis is the
+  innermost batch axis, next to the event: for `torch.distributions` it is the rightmost batch
+  dimension, and a prior whose parameters carry a leading seed axis (a mixture's (S, K, D) means) has
+  batch shape (S,) and broadcasts against latents (B, S, D).
+
+`Stack(models)` holds the stacked parameters and buffers; `Stack.run` computes with them in `models[0]`'s
+code (`torch.func.functional_call`); `Stack.unstack` writes seed s's slice back into `models[s]`. `gen_lib.training.fit_seeds` is the training loop; `agrees` checks, on a few
+images, that a model class really runs stacked (its stacked loss equals every seed's own loss).
+
+Each seed keeps its identity: its initial weights, its data order and its noise come from its own seed,
+exactly as `fit` would draw them for it alone; its results and checkpoints stay per seed. Adam is
+elementwise, so one Adam over the stacked parameters is S independent Adams.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+_CASTS: dict | None = None  # inside `Stack.run`: the autocast copies of the stacked weights, by tensor
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that also runs S seeds' stacked weights: weight (S, out, in), bias (S, out) on x (..., S, in)
+    give (..., S, out), one batched GEMM (`linear`). With ordinary weights it is `nn.Linear`; its state dict
+    is `nn.Linear`'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b for weight (out, in), or per seed for stacked weight (S, out, in) and x (..., S, in)."""
+    if weight.dim() == 2:
+        return nn.functional.linear(x, weight, bias)
+    device = x.device.type
+    if _CASTS is not None and torch.is_autocast_enabled(device):  # inside Stack.run: one cast per weight
+        dtype = torch.get_autocast_dtype(device)
+        if weight.dtype != dtype:
+            weight = _CASTS.setdefault((id(weight), dtype), (weight, weight.to(dtype)))[1]
+    s = weight.shape[0]
+    if x.dim() < 2 or x.shape[-2] != s:
+        raise ValueError(f"stacked weights of {s} seeds need inputs (..., {s}, {weight.shape[-1]}); got {tuple(x.shape)}")
+    lead = x.shape[:-2]
+    xs = x.movedim(-2, 0).reshape(s, -1, x.shape[-1])  # (S, N, in): no copy when x is a view of (S, ..., in)
+    out = (torch.baddbmm(bias.unsqueeze(1), xs, weight.mT) if bias is not None else torch.bmm(xs, weight.mT))
+    return out.reshape(s, *lead, out.shape[-1]).movedim(0, -2)
+
+
+class Stack:
+    """S models of one architecture (`models`, e.g. one per seed) as one stacked model.
+
+    `params` are new leaf tensors with a leading seed axis (S, ...), one per parameter of the models, for
+    the optimizer; a `Linear`'s weight is stored (S, in, out) in memory, so that the batched GEMM reads W^T
+    contiguously and the weight's gradient arrives contiguous (no copy in autograd, none in a fused Adam).
+    Buffers that are equal in every model (a fixed mask) stay one tensor; others are stacked.
+    `run(fn, *args)` computes `fn(model, *args)` with the stacked weights in `models[0]`'s code; `unstack()`
+    copies seed s's weights into `models[s]`.
+    """
+
+    def __init__(self, models: list[nn.Module]):
+        if not models:
+            raise ValueError("Stack needs at least one model")
+        named = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in models]
+        if any({k: v.shape for k, v in n.items()} != {k: v.shape for k, v in named[0].items()} for n in named[1:]):
+            raise ValueError("the models to stack differ in their parameters' names or shapes")
+        self.models = list(models)
+        self.transposed = {f"{name}.weight" if name else "weight" for name, module in models[0].named_modules()
+                           if isinstance(module, Linear)}
+        self.params: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, _ in models[0].named_parameters():
+                value = torch.stack([n[name].detach() for n in named])
+                if name in self.transposed:
+                    value = value.mT.contiguous()  # (S, in, out)
+                self.params[name] = value.requires_grad_()
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name, first in models[0].named_buffers():
+            others = [n[name] for n in named[1:]]
+            self.buffers[name] = first if all(torch.equal(first, o) for o in others) else torch.stack([first, *others])
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter (S, ...) in the models' own layout (views of `params`) and every buffer, by name."""
+        return {**{k: v.mT if k in self.transposed else v for k, v in self.params.items()}, **self.buffers}
+
+    def run(self, fn: Callable[..., torch.Tensor], *args):
+        """`fn(model, *args)` computed with the stacked weights in `models[0]`'s code. The inputs carry the seed
+        axis innermost among their batch dimensions ((B, S, ...) for images), and so do the results. Under
+        autocast a stacked weight is cast once per call (autocast caches the casts of leaves only; these are views,
+        and a VampPrior uses the encoder's weights twice)."""
+        global _CASTS
+        outer, _CASTS = _CASTS, {}
+        try:
+            return functional_call(_Bound(self.models[0], fn), {f"model.{k}": v for k, v in self.tensors().items()},
+                                   args, strict=True)
+        finally:
+            _CASTS = outer
+
+    @torch.no_grad()
+    def unstack(self) -> None:
+        """Copy seed s's slice of every stacked parameter (and stacked buffer) into `models[s]`."""
+        for s, model in enumerate(self.models):
+            own = dict(model.named_parameters()) | dict(model.named_buffers())
+            for name, value in self.tensors().items():
+                if value.dim() == own[name].dim() + 1:  # a shared buffer is the model's own already
+                    own[name].copy_(value[s])
+
+
+class _Bound(nn.Module):
+    """`fn(model, *args)` as a module's forward, so that `functional_call` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *args):
+        return self.fn(self.model, *args)
+
+
+def agrees(models: list[nn.Module], fn: Callable[..., torch.Tensor], *args: torch.Tensor, tol: float = 1e-4) -> bool:
+    """Whether `fn(model, *args)` (a per-example value, (B,)) computed stacked over the seeds (`Stack.run`) equals
+    each seed's own value. Every tensor of `args` holds seed s's inputs in its row s: (S, B, ...). Run without
+    gradients; a model class that does not run stacked (it raises, or mixes the seeds) gives False."""
+    with torch.no_grad():
+        alone = torch.stack([fn(m, *(a[s] for a in args)) for s, m in enumerate(models)], 1)  # (B, S)
+        try:
+            together = Stack(models).run(fn, *(a.transpose(0, 1) for a in args))
+        except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError):
+            return False
+    return (together.shape == alone.shape
+            and bool(torch.allclose(together, alone, rtol=tol, atol=tol * float(alone.abs().max()))))
