@@ -479,7 +479,7 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
                 per_example = stack.run(loss_fn, batch.transpose(0, 1), eps.transpose(0, 1))  # (B, S)
             losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
-            optimizer.zero_grad(set_to_none=True)
+            stack.zero_grad()  # keeps the weights' gradient buffers (see gen_lib.seeds._Slot)
             losses.sum().backward()  # seed s's gradient is that of its own loss
             optimizer.step()
             total += losses.detach().double() * idx.shape[1]

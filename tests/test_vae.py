@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from _bounds import Z, t_quantile
 from gen_lib import data, priors, vae as V
@@ -305,6 +306,27 @@ def test_softplus_is_exact_within_round_off_and_its_gradient_is_the_sigmoid():
     probe = l64.clone().requires_grad_(True)
     softplus(probe).sum().backward()
     assert torch.allclose(probe.grad, torch.sigmoid(l64), rtol=0, atol=1e-15)
+
+
+def test_bernoulli_log_likelihood_equals_torchs_and_its_gradient_is_x_minus_sigmoid():
+    from gen_lib.vae import _BernoulliLogLik
+
+    g = torch.Generator().manual_seed(0)
+    logits = 8 * torch.randn(3, 5, 784, generator=g, dtype=torch.float64)
+    for x in ((torch.rand(3, 5, 784, generator=g) > 0.5).double(), torch.rand(3, 5, 784, generator=g).double()):
+        probe = logits.clone().requires_grad_(True)
+        value = _BernoulliLogLik.apply(probe, x)
+        reference = -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        assert torch.allclose(value, reference, rtol=1e-12, atol=1e-9)
+        weights = torch.randn(3, 5, generator=g, dtype=torch.float64)
+        (value * weights).sum().backward()
+        assert torch.allclose(probe.grad, (x - torch.sigmoid(logits)) * weights[..., None], rtol=0, atol=1e-12)
+    low = logits.to(torch.bfloat16).requires_grad_(True)  # bf16 logits (autocast): summed in float32, grad in bf16
+    out = _BernoulliLogLik.apply(low, x)
+    out.sum().backward()
+    assert out.dtype == torch.float32 and low.grad.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), -nn.functional.binary_cross_entropy_with_logits(
+        low.detach().double(), x, reduction="none").sum(-1), rtol=1e-5)
 
 
 def test_the_bound_stays_float32_under_bf16_autocast():
