@@ -92,6 +92,23 @@ def _stacked(name: str, x: torch.Tensor, bf16: bool) -> float:
     return time.perf_counter() - t0
 
 
+def _adam_alone(name: str, rounds: int = 20) -> float:
+    """ms per seed for one fused Adam update of SEEDS stacked VAEs of prior `name` alone (memory-bound: the
+    parameters, gradients and two moments are read and three written every step)."""
+    from gen_lib import seeds, vae
+
+    stack = seeds.Stack([vae.build_vae(name) for _ in range(SEEDS)])
+    params = list(stack.params.values())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    opt.step()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        opt.step()
+    return (time.perf_counter() - t0) * 1000 / rounds / SEEDS
+
+
 def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
     from benchmarks import ceiling
     from gen_lib import config, precision, priors, vae
@@ -130,6 +147,7 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
             ours = min(ours, (time.perf_counter() - t0) * 1000 / len(batches))
             stacked = min(stacked, _stacked(name, x, choice["bf16"]) * 1000 / len(batches) / SEEDS)
         top = ceiling.best(tops)
+        adam = _adam_alone(name)
         rows.append({
             "what": f"VAE training step, {priors.label(name)} prior (batch 128), as a fraction of the ceiling",
             "baseline": f"loop before: {before:.2f} ms/step = {top['ms'] / before:.0%} of the ceiling",
@@ -141,7 +159,8 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
                      f"{top['dtype']} (fp32 {top['by_dtype']['float32']:.2f} ms, bf16 {top['by_dtype']['bfloat16']:.2f} ms"
                      f" = {top['gflop'] / top['by_dtype']['float32'] * 1e3:.0f} and "
                      f"{top['gflop'] / top['by_dtype']['bfloat16'] * 1e3:.0f} GFLOP/s); precision: "
-                     f"{precision.describe(choice)}; best of {rounds} round(s) of {len(batches)} steps")})
+                     f"{precision.describe(choice)}; of the stacked step, the fused Adam update run alone takes {adam:.2f} ms per "
+                     f"seed (memory-bound; the ceiling counts GEMMs only); best of {rounds} round(s) of {len(batches)} steps")})
     return rows
 
 
