@@ -131,7 +131,7 @@ def _estimates(profile: str, dataset: str, runs: dict) -> dict[str, float]:
     """Expected seconds per notebook: this profile's last recorded run, else the README's measured times
     (2-core AMD EPYC, one run of every notebook from an empty build folder, 2026-11-28)."""
     measured = {"smoke": {"01_priors": 24, "02_flow": 12, "03_ddpm": 24, "04_quality": 18, "05_explore": 6},
-                "default": {"01_priors": 1002, "02_flow": 204, "03_ddpm": 1068, "04_quality": 222,
+                "default": {"01_priors": 768, "02_flow": 348, "03_ddpm": 1182, "04_quality": 210,
                             "05_explore": 18}}.get(profile, {})
     return {name: float(runs.get(name, {}).get("seconds", measured.get(name, float("nan")))) for name in NOTEBOOKS}
 
