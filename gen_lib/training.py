@@ -14,6 +14,10 @@ training is complete); a checkpoint from another configuration is refused, namin
 the differing fields; a non-finite loss stops training with the last good checkpoint
 kept on disk.
 
+`fit_seeds(models, data, seeds=...)` is the same loop for several seeds of one model trained together as one
+stacked model (`gen_lib.seeds`): one batched step for all of them, each seed's data order, noise, Adam
+state, checkpoint and history its own.
+
 Determinism: the data order and every random draw of epoch `e` depend only on
 `(seed, e)` and the weights, so an interrupted-then-resumed run ends with the same
 weights as an uninterrupted one (on the same device).
@@ -36,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from .seeds import Stack
 
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("constant", "cosine")
@@ -396,8 +402,6 @@ def fit_seeds(
     among the seeds trained together (their sum is the wall time). Constant learning rate, no EMA, no
     gradient clipping: the VAE recipe's loop.
     """
-    from .seeds import Stack
-
     n_models = len(models)
     if n_models == 0 or len(seeds) != n_models or len(configs) != n_models:
         raise ValueError(f"fit_seeds needs one seed and one config per model: {n_models} models, {len(seeds)} seeds, "
@@ -431,14 +435,14 @@ def fit_seeds(
         group = [s for s in range(n_models) if start[s] == first]
         if first < epochs:
             _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results,
-                       loss_fn, noise_shape, eval_fn, device, bf16, progress, desc, log, Stack)
+                       loss_fn, noise_shape, eval_fn, device, bf16, progress, desc, log)
     for model in models:
         model.eval()
     return results
 
 
 def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results, loss_fn,
-               noise_shape, eval_fn, device, bf16, progress, desc, log, Stack):
+               noise_shape, eval_fn, device, bf16, progress, desc, log):
     """`fit_seeds` for the models `group`, whose checkpoints stand at epoch `first`."""
     members = [models[s] for s in group]
     stack = Stack(members)
