@@ -66,37 +66,15 @@ class GaussianEncoder(nn.Module):
         return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
 
-class _Softplus(torch.autograd.Function):
-    """softplus(l) = max(l, 0) + log(1 + exp(-|l|)), whose derivative is sigmoid(l).
-
-    The same function as `nn.functional.softplus` (within float round-off: |error| <= 2^-24 per value in
-    float32, as torch's own), in vectorised exp and log: torch's CPU softplus and log1p run about 5x slower
-    on some builds (541 vs 119 us for a 128 x 784 batch on an AMD EPYC, measured), and this is the
-    costliest non-GEMM operation of a VAE training step."""
-
-    @staticmethod
-    def forward(ctx, logits):
-        ctx.save_for_backward(logits)
-        return logits.clamp_min(0) + torch.exp(-logits.abs()).add_(1).log_()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (logits,) = ctx.saved_tensors
-        return grad * torch.sigmoid(logits)
-
-
-def softplus(logits: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(l)) elementwise, differentiable (see `_Softplus`)."""
-    return _Softplus.apply(logits)
-
-
 class _BernoulliLogLik(torch.autograd.Function):
     """sum_i x_i l_i - softplus(l_i) over the last axis, in float32 whatever the logits' dtype, with the
     gradient x - sigmoid(l) for the logits (x: data, no gradient).
 
     The same function as `(l * x).sum(-1) - softplus(l).sum(-1)` in a few in-place passes over three buffers
-    instead of about eight fresh tensors: every new (B, 784) float32 tensor of a training step costs fresh memory
-    (page faults), and this term is the costliest outside the GEMMs."""
+    instead of about eight fresh tensors (each new (B, 784) float32 tensor of a training step is a pass over
+    memory the caches do not hold; this term is the costliest outside the GEMMs). softplus(l) is computed as
+    max(l, 0) + log(1 + exp(-|l|)), exact within float round-off, in vectorised exp and log: torch's CPU softplus
+    and log1p run about 5x slower on some builds (541 vs 119 us for a 128 x 784 batch on an AMD EPYC, measured)."""
 
     @staticmethod
     def forward(ctx, logits, x):

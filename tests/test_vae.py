@@ -293,8 +293,11 @@ def test_bad_input_raises_naming_the_value(call, match):
         call()
 
 
-def test_softplus_is_exact_within_round_off_and_its_gradient_is_the_sigmoid():
-    from gen_lib.vae import softplus
+def test_the_bernoulli_softplus_is_exact_within_round_off_and_its_gradient_is_the_sigmoid():
+    from gen_lib.vae import _BernoulliLogLik
+
+    def softplus(l):  # log p(x = 0 | l) = -softplus(l): one pixel per row
+        return -_BernoulliLogLik.apply(l[:, None], torch.zeros_like(l)[:, None])
 
     l64 = torch.cat([torch.linspace(-120, 120, 20001, dtype=torch.float64), torch.tensor([-1e4, 1e4], dtype=torch.float64)])
     exact = torch.logaddexp(l64, torch.zeros_like(l64))  # log(e^l + 1) (torch's softplus returns l above 20)
