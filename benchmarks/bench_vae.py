@@ -7,7 +7,8 @@ seed (fused Adam, the data checked once, the bound's sums in float32, bf16 autoc
 `gen_lib.precision` measured it faster on this machine), and (c) `gen_lib.training.fit_seeds` training the
 default profile's 5 seeds together as one stacked model, as the notebook does (its time per seed and step:
 the same GEMM FLOPs per seed as batched GEMMs, each small operation paid once for the 5). Each step time is
-given as a fraction of the ceiling (the ceiling's time over the step's: 1 would be a step with nothing but GEMMs).
+given as a fraction of the ceiling (the ceiling's time over the step's: 1 would be a step with nothing but GEMMs),
+with the ceiling replayed just before and after each loop's measurement (`benchmarks.ceiling.paired`).
 
 A VAE training epoch (a third of one, best of three rounds): our loop (`gen_lib.training.fit` on an in-memory binarized tensor) against a
 course-style loop (`torchvision.datasets.MNIST` + `DataLoader(batch_size=128, shuffle=True)`,
@@ -110,6 +111,8 @@ def _adam_alone(name: str, rounds: int = 20) -> float:
 
 
 def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
+    import statistics
+
     from benchmarks import ceiling
     from gen_lib import config, precision, priors, vae
     from gen_lib.training import fit
@@ -131,36 +134,45 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
         fit(vae.build_vae(name), x[:256], epochs=1, batch_size=128, lr=1e-3, seed=0, config={"bench": "warm-up"},
             device="cpu", bf16=choice["bf16"], progress=False)  # kernel selection and allocator, untimed
         _stacked(name, x[:256], choice["bf16"])
-        before, ours, stacked, tops = float("inf"), float("inf"), float("inf"), []
-        for _ in range(rounds):  # alternate; each loop's best round (the least disturbed), the ceiling's too
-            tops.append(ceiling.ceiling(one_step, draws=1))
+        top = ceiling.ceiling(one_step, draws=1)  # its GEMMs, and the faster dtype
+
+        def before_loop(name=name):
             torch.manual_seed(0)
             epoch = _before_step(vae.build_vae(name), batches)
             t0 = time.perf_counter()
             epoch()
-            before = min(before, (time.perf_counter() - t0) * 1000 / len(batches))
+            return (time.perf_counter() - t0) * 1000 / len(batches)
+
+        def fit_loop(name=name):
             torch.manual_seed(0)
             m = vae.build_vae(name)
             t0 = time.perf_counter()
             fit(m, x, epochs=1, batch_size=128, lr=1e-3, seed=0, config={"bench": "vae"}, device="cpu",
                 bf16=choice["bf16"], loss_fn=lambda mm, b: mm.loss(b, check=False), progress=False)
-            ours = min(ours, (time.perf_counter() - t0) * 1000 / len(batches))
-            stacked = min(stacked, _stacked(name, x, choice["bf16"]) * 1000 / len(batches) / SEEDS)
-        top = ceiling.best(tops)
+            return (time.perf_counter() - t0) * 1000 / len(batches)
+
+        def stacked_loop(name=name):
+            return _stacked(name, x, choice["bf16"]) * 1000 / len(batches) / SEEDS
+
+        got = ceiling.paired(top, {"before": before_loop, "fit": fit_loop, "stacked": stacked_loop}, rounds)
+        ms = {k: statistics.median(got[k]["ms"]) for k in ("before", "fit", "stacked")}
+        frac = {k: ceiling.spread(got[k]["fraction"]) for k in ("before", "fit", "stacked")}
+        speedup = statistics.median(b / s for b, s in zip(got["before"]["ms"], got["stacked"]["ms"]))
         adam = _adam_alone(name)
         rows.append({
             "what": f"VAE training step, {priors.label(name)} prior (batch 128), as a fraction of the ceiling",
-            "baseline": f"loop before: {before:.2f} ms/step = {top['ms'] / before:.0%} of the ceiling",
-            "ours": (f"fit_seeds, {SEEDS} seeds stacked, {'bf16' if choice['bf16'] else 'fp32'}: {stacked:.2f} ms per "
-                     f"seed-step = {top['ms'] / stacked:.0%} of the ceiling (fit, one seed: {ours:.2f} ms = "
-                     f"{top['ms'] / ours:.0%})"),
-            "ratio": before / stacked, "unit": "ms/step",
-            "note": (f"ceiling {top['ms']:.2f} ms: its {top['ops']} GEMMs ({top['gflop']:.2f} GFLOP) alone in "
-                     f"{top['dtype']} (fp32 {top['by_dtype']['float32']:.2f} ms, bf16 {top['by_dtype']['bfloat16']:.2f} ms"
-                     f" = {top['gflop'] / top['by_dtype']['float32'] * 1e3:.0f} and "
-                     f"{top['gflop'] / top['by_dtype']['bfloat16'] * 1e3:.0f} GFLOP/s); precision: "
-                     f"{precision.describe(choice)}; of the stacked step, the fused Adam update run alone takes {adam:.2f} ms per "
-                     f"seed (memory-bound; the ceiling counts GEMMs only); best of {rounds} round(s) of {len(batches)} steps")})
+            "baseline": f"loop before: {ms['before']:.2f} ms/step = {frac['before']} of the ceiling",
+            "ours": (f"fit_seeds, {SEEDS} seeds stacked, {'bf16' if choice['bf16'] else 'fp32'}: {ms['stacked']:.2f} ms "
+                     f"per seed-step = {frac['stacked']} of the ceiling (fit, one seed: {ms['fit']:.2f} ms = "
+                     f"{frac['fit']})"),
+            "ratio": speedup, "unit": "ms/step",
+            "note": (f"ceiling {ceiling.spread(got['ceiling'], '{:.2f}')} ms over the run: its {top['ops']} GEMMs "
+                     f"({top['gflop']:.2f} GFLOP) alone in {top['dtype']} (first measured: fp32 "
+                     f"{top['by_dtype']['float32']:.2f} ms, bf16 {top['by_dtype']['bfloat16']:.2f} ms); each fraction is "
+                     f"the median (min-max) over {rounds} rounds of the loop's time against the ceiling replayed just "
+                     f"before and after it (benchmarks.ceiling.paired), each round {len(batches)} steps; precision: "
+                     f"{precision.describe(choice)}; the fused Adam update of the stacked step run alone takes "
+                     f"{adam:.2f} ms per seed (memory-bound; the ceiling counts GEMMs only)")})
     return rows
 
 
@@ -189,7 +201,7 @@ def run(quick: bool = False) -> list[dict]:
     load = open("/proc/loadavg").read().split()[0]
     note = (f"fastest of {rounds} round(s) of {n} images, {torch.get_num_threads()} threads, CPU load average "
             f"{load} at the end (a shared machine: noisy)")
-    return _per_prior(train_b, steps=4 if quick else 150, rounds=1 if quick else 4) + [
+    return _per_prior(train_b, steps=4 if quick else 60, rounds=1 if quick else 6) + [
         {"what": "VAE training step (Gaussian prior, batch 128)",
          "baseline": f"torchvision MNIST + DataLoader(shuffle) + per-batch binarize: {results['course']:.1f} ms/step",
          "ours": f"gen_lib.training.fit on an in-memory tensor: {results['ours']:.1f} ms/step",

@@ -8,10 +8,13 @@ operands of the same layout in `dtype`, back to back, and returns the best of se
 `ceiling(step)` is the faster of float32 and bf16: what this machine can do for the model's dominant
 work at best, whichever precision the training loop uses. A loop's step time divided into it is the
 fraction of the ceiling the loop reaches (1.0 would mean everything around the products is free).
+`paired(top, loops, rounds)` measures that fraction with the ceiling replayed just before and just after each
+loop, so that the machine's drifting speed cancels.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable
 
@@ -56,9 +59,8 @@ def _materialise(a: Any, dtype: torch.dtype) -> Any:
     return torch.empty_strided(a.shape, a.stride, dtype=out_dtype, device=a.device).normal_()
 
 
-def replay(calls: list[tuple[Any, tuple, dict]], dtype: torch.dtype, rounds: int = 5, min_seconds: float = 0.2) -> float:
-    """Milliseconds for running `calls` once in `dtype` (best round; each round repeats the list for at
-    least `min_seconds`)."""
+def _prepare(calls: list[tuple[Any, tuple, dict]], dtype: torch.dtype) -> Callable[[], None]:
+    """A function running `calls` once in `dtype` on random operands of the recorded layouts (allocated here)."""
     ready = [(f, tuple(_materialise(a, dtype) for a in args), {k: _materialise(v, dtype) for k, v in kw.items()})
              for f, args, kw in calls]
     cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for _, args, _ in ready for a in args)
@@ -66,39 +68,72 @@ def replay(calls: list[tuple[Any, tuple, dict]], dtype: torch.dtype, rounds: int
     def once():
         for f, args, kw in ready:
             f(*args, **kw)
-
+        if cuda:
+            torch.cuda.synchronize()
     once()  # warm-up (allocator, kernel selection)
+    return once
+
+
+def _best_ms(once: Callable[[], None], rounds: int, min_seconds: float) -> float:
     best = float("inf")
     for _ in range(rounds):
         n, t0 = 0, time.perf_counter()
         while True:
             once()
             n += 1
-            if cuda:
-                torch.cuda.synchronize()
             if time.perf_counter() - t0 >= min_seconds:
                 break
         best = min(best, (time.perf_counter() - t0) / n * 1000)
     return best
 
 
+def replay(calls: list[tuple[Any, tuple, dict]], dtype: torch.dtype, rounds: int = 5, min_seconds: float = 0.2) -> float:
+    """Milliseconds for running `calls` once in `dtype` (best round; each round repeats the list for at
+    least `min_seconds`)."""
+    return _best_ms(_prepare(calls, dtype), rounds, min_seconds)
+
+
 def ceiling(step: Callable[[], None], dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
             draws: int = 2) -> dict[str, Any]:
-    """{"ms": the faster dtype's time, "dtype": its name, "by_dtype": {name: ms}, "ops": count, "gflop": of one step}."""
+    """{"ms": the faster dtype's time, "dtype": its name, "by_dtype": {name: ms}, "ops": count, "gflop": of one step,
+    "calls": the recorded operations}."""
     calls = record(step)
-    # The best of `draws` replays, each on freshly allocated operands: the same bf16 GEMMs ran 1.29 or 1.72 ms
-    # depending on where their operands landed in memory (measured); the ceiling is what the machine can do.
     by = {str(d).removeprefix("torch."): min(replay(calls, d) for _ in range(draws)) for d in dtypes}
     best = min(by, key=by.get)
-    return {"ms": by[best], "dtype": best, "by_dtype": by, "ops": len(calls), "gflop": _gflop(calls)}
+    return {"ms": by[best], "dtype": best, "by_dtype": by, "ops": len(calls), "gflop": _gflop(calls), "calls": calls}
 
 
-def best(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The best of several `ceiling` results of one step (measured at different times, e.g. between the rounds of
-    the loops compared with it: the machine's speed drifts, by 30 % within a minute on a shared one)."""
-    by = {d: min(r["by_dtype"][d] for r in results) for d in results[0]["by_dtype"]}
-    fastest = min(by, key=by.get)
-    return {**results[0], "ms": by[fastest], "dtype": fastest, "by_dtype": by}
+def paired(top: dict[str, Any], loops: dict[str, Callable[[], float]], rounds: int,
+           min_seconds: float = 0.1) -> dict[str, Any]:
+    """Each loop's step time against the ceiling measured just before and just after it.
+
+    Why: this machine's speed drifts. The same 17 bf16 GEMMs replayed in 1.28 ms for minutes and then in
+    1.65-1.75 ms for minutes (measured; placement in memory made no difference), a shared host's state. A
+    fraction whose two times come from different minutes (or a best-of-many ceiling against a best-of-few
+    loop) measures the drift as much as the loop. Here each round runs the ceiling (`top` from `ceiling`, in
+    its faster dtype), then each loop in turn, replaying the ceiling after each; a loop's fraction in that
+    round is the mean of the two replays around it divided by its time.
+
+    `loops`: name -> a function that runs the loop and returns its time per step in ms. Returns
+    {"ceiling": [every replay's ms], name: {"ms": [per round], "fraction": [per round]}}.
+    """
+    once = _prepare(top["calls"], getattr(torch, top["dtype"]))
+    before = _best_ms(once, 2, min_seconds)
+    out: dict[str, Any] = {"ceiling": [before], **{name: {"ms": [], "fraction": []} for name in loops}}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            ms = loop()
+            after = _best_ms(once, 2, min_seconds)
+            out["ceiling"].append(after)
+            out[name]["ms"].append(ms)
+            out[name]["fraction"].append((before + after) / 2 / ms)
+            before = after
+    return out
+
+
+def spread(values: list[float], fmt: str = "{:.0%}") -> str:
+    """'median (min-max)' of `values`, each formatted by `fmt`."""
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def _gflop(calls) -> float:

@@ -167,9 +167,6 @@ class Stack:
             others = [n[name] for n in named[1:]]
             self.buffers[name] = first if all(torch.equal(first, o) for o in others) else torch.stack([first, *others])
 
-    def __len__(self) -> int:
-        return len(self.models)
-
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter (S, ...) in the models' own layout (views of `params`) and every buffer, by name."""
         return {**{k: v.mT if k in self.transposed else v for k, v in self.params.items()}, **self.buffers}

@@ -219,6 +219,47 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.copy_(b)
 
 
+def _identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's configuration with the loop's own fields, and its identity (without `epochs_total`, which may grow
+    on resume): what a checkpoint must match."""
+    config = _jsonable({**config, **fields})
+    return config, {k: v for k, v in config.items() if k != "epochs_total"}
+
+
+def _resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epochs: int, result: TrainResult,
+            label: str, log: Callable[[str], None]) -> tuple[dict[str, Any] | None, int]:
+    """Load `path`'s weights into `model` and its history into `result` (after checking its configuration against
+    `identity` and its epoch count against `epochs`); return the checkpoint (None when there is none) and the epoch it
+    stands at."""
+    if path is None or not path.exists():
+        return None, 0
+    ckpt = load_checkpoint(path, identity)
+    epoch = ckpt["epoch"]
+    if epoch > epochs:
+        raise CheckpointError(f"checkpoint {path} has {epoch} epochs, more than the {epochs} requested; delete it or "
+                              "use another folder")
+    model.load_state_dict(ckpt["model"])
+    result.history = ckpt["history"]
+    result.status = "reused" if epoch >= epochs else "resumed"
+    log(f"{label}: {'reusing' if epoch >= epochs else 'resuming'} {path} (epoch {epoch} of {epochs})")
+    return ckpt, epoch
+
+
+def _save(path: Path, identity: dict[str, Any], epoch: int, model: nn.Module, optimizer_state: dict[str, Any],
+          ema: nn.Module | None, history: list[dict[str, Any]]) -> None:
+    save_atomic({"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch, "model": model.state_dict(),
+                 "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None,
+                 "history": history}, path)
+
+
+def _epoch_line(label: str, epoch: int, epochs: int, metrics: str, took: float, t0: float, first: int) -> str:
+    """'label epoch e/E: metrics; time, ETA ...' (the ETA from the mean epoch time since `t0`, `first` the epoch
+    training started from)."""
+    eta = (time.perf_counter() - t0) / (epoch + 1 - first) * (epochs - epoch - 1)
+    return (f"{label} epoch {epoch + 1}/{epochs}{metrics}; {_duration(took)}"
+            + (f", ETA {_duration(eta)}" if epoch + 1 < epochs else ""))
+
+
 def fit(
     model: nn.Module,
     data: torch.Tensor | tuple[torch.Tensor, ...],
@@ -267,32 +308,20 @@ def fit(
     if len({t.shape[0] for t in tensors}) != 1:
         raise ValueError(f"data tensors have first dimensions {[t.shape[0] for t in tensors]}; they must agree")
     device = torch.device(device) if device is not None else default_device()
-    config = _jsonable({**config, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr,
-                        **({"schedule": schedule_name} if schedule_name != "constant" else {}),
-                        **({"warmup_steps": warmup_steps} if warmup_steps else {})})
-    identity = {k: v for k, v in config.items() if k != "epochs_total"}
+    config, identity = _identity(config, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr,
+                                 **({"schedule": schedule_name} if schedule_name != "constant" else {}),
+                                 **({"warmup_steps": warmup_steps} if warmup_steps else {}))
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device=device, memory_format=memory_format)
     optimizer = _adam(model, lr)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     result = TrainResult(ema=ema)
-    start_epoch = 0
-
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, identity)
-        model.load_state_dict(ckpt["model"])
+    ckpt, start_epoch = _resume(ckpt_path, identity, model, epochs, result, desc, log)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
-        result.history = ckpt["history"]
-        start_epoch = ckpt["epoch"]
-        if start_epoch > epochs:
-            raise CheckpointError(f"checkpoint {ckpt_path} has {start_epoch} epochs, more than the {epochs} "
-                                  "requested; delete it or use another folder")
-        result.status = "reused" if start_epoch >= epochs else "resumed"
-        log(f"{desc}: {'reusing' if start_epoch >= epochs else 'resuming'} {ckpt_path} "
-            f"(epoch {start_epoch} of {epochs})")
 
     n = tensors[0].shape[0]
     steps = math.ceil(n / batch_size)
@@ -351,15 +380,10 @@ def fit(
                 record.update(eval_fn(ema if ema is not None else model))
         result.history.append(record)
         if progress:
-            took = time.perf_counter() - t_epoch
-            eta = (time.perf_counter() - t0) / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
-            log(f"{desc} epoch {epoch + 1}/{epochs}: {metrics}; {_duration(took)}"
-                + (f", ETA {_duration(eta)}" if epoch + 1 < epochs else ""))
+            log(_epoch_line(desc, epoch, epochs, f": {metrics}", time.perf_counter() - t_epoch, t0, start_epoch))
         if ckpt_path is not None:
-            save_atomic({"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch + 1,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None, "history": result.history}, ckpt_path)
+            _save(ckpt_path, identity, epoch + 1, model, optimizer.state_dict(), ema, result.history)
     result.seconds = time.perf_counter() - t0
     model.eval()
     if ema is not None:
@@ -413,24 +437,11 @@ def fit_seeds(
     checkpoints = [Path(c) if c is not None else None for c in (checkpoints or [None] * n_models)]
     device = torch.device(device) if device is not None else default_device()
     identities, results, start = [], [], []
-    for s, (model, seed, cfg, ckpt_path) in enumerate(zip(models, seeds, configs, checkpoints)):
-        cfg = _jsonable({**cfg, "seed": seed, "epochs_total": epochs, "batch_size": batch_size, "lr": lr})
-        identities.append({k: v for k, v in cfg.items() if k != "epochs_total"})
+    for model, seed, cfg, ckpt_path in zip(models, seeds, configs, checkpoints):
+        identities.append(_identity(cfg, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr)[1])
         model.to(device)
         results.append(TrainResult())
-        epoch = 0
-        if ckpt_path is not None and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, identities[-1])
-            model.load_state_dict(ckpt["model"])
-            epoch = ckpt["epoch"]
-            if epoch > epochs:
-                raise CheckpointError(f"checkpoint {ckpt_path} has {epoch} epochs, more than the {epochs} requested; "
-                                      "delete it or use another folder")
-            results[-1].history = ckpt["history"]
-            results[-1].status = "reused" if epoch >= epochs else "resumed"
-            log(f"{desc} seed {seed}: {'reusing' if epoch >= epochs else 'resuming'} {ckpt_path} "
-                f"(epoch {epoch} of {epochs})")
-        start.append(epoch)
+        start.append(_resume(ckpt_path, identities[-1], model, epochs, results[-1], f"{desc} seed {seed}", log)[1])
     for first in sorted(set(start)):
         group = [s for s in range(n_models) if start[s] == first]
         if first < epochs:
@@ -508,14 +519,12 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
             results[s].seconds = (time.perf_counter() - t0) / count
             lines.append(", ".join(f"{v:.4g}" for k2, v in record.items() if k2 not in ("epoch", "seconds")))
             if checkpoints[s] is not None:
-                save_atomic({"format": CHECKPOINT_FORMAT, "config": identities[s], "epoch": epoch + 1,
-                             "model": models[s].state_dict(), "optimizer": _seed_optimizer_state(optimizer, stack, k),
-                             "ema": None, "history": results[s].history}, checkpoints[s])
+                _save(checkpoints[s], identities[s], epoch + 1, models[s], _seed_optimizer_state(optimizer, stack, k),
+                      None, results[s].history)
         if progress:
             metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]
-            eta = (time.perf_counter() - t0) / (epoch + 1 - first) * (epochs - epoch - 1)
-            log(f"{label} epoch {epoch + 1}/{epochs} ({', '.join(metrics)} per seed): " + "; ".join(lines)
-                + f"; {_duration(took)}" + (f", ETA {_duration(eta)}" if epoch + 1 < epochs else ""))
+            log(_epoch_line(label, epoch, epochs, f" ({', '.join(metrics)} per seed): " + "; ".join(lines), took, t0,
+                            first))
     for s in group:
         results[s].status = "trained" if first == 0 else "resumed"
 

@@ -66,6 +66,11 @@ class GaussianEncoder(nn.Module):
         return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
 
+def _exp_floor(dtype: torch.dtype) -> float:
+    """A c < 0 with 1 + exp(c) == 1 in `dtype` (exp(c) below half an ulp of 1), far above exp's slow range."""
+    return -(math.log(2 / torch.finfo(dtype).eps) + 1.0)  # float32: -17.6, float64: -38.4
+
+
 class _BernoulliLogLik(torch.autograd.Function):
     """sum_i x_i l_i - softplus(l_i) over the last axis, in float32 whatever the logits' dtype, with the
     gradient x - sigmoid(l) for the logits (x: data, no gradient).
@@ -80,7 +85,11 @@ class _BernoulliLogLik(torch.autograd.Function):
     def forward(ctx, logits, x):
         lf = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
         x = x.to(lf.dtype)
-        sp = lf.abs().neg_().exp_().add_(1).log_()  # log(1 + exp(-|l|))
+        # log(1 + exp(-|l|)), with -|l| clamped where 1 + exp(-|l|) already rounds to 1 (exp(-c) below half of the
+        # dtype's epsilon): the same values bit for bit, and no exp of very negative numbers, which runs 5-12x
+        # slower on CPUs (the slow path for results near and below the smallest normal float; a trained decoder's
+        # border pixels have logits far below -100: 2.4 ms instead of 0.2 for 5 x 128 x 784, measured)
+        sp = lf.abs().neg_().clamp_min_(_exp_floor(lf.dtype)).exp_().add_(1).log_()
         total = lf.clamp_min(0).add_(sp)  # softplus(l)
         total = torch.addcmul(total, lf, x, value=-1, out=total)  # softplus(l) - x l
         ctx.save_for_backward(lf, x)
