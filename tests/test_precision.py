@@ -82,3 +82,26 @@ def test_the_ceiling_records_exactly_the_gemms_autograd_runs():
     assert ceiling._gflop(calls) * 1e9 == pytest.approx(flops)
     result = ceiling.ceiling(step)
     assert result["ms"] > 0 and result["dtype"] in ("float32", "bfloat16") and result["ops"] == 5
+
+
+def test_paired_fractions_use_the_ceiling_replayed_around_each_loop():
+    from benchmarks import ceiling
+
+    net = nn.Linear(6, 5)
+    x = torch.randn(8, 6)
+    top = ceiling.ceiling(lambda: net(x).sum().backward(), draws=1)
+    seen = []
+
+    def loop(ms):
+        def run():
+            seen.append(ms)
+            return ms
+        return run
+    got = ceiling.paired(top, {"a": loop(2.0), "b": loop(4.0)}, rounds=2, min_seconds=0.001)
+    assert seen == [2.0, 4.0, 2.0, 4.0]  # the loops in turn, each round
+    c = got["ceiling"]
+    assert len(c) == 5 and all(v > 0 for v in c)  # one replay before the first loop, one after each
+    assert got["a"]["ms"] == [2.0, 2.0] and got["b"]["ms"] == [4.0, 4.0]
+    assert got["a"]["fraction"] == pytest.approx([(c[0] + c[1]) / 2 / 2.0, (c[2] + c[3]) / 2 / 2.0])
+    assert got["b"]["fraction"] == pytest.approx([(c[1] + c[2]) / 2 / 4.0, (c[3] + c[4]) / 2 / 4.0])
+    assert ceiling.spread([0.5, 0.4, 0.6]) == "50% (40%-60%)"
