@@ -56,7 +56,10 @@ def _materialise(a: Any, dtype: torch.dtype) -> Any:
     if not isinstance(a, _Spec):
         return a
     out_dtype = dtype if a.dtype.is_floating_point else a.dtype
-    return torch.empty_strided(a.shape, a.stride, dtype=out_dtype, device=a.device).normal_()
+    # random storage viewed with the recorded strides (also the overlapping ones of an expanded tensor, e.g. the
+    # gradient of a sum, which a tensor of those strides could not be filled through)
+    size = 1 + sum((n - 1) * st for n, st in zip(a.shape, a.stride)) if all(a.shape) else 0
+    return torch.empty(size, dtype=out_dtype, device=a.device).normal_().as_strided(a.shape, a.stride)
 
 
 def _prepare(calls: list[tuple[Any, tuple, dict]], dtype: torch.dtype) -> Callable[[], None]:
