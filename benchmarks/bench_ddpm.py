@@ -7,6 +7,7 @@ sample of DDIM-50/100 against the T = 1000-step ancestral sampler (same network,
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import torch
@@ -26,8 +27,8 @@ def _median_time(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int,
-                     ceiling_out: dict | None = None) -> float:
+def _train_step(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool):
+    """One training step of a fresh U-Net of `cfg` (a function, called repeatedly)."""
     torch.manual_seed(0)
     ddpm = build_ddpm(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -42,9 +43,11 @@ def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: boo
         loss.float().backward()
         opt.step()
 
-    if ceiling_out is not None:  # the step's convolutions and GEMMs alone (benchmarks.ceiling), recorded in fp32
-        ceiling_out.update(ceiling.ceiling(step))
-    return _median_time(step, reps)
+    return step
+
+
+def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int) -> float:
+    return _median_time(_train_step(cfg, batch, bf16, channels_last), reps)
 
 
 def _sample_time(ddpm, n: int, steps: int, method: str, bf16: bool) -> float:
@@ -65,21 +68,33 @@ def run(quick: bool = False) -> list[dict]:
         cfg = config.make(DDPMConfig, config.resolve("ddpm", "default"))
         batch, reps, n, fast, slow = cfg.batch_size, 5, 16, (50, 100), cfg.T
     rows = []
-    top: dict = {}
-    fp32 = _train_step_time(cfg, batch, False, False, reps, ceiling_out=top)
+    fp32 = _train_step_time(cfg, batch, False, False, reps)
     bf16 = _train_step_time(cfg, batch, True, False, reps)
     bf16_cl = _train_step_time(cfg, batch, True, True, reps)
     fp32_cl = _train_step_time(cfg, batch, False, True, reps)
     width = f"c0={cfg.base_channels}, mults {cfg.channel_mults}, n_res {cfg.n_res}"
-    best_name, best = min((("fp32", fp32), ("bf16", bf16), ("bf16+channels_last", bf16_cl),
-                           ("fp32+channels_last", fp32_cl)), key=lambda kv: kv[1])
+    settings = {"fp32": (False, False), "bf16": (True, False), "bf16+channels_last": (True, True),
+                "fp32+channels_last": (False, True)}
+    best_name, best = min(zip(settings, (fp32, bf16, bf16_cl, fp32_cl)), key=lambda kv: kv[1])
+    # the fraction of the ceiling: the step's convolutions and GEMMs alone (recorded in fp32), replayed just before
+    # and after each measurement of fp32 and of the fastest setting (benchmarks.ceiling.paired)
+    top = ceiling.ceiling(_train_step(cfg, batch, False, False), draws=1)
+    steps = {name: _train_step(cfg, batch, *settings[name]) for name in dict.fromkeys(("fp32", best_name))}
+    for step in steps.values():
+        step()  # warm-up
+    paired = ceiling.paired(top, {name: (lambda s=step: 1e3 * _median_time(s, 2)) for name, step in steps.items()},
+                            rounds=1 if quick else 3)
+    ms = {name: statistics.median(paired[name]["ms"]) for name in steps}
     rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch}), as a fraction of the ceiling",
-                 "baseline": f"fp32: {fp32 * 1e3:.0f} ms = {top['ms'] / (fp32 * 1e3):.0%} of the ceiling",
-                 "ours": f"fastest here, {best_name}: {best * 1e3:.0f} ms = {top['ms'] / (best * 1e3):.0%} of the ceiling",
+                 "baseline": f"fp32: {ms['fp32']:.0f} ms = {ceiling.spread(paired['fp32']['fraction'])} of the ceiling",
+                 "ours": (f"fastest here, {best_name}: {ms[best_name]:.0f} ms = "
+                          f"{ceiling.spread(paired[best_name]['fraction'])} of the ceiling"),
                  "ratio": fp32 / best, "unit": "s/step",
-                 "note": (f"ceiling {top['ms']:.0f} ms: the step's {top['ops']} convolutions and GEMMs "
-                          f"({top['gflop']:.1f} GFLOP) alone in {top['dtype']} (fp32 {top['by_dtype']['float32']:.0f} ms, "
-                          f"bf16 {top['by_dtype']['bfloat16']:.0f} ms); the notebooks' choice: gen_lib.precision")})
+                 "note": (f"ceiling {ceiling.spread(paired['ceiling'], '{:.0f}')} ms over the run: the step's {top['ops']} "
+                          f"convolutions and GEMMs ({top['gflop']:.1f} GFLOP) alone in {top['dtype']} (first measured: "
+                          f"fp32 {top['by_dtype']['float32']:.0f} ms, bf16 {top['by_dtype']['bfloat16']:.0f} ms); "
+                          f"fractions: median (min-max) of {len(paired['fp32']['ms'])} rounds, each the median of 2 steps "
+                          "against the ceiling replayed just before and after it; the notebooks' choice: gen_lib.precision")})
     for name, t in (("bf16 autocast", bf16), ("bf16 autocast + channels_last", bf16_cl)):
         rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch})",
                      "baseline": f"fp32: {fp32:.3f} s", "ours": f"{name}: {t:.3f} s", "ratio": fp32 / t,

@@ -69,7 +69,13 @@ def run(quick: bool = False) -> list[dict]:
 
     torch.manual_seed(0)  # the ceiling: one step's GEMMs alone (benchmarks.ceiling), on a fresh copy
     y = data.dequantize(x_all[:batch], generator=gen).to(device)
-    top = ceiling.ceiling(lambda m=_setup(device, n_layers, hidden): _step(*m, y, False, device))
+    top = ceiling.ceiling(lambda m=_setup(device, n_layers, hidden): _step(*m, y, False, device), draws=1)
+
+    def loop(bf16: bool, m=None):  # the median of 3 steps in ms, for the fraction of the ceiling replayed around it
+        m = m or _setup(device, n_layers, hidden)
+        _step(*m, y, bf16, device)  # warm-up (kernel selection)
+        return lambda: 1e3 * statistics.median(_step(*m, y, bf16, device)[0] for _ in range(3))
+    paired = ceiling.paired(top, {"fp32": loop(False), "bf16": loop(True)}, rounds=1 if quick else 5)
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     ratio = statistics.median(a[0] / b[0] for a, b in zip(times[False], times[True]))
@@ -88,11 +94,16 @@ def run(quick: bool = False) -> list[dict]:
         "note": note,
     }, {
         "what": f"flow training step ({n_layers} couplings, hidden {hidden}, batch {batch}), as a fraction of the ceiling",
-        "baseline": f"fp32: {wall[False] * 1e3:.0f} ms = {top['ms'] / (wall[False] * 1e3):.0%} of the ceiling",
-        "ours": f"bf16 autocast: {wall[True] * 1e3:.0f} ms = {top['ms'] / (wall[True] * 1e3):.0%} of the ceiling",
+        "baseline": (f"fp32: {statistics.median(paired['fp32']['ms']):.0f} ms = "
+                     f"{ceiling.spread(paired['fp32']['fraction'])} of the ceiling"),
+        "ours": (f"bf16 autocast: {statistics.median(paired['bf16']['ms']):.0f} ms = "
+                 f"{ceiling.spread(paired['bf16']['fraction'])} of the ceiling"),
         "ratio": ratio, "unit": "ms/step",
-        "note": (f"ceiling {top['ms']:.1f} ms: the step's {top['ops']} GEMMs ({top['gflop']:.2f} GFLOP) alone in "
-                 f"{top['dtype']} (fp32 {top['by_dtype']['float32']:.1f} ms, bf16 {top['by_dtype']['bfloat16']:.1f} ms)"),
+        "note": (f"ceiling {ceiling.spread(paired['ceiling'], '{:.1f}')} ms over the run: the step's {top['ops']} GEMMs "
+                 f"({top['gflop']:.2f} GFLOP) alone in {top['dtype']} (first measured: fp32 "
+                 f"{top['by_dtype']['float32']:.1f} ms, bf16 {top['by_dtype']['bfloat16']:.1f} ms); fractions: median "
+                 f"(min-max) of {len(paired['fp32']['ms'])} rounds, each the median of 3 steps against the ceiling "
+                 "replayed just before and after it (benchmarks.ceiling.paired)"),
     }]
 
 
