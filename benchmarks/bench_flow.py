@@ -71,8 +71,8 @@ def run(quick: bool = False) -> list[dict]:
     y = data.dequantize(x_all[:batch], generator=gen).to(device)
     top = ceiling.ceiling(lambda m=_setup(device, n_layers, hidden): _step(*m, y, False, device), draws=1)
 
-    def loop(bf16: bool, m=None):  # the median of 3 steps in ms, for the fraction of the ceiling replayed around it
-        m = m or _setup(device, n_layers, hidden)
+    def loop(bf16: bool):  # a fresh copy's median of 3 steps in ms, for the fraction of the ceiling around it
+        m = _setup(device, n_layers, hidden)
         _step(*m, y, bf16, device)  # warm-up (kernel selection)
         return lambda: 1e3 * statistics.median(_step(*m, y, bf16, device)[0] for _ in range(3))
     paired = ceiling.paired(top, {"fp32": loop(False), "bf16": loop(True)}, rounds=1 if quick else 5)

@@ -111,7 +111,7 @@ def paired(top: dict[str, Any], loops: dict[str, Callable[[], float]], rounds: i
     """Each loop's step time against the ceiling measured just before and just after it.
 
     Why: this machine's speed drifts. The same 17 bf16 GEMMs replayed in 1.28 ms for minutes and then in
-    1.65-1.75 ms for minutes (measured; placement in memory made no difference), a shared host's state. A
+    1.65-1.9 ms for minutes (measured; placement in memory made no difference), a shared host's state. A
     fraction whose two times come from different minutes (or a best-of-many ceiling against a best-of-few
     loop) measures the drift as much as the loop. Here each round runs the ceiling (`top` from `ceiling`, in
     its faster dtype), then each loop in turn, replaying the ceiling after each; a loop's fraction in that
