@@ -77,8 +77,15 @@ def _before_step(model, batches):
 SEEDS = 5  # the default profile's seeds per prior, trained together by the notebook (stack_seeds)
 
 
+def _second_epoch(history: list[dict]) -> float:
+    """Seconds of a training call's second epoch, from its history's cumulative times: the steady state, without
+    the call's set-up and its first steps' allocations (a notebook's call runs hundreds of steps per epoch)."""
+    return history[1]["seconds"] - history[0]["seconds"]
+
+
 def _stacked(name: str, x: torch.Tensor, bf16: bool) -> float:
-    """Seconds for one epoch over x of `fit_seeds` training SEEDS fresh VAEs of prior `name` together."""
+    """Seconds per seed of the second of two epochs over x of `fit_seeds` training SEEDS fresh VAEs of prior
+    `name` together."""
     from gen_lib import vae
     from gen_lib.recipes import _elbo_per_example
     from gen_lib.training import fit_seeds
@@ -87,34 +94,58 @@ def _stacked(name: str, x: torch.Tensor, bf16: bool) -> float:
     for s in range(SEEDS):
         torch.manual_seed(s)
         models.append(vae.build_vae(name))
-    t0 = time.perf_counter()
-    fit_seeds(models, x, seeds=list(range(SEEDS)), epochs=1, batch_size=128, lr=1e-3, configs=[{"bench": "vae"}] * SEEDS,
-              loss_fn=_elbo_per_example, noise_shape=(2,), device="cpu", bf16=bf16, progress=False)
-    return time.perf_counter() - t0
+    results = fit_seeds(models, x, seeds=list(range(SEEDS)), epochs=2, batch_size=128, lr=1e-3,
+                        configs=[{"bench": "vae"}] * SEEDS, loss_fn=_elbo_per_example, noise_shape=(2,), device="cpu",
+                        bf16=bf16, progress=False)
+    return _second_epoch(results[0].history)  # the wall time divided among the seeds
 
 
-def _adam_alone(name: str, rounds: int = 20) -> float:
-    """ms per seed for one fused Adam update of SEEDS stacked VAEs of prior `name` alone (memory-bound: the
-    parameters, gradients and two moments are read and three written every step)."""
-    from gen_lib import seeds, vae
+def _adam_alone(name: str, rounds: int = 20) -> dict[str, float]:
+    """ms per seed of the Adam update of SEEDS stacked VAEs of prior `name` alone, from the `Linear` weights'
+    bf16 gradients to the bf16 weights the next forward reads: "torch" converts the gradients to float32, runs
+    torch's fused Adam and copies the weights to bf16 (three passes over memory); "kernel" is `seeds.Adam`
+    with `gen_lib.fused_adam` (one pass; absent where the kernel does not build). Memory-bound: the 5 seeds'
+    parameters, gradients and moments do not fit in the caches."""
+    from gen_lib import fused_adam, seeds, vae
 
     stack = seeds.Stack([vae.build_vae(name) for _ in range(SEEDS)])
-    params = list(stack.params.values())
-    for p in params:
+    for key, p in stack.params.items():
         p.grad = torch.randn_like(p)
-    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
-    opt.step()
-    t0 = time.perf_counter()
-    for _ in range(rounds):
+        if key in stack.slots:
+            slot = stack.slots[key]
+            slot.grad_low, slot.low = torch.randn_like(p, dtype=torch.bfloat16), torch.empty_like(p, dtype=torch.bfloat16)
+    slots = list(stack.slots.values())
+    opt = torch.optim.Adam(list(stack.params.values()), lr=1e-3, fused=True)
+
+    def torch_step():
+        for slot in slots:
+            slot.param.grad.copy_(slot.grad_low)
         opt.step()
-    return (time.perf_counter() - t0) * 1000 / rounds / SEEDS
+        for slot in slots:
+            slot.low.copy_(slot.param.detach())
+
+    steps = {"torch": torch_step}
+    if fused_adam.unavailable() is None:
+        ours = seeds.Adam(stack, lr=1e-3)
+        for slot in slots:
+            slot.pending = True  # the bf16 gradient is where the backward leaves it
+
+        steps["kernel"] = ours.step
+    out = {}
+    for what, step in steps.items():
+        step()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            step()
+        out[what] = (time.perf_counter() - t0) * 1000 / rounds / SEEDS
+    return out
 
 
 def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
     import statistics
 
     from benchmarks import ceiling
-    from gen_lib import config, precision, priors, vae
+    from gen_lib import config, fused_adam, precision, priors, vae
     from gen_lib.training import fit
 
     choice = precision.choose("vae", config.resolve("priors", "default", bf16=False))  # batch 128, this machine
@@ -136,29 +167,33 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
         _stacked(name, x[:256], choice["bf16"])
         top = ceiling.ceiling(one_step, draws=1)  # its GEMMs, and the faster dtype
 
+        # each loop runs two epochs of `steps` steps; its second epoch is timed (the steady state)
         def before_loop(name=name):
             torch.manual_seed(0)
             epoch = _before_step(vae.build_vae(name), batches)
+            epoch()
             t0 = time.perf_counter()
             epoch()
             return (time.perf_counter() - t0) * 1000 / len(batches)
 
         def fit_loop(name=name):
             torch.manual_seed(0)
-            m = vae.build_vae(name)
-            t0 = time.perf_counter()
-            fit(m, x, epochs=1, batch_size=128, lr=1e-3, seed=0, config={"bench": "vae"}, device="cpu",
-                bf16=choice["bf16"], loss_fn=lambda mm, b: mm.loss(b, check=False), progress=False)
-            return (time.perf_counter() - t0) * 1000 / len(batches)
+            result = fit(vae.build_vae(name), x, epochs=2, batch_size=128, lr=1e-3, seed=0, config={"bench": "vae"},
+                         device="cpu", bf16=choice["bf16"], loss_fn=lambda mm, b: mm.loss(b, check=False),
+                         progress=False)
+            return _second_epoch(result.history) * 1000 / len(batches)
 
         def stacked_loop(name=name):
-            return _stacked(name, x, choice["bf16"]) * 1000 / len(batches) / SEEDS
+            return _stacked(name, x, choice["bf16"]) * 1000 / len(batches)
 
         got = ceiling.paired(top, {"before": before_loop, "fit": fit_loop, "stacked": stacked_loop}, rounds)
         ms = {k: statistics.median(got[k]["ms"]) for k in ("before", "fit", "stacked")}
         frac = {k: ceiling.spread(got[k]["fraction"]) for k in ("before", "fit", "stacked")}
         speedup = statistics.median(b / s for b, s in zip(got["before"]["ms"], got["stacked"]["ms"]))
         adam = _adam_alone(name)
+        adam_kind = (f"one pass (gen_lib.fused_adam): {adam['kernel']:.2f} ms per seed alone, against "
+                     f"{adam['torch']:.2f} ms for torch's fused Adam with the conversions around it" if "kernel" in adam
+                     else f"torch's fused Adam ({fused_adam.unavailable()}): {adam['torch']:.2f} ms per seed alone")
         rows.append({
             "what": f"VAE training step, {priors.label(name)} prior (batch 128), as a fraction of the ceiling",
             "baseline": f"loop before: {ms['before']:.2f} ms/step = {frac['before']} of the ceiling",
@@ -170,9 +205,9 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
                      f"({top['gflop']:.2f} GFLOP) alone in {top['dtype']} (first measured: fp32 "
                      f"{top['by_dtype']['float32']:.2f} ms, bf16 {top['by_dtype']['bfloat16']:.2f} ms); each fraction is "
                      f"the median (min-max) over {rounds} rounds of the loop's time against the ceiling replayed just "
-                     f"before and after it (benchmarks.ceiling.paired), each round {len(batches)} steps; precision: "
-                     f"{precision.describe(choice)}; the fused Adam update of the stacked step run alone takes "
-                     f"{adam:.2f} ms per seed (memory-bound; the ceiling counts GEMMs only)")})
+                     f"before and after it (benchmarks.ceiling.paired), each round the second of two epochs of "
+                     f"{len(batches)} steps (the steady state); Adam: {adam_kind}; precision: "
+                     f"{precision.describe(choice)} (the ceiling counts GEMMs only)")})
     return rows
 
 

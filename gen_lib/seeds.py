@@ -17,8 +17,10 @@ How: the model classes are written so that the same `forward` runs either shape:
   batch shape (S,) and broadcasts against latents (B, S, D).
 
 `Stack(models)` holds the stacked parameters and buffers; `Stack.run` computes with them in `models[0]`'s
-code (`torch.func.functional_call`); `Stack.unstack` writes seed s's slice back into `models[s]`. `gen_lib.training.fit_seeds` is the training loop; `agrees` checks, on a few
-images, that a model class really runs stacked (its stacked loss equals every seed's own loss).
+code (`torch.func.functional_call`); `Stack.unstack` writes seed s's slice back into `models[s]`. `Adam` is
+the optimizer of a `Stack` (torch's Adam, in one pass over memory with `gen_lib.fused_adam`).
+`gen_lib.training.fit_seeds` is the training loop; `agrees` checks, on a few images, that a model class
+really runs stacked (its stacked loss equals every seed's own loss).
 
 Each seed keeps its identity: its initial weights, its data order and its noise come from its own seed,
 exactly as `fit` would draw them for it alone; its results and checkpoints stay per seed. Adam is
@@ -81,6 +83,8 @@ class _Slot:
         self.low_current = False  # `low` holds the weight's present values (`Stack.zero_grad` resets it)
         self.grad_low: torch.Tensor | None = None  # the compute-dtype gradient, before conversion
         self.fresh = True  # the next gradient overwrites param.grad (else adds to it)
+        self.defer = False  # leave a single compute-dtype gradient in grad_low, unconverted (set by `Adam`)
+        self.pending = False  # the step's gradient is in grad_low, not (yet) in param.grad
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         p = self.param.detach()
@@ -94,7 +98,9 @@ class _Slot:
         return self.low
 
     def accumulate(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        """param.grad (+)= x^T g, x (S, N, in) and g (S, N, out) in the compute dtype."""
+        """param.grad (+)= x^T g, x (S, N, in) and g (S, N, out) in the compute dtype. With `defer`, a step's
+        only compute-dtype gradient stays in grad_low (`pending`) for `Adam` to read; a second one (a VampPrior's
+        encoder runs twice) is summed in float32 in param.grad."""
         p = self.param
         if p.grad is None:
             p.grad, self.fresh = torch.empty_like(p), True
@@ -103,12 +109,25 @@ class _Slot:
         else:
             if self.grad_low is None or self.grad_low.dtype != g.dtype:
                 self.grad_low = torch.empty_like(p, dtype=g.dtype)
+            self.settle()
             torch.bmm(x.mT, g, out=self.grad_low)
-            if self.fresh:
+            if self.fresh and self.defer:
+                self.pending = True
+            elif self.fresh:
                 p.grad.copy_(self.grad_low)
             else:
                 p.grad.add_(self.grad_low)
         self.fresh = False
+
+    def settle(self) -> None:
+        """A pending compute-dtype gradient into param.grad (float32)."""
+        if self.pending:
+            self.param.grad.copy_(self.grad_low)
+            self.pending = False
+
+    def gradient(self) -> torch.Tensor | None:
+        """The step's gradient: grad_low while pending, else param.grad."""
+        return self.grad_low if self.pending else self.param.grad
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -191,8 +210,9 @@ class Stack:
         other parameters' `.grad` become None."""
         for name, p in self.params.items():
             if name in self.slots:
-                self.slots[name].fresh = True
-                self.slots[name].low_current = False  # the optimizer has changed the weights since
+                slot = self.slots[name]
+                slot.fresh, slot.pending = True, False
+                slot.low_current = False  # the optimizer changes the weights (`Adam` sets it again when it writes low)
             else:
                 p.grad = None
 
@@ -204,6 +224,54 @@ class Stack:
             for name, value in self.tensors().items():
                 if value.dim() == own[name].dim() + 1:  # a shared buffer is the model's own already
                     own[name].copy_(value[s])
+
+
+class Adam(torch.optim.Adam):
+    """Adam (Kingma & Ba, 2015) over a `Stack`'s parameters: one elementwise update, so each seed's own Adam.
+
+    On a CPU where `gen_lib.fused_adam` builds, each tensor's update is one pass over memory that reads a
+    `Linear` weight's bf16 gradient where it was left (`_Slot.pending`), and writes the weight's bf16 copy
+    for the next forward (`_Slot.low`); elsewhere it is torch's fused Adam after the gradients are converted.
+    Both compute torch's fused Adam's numbers. The state and state dict are `torch.optim.Adam`'s (a step
+    count and two moments per parameter), so checkpoints and resuming do not depend on which ran.
+    """
+
+    def __init__(self, stack: Stack, lr: float):
+        from . import fused_adam
+
+        params = list(stack.params.values())
+        self.stack = stack
+        self.why_not_kernel = (fused_adam.unavailable() if all(p.device.type == "cpu" for p in params)
+                               else "the parameters are not on the CPU")
+        super().__init__(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
+        for slot in stack.slots.values():
+            slot.defer = self.why_not_kernel is None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("seeds.Adam.step takes no closure")
+        if self.why_not_kernel is not None:
+            for slot in self.stack.slots.values():
+                slot.settle()
+            return super().step()
+        from . import fused_adam
+
+        group = self.param_groups[0]
+        for name, p in reversed(self.stack.params.items()):
+            slot = self.stack.slots.get(name)
+            grad = slot.gradient() if slot is not None else p.grad
+            if grad is None:
+                continue
+            state = self.state[p]
+            if not state:  # as torch's Adam starts it
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            low = slot.low if slot is not None and slot.low is not None and slot.low.dtype == torch.bfloat16 else None
+            fused_adam.step(p, state["exp_avg"], state["exp_avg_sq"], grad, low, lr=group["lr"], betas=group["betas"],
+                            eps=group["eps"], t=int(state["step"]))
+            if low is not None:
+                slot.low_current = True  # the next forward reads the copy written here
 
 
 class _Bound(nn.Module):

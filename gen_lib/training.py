@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .seeds import Stack
+from .seeds import Adam, Stack
 
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("constant", "cosine")
@@ -457,8 +457,7 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
     """`fit_seeds` for the models `group`, whose checkpoints stand at epoch `first`."""
     members = [models[s] for s in group]
     stack = Stack(members)
-    optimizer = torch.optim.Adam(list(stack.params.values()), lr=lr, **({"fused": True} if device.type in
-                                                                         ("cpu", "cuda") else {}))
+    optimizer = Adam(stack, lr=lr)
     names = list(stack.params)
     if first > 0:  # each seed's Adam state, stacked in the stacked parameters' layout
         states = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
