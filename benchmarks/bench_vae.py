@@ -104,9 +104,9 @@ def _adam_alone(name: str, rounds: int = 20) -> dict[str, float]:
     """ms per seed of the Adam update of SEEDS stacked VAEs of prior `name` alone, from the `Linear` weights'
     bf16 gradients to the bf16 weights the next forward reads: "torch" converts the gradients to float32, runs
     torch's fused Adam and copies the weights to bf16 (three passes over memory); "kernel" is `seeds.Adam`
-    with `gen_lib.fused_adam` (one pass; absent where the kernel does not build). Memory-bound: the 5 seeds'
+    with `gen_lib.kernels` (one pass; absent where the kernel does not build). Memory-bound: the 5 seeds'
     parameters, gradients and moments do not fit in the caches."""
-    from gen_lib import fused_adam, seeds, vae
+    from gen_lib import kernels, seeds, vae
 
     stack = seeds.Stack([vae.build_vae(name) for _ in range(SEEDS)])
     for key, p in stack.params.items():
@@ -125,7 +125,7 @@ def _adam_alone(name: str, rounds: int = 20) -> dict[str, float]:
             slot.low.copy_(slot.param.detach())
 
     steps = {"torch": torch_step}
-    if fused_adam.unavailable() is None:
+    if kernels.unavailable() is None:
         ours = seeds.Adam(stack, lr=1e-3)
         for slot in slots:
             slot.pending = True  # the bf16 gradient is where the backward leaves it
@@ -145,7 +145,7 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
     import statistics
 
     from benchmarks import ceiling
-    from gen_lib import config, fused_adam, precision, priors, vae
+    from gen_lib import config, kernels, precision, priors, vae
     from gen_lib.training import fit
 
     choice = precision.choose("vae", config.resolve("priors", "default", bf16=False))  # batch 128, this machine
@@ -191,9 +191,9 @@ def _per_prior(train_b: torch.Tensor, steps: int, rounds: int) -> list[dict]:
         frac = {k: ceiling.spread(got[k]["fraction"]) for k in ("before", "fit", "stacked")}
         speedup = statistics.median(b / s for b, s in zip(got["before"]["ms"], got["stacked"]["ms"]))
         adam = _adam_alone(name)
-        adam_kind = (f"one pass (gen_lib.fused_adam): {adam['kernel']:.2f} ms per seed alone, against "
+        adam_kind = (f"one pass (gen_lib.kernels): {adam['kernel']:.2f} ms per seed alone, against "
                      f"{adam['torch']:.2f} ms for torch's fused Adam with the conversions around it" if "kernel" in adam
-                     else f"torch's fused Adam ({fused_adam.unavailable()}): {adam['torch']:.2f} ms per seed alone")
+                     else f"torch's fused Adam ({kernels.unavailable()}): {adam['torch']:.2f} ms per seed alone")
         rows.append({
             "what": f"VAE training step, {priors.label(name)} prior (batch 128), as a fraction of the ceiling",
             "baseline": f"loop before: {ms['before']:.2f} ms/step = {frac['before']} of the ceiling",

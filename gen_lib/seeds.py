@@ -18,7 +18,7 @@ How: the model classes are written so that the same `forward` runs either shape:
 
 `Stack(models)` holds the stacked parameters and buffers; `Stack.run` computes with them in `models[0]`'s
 code (`torch.func.functional_call`); `Stack.unstack` writes seed s's slice back into `models[s]`. `Adam` is
-the optimizer of a `Stack` (torch's Adam, in one pass over memory with `gen_lib.fused_adam`).
+the optimizer of a `Stack` (torch's Adam, in one pass over memory with `gen_lib.kernels`).
 `gen_lib.training.fit_seeds` is the training loop; `agrees` checks, on a few images, that a model class
 really runs stacked (its stacked loss equals every seed's own loss).
 
@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from . import kernels
 
 
 _SLOTS: dict[int, "_Slot"] | None = None  # inside `Stack.run`: the stacked weights' buffers, by id of the weight view
@@ -229,7 +231,7 @@ class Stack:
 class Adam(torch.optim.Adam):
     """Adam (Kingma & Ba, 2015) over a `Stack`'s parameters: one elementwise update, so each seed's own Adam.
 
-    On a CPU where `gen_lib.fused_adam` builds, each tensor's update is one pass over memory that reads a
+    On a CPU where `gen_lib.kernels` builds, each tensor's update is one pass over memory that reads a
     `Linear` weight's bf16 gradient where it was left (`_Slot.pending`), and writes the weight's bf16 copy
     for the next forward (`_Slot.low`); elsewhere it is torch's fused Adam after the gradients are converted.
     Both compute torch's fused Adam's numbers. The state and state dict are `torch.optim.Adam`'s (a step
@@ -237,11 +239,9 @@ class Adam(torch.optim.Adam):
     """
 
     def __init__(self, stack: Stack, lr: float):
-        from . import fused_adam
-
         params = list(stack.params.values())
         self.stack = stack
-        self.why_not_kernel = (fused_adam.unavailable() if all(p.device.type == "cpu" for p in params)
+        self.why_not_kernel = (kernels.unavailable() if all(p.device.type == "cpu" for p in params)
                                else "the parameters are not on the CPU")
         super().__init__(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
         for slot in stack.slots.values():
@@ -255,9 +255,9 @@ class Adam(torch.optim.Adam):
             for slot in self.stack.slots.values():
                 slot.settle()
             return super().step()
-        from . import fused_adam
-
         group = self.param_groups[0]
+        todo, written = [], []  # (param, state, gradient, bf16 copy or None); the slots whose copy is written
+        # the weights the forward reads first are updated last, so that their copies are still in the cache
         for name, p in reversed(self.stack.params.items()):
             slot = self.stack.slots.get(name)
             grad = slot.gradient() if slot is not None else p.grad
@@ -266,12 +266,20 @@ class Adam(torch.optim.Adam):
             state = self.state[p]
             if not state:  # as torch's Adam starts it
                 state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            state["step"] += 1
             low = slot.low if slot is not None and slot.low is not None and slot.low.dtype == torch.bfloat16 else None
-            fused_adam.step(p, state["exp_avg"], state["exp_avg_sq"], grad, low, lr=group["lr"], betas=group["betas"],
-                            eps=group["eps"], t=int(state["step"]))
+            todo.append((p, state, grad, low))
             if low is not None:
-                slot.low_current = True  # the next forward reads the copy written here
+                written.append(slot)
+        if not todo:
+            return
+        counts = [state["step"] for _, state, _, _ in todo]
+        torch._foreach_add_(counts, 1.0)
+        kernels.adam_step([t[0].detach() for t in todo], [t[1]["exp_avg"] for t in todo],
+                        [t[1]["exp_avg_sq"] for t in todo], [t[2] for t in todo], [t[3] for t in todo],
+                        lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                        steps=[int(c) for c in torch.stack(counts).tolist()])
+        for slot in written:
+            slot.low_current = True  # the next forward reads the copy written here
 
 
 class _Bound(nn.Module):

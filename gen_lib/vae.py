@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
                                  kl_divergence)
 
-from . import priors
+from . import kernels, priors
 from .seeds import Linear
 from .data import INFO
 from .memory import IWAE_CHUNK
@@ -132,6 +132,8 @@ class BernoulliDecoder(nn.Module):
         float64) even when the network ran under bf16 autocast."""
         logits = self.net(z)
         if self.likelihood == "bernoulli":
+            if kernels.bernoulli_fits(logits, x):  # bf16 logits in training: one pass in C, the same function
+                return kernels.bernoulli_log_prob(logits, x)
             return _BernoulliLogLik.apply(logits, x)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()

@@ -1,0 +1,292 @@
+"""Two small C kernels for the CPU training step, compiled on this machine: Adam's update in one pass over
+memory, and the Bernoulli log-likelihood of bf16 logits in one pass. Each replaces a chain of torch
+operations, every one of which reads and writes its whole tensor.
+
+**Adam** (`adam_step`). The stacked VAE step of `gen_lib.seeds` computes its `Linear` weights' gradients in
+bf16 (autocast) and needs bf16 copies of the updated weights for the next forward. With torch's fused Adam
+that is three passes over the 5 seeds' 6.7 M parameters, each beyond the L3 cache: convert the gradient to
+float32, update (read weight, gradient and both moments, write weight and moments), copy the weight to
+bf16. Here it is one pass that reads the bf16 gradient and writes the bf16 copy as it goes: 40 -> 28 bytes
+moved per parameter (`make bench` times both). The arithmetic is torch's fused CPU Adam
+(`torch.optim.Adam(fused=True)`, no weight decay, no amsgrad), in float32 with torch's order of operations
+and fused multiply-adds:
+
+    m <- m + (1 - beta1) (g - m)                                   (one fma, as torch's lerp)
+    v <- fma((1 - beta2) g, g, beta2 v)
+    p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+with the bias corrections in float64. On the machine it was written on its results equal torch's bit for
+bit; the tests hold it to a few float32 roundings of torch's (another CPU's torch may contract differently).
+
+**Bernoulli** (`bernoulli_log_prob`). sum_i x_i l_i - softplus(l_i) per row of bf16 logits, accumulated in
+float32, with softplus(l) = max(l, 0) + log1p(exp(-|l|)); its gradient (x - sigmoid(l)) g in bf16. torch's
+version (`gen_lib.vae._BernoulliLogLik`) takes about 15 passes over the (B, S, 784) logits for the forward
+and backward; these take one each, with glibc's vectorised expf and log1pf (libmvec, within 4 ulp). Used
+for bf16 logits only (training under autocast), where those roundings are far below bf16's; evaluation
+keeps torch's float32 path.
+
+Both are built at first use with the C compiler (`cc`, or $CC) into a temporary folder, for this CPU
+(-march=native), and linked to the OpenMP runtime torch has loaded, so that their threads are torch's.
+`unavailable()` says why they cannot be used (no compiler, not Linux with glibc's libmvec, no OpenMP runtime
+in torch); the callers then use torch's operations, which give the same numbers (to float32 round-off) more
+slowly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+float log1pf(float);  /* both vectorised by glibc's libmvec */
+
+static inline float from_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch; a NaN stays a NaN */
+    uint32_t u; memcpy(&u, &f, 4);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+}
+
+#define ADAM(GRAD, STORE)                                                       \
+    _Pragma("omp simd")                                                        \
+    for (int64_t i = lo; i < hi; i++) {                                        \
+        float g = GRAD;                                                        \
+        float m = fmaf(w1, g - exp_avg[i], exp_avg[i]);                         \
+        float v = fmaf(w2 * g, g, exp_avg_sq[i] * beta2);                       \
+        float p = param[i] + neg_step * m / (sqrtf(v) / bc2_sqrt + eps);        \
+        exp_avg[i] = m; exp_avg_sq[i] = v; param[i] = p;                       \
+        STORE;                                                                 \
+    }
+
+static void adam_range(int64_t lo, int64_t hi, float *restrict param, float *restrict exp_avg,
+                       float *restrict exp_avg_sq, const void *grad, int grad_bf16, uint16_t *restrict low,
+                       float w1, float beta2, float w2, float eps, float neg_step, float bc2_sqrt) {
+    const float *restrict grad32 = (const float *)grad;
+    const uint16_t *restrict grad16 = (const uint16_t *)grad;
+    if (grad_bf16 && low) { ADAM(from_bf16(grad16[i]), low[i] = to_bf16(p)) }
+    else if (grad_bf16) { ADAM(from_bf16(grad16[i]), (void)0) }
+    else if (low) { ADAM(grad32[i], low[i] = to_bf16(p)) }
+    else { ADAM(grad32[i], (void)0) }
+}
+
+/* Tensor k: n[k] elements; each thread updates its share of every tensor (shares of whole cache lines). */
+void adam_step(int64_t count, const int64_t *n, float *const *param, float *const *exp_avg, float *const *exp_avg_sq,
+               const void *const *grad, const int32_t *grad_bf16, uint16_t *const *low, const float *neg_step,
+               const float *bc2_sqrt, float w1, float beta2, float w2, float eps) {
+    #pragma omp parallel
+    {
+        int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+        for (int64_t k = 0; k < count; k++) {
+            int64_t share = ((n[k] + threads - 1) / threads + 15) / 16 * 16;
+            int64_t lo = me * share < n[k] ? me * share : n[k], hi = lo + share < n[k] ? lo + share : n[k];
+            if (lo < hi)
+                adam_range(lo, hi, param[k], exp_avg[k], exp_avg_sq[k], grad[k], grad_bf16[k], low[k], w1, beta2, w2,
+                           eps, neg_step[k], bc2_sqrt[k]);
+        }
+    }
+}
+
+/* Logits (bf16) and x (float32): `rows` rows of `p` elements, in memory order. -|l| and l are clamped at -80 and
+   +-80, where exp's vector code leaves its fast path; what that drops is below exp(-80) = 2e-35. */
+void bernoulli_forward(int64_t rows, int64_t p, const uint16_t *restrict logits, const float *restrict x,
+                       float *restrict out) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *lr = logits + r * p;
+        const float *xr = x + r * p;
+        float total = 0.0f;
+        #pragma omp simd reduction(+:total)
+        for (int64_t i = 0; i < p; i++) {
+            float l = from_bf16(lr[i]);
+            float neg_abs = l > 0.0f ? -l : l;
+            float softplus = (l > 0.0f ? l : 0.0f) + log1pf(expf(neg_abs < -80.0f ? -80.0f : neg_abs));
+            total += xr[i] * l - softplus;
+        }
+        out[r] = total;
+    }
+}
+
+void bernoulli_backward(int64_t rows, int64_t p, const uint16_t *restrict logits, const float *restrict x,
+                        const float *restrict g, uint16_t *restrict grad) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *lr = logits + r * p;
+        const float *xr = x + r * p;
+        uint16_t *gr = grad + r * p;
+        float gg = g[r];
+        #pragma omp simd
+        for (int64_t i = 0; i < p; i++) {
+            float l = from_bf16(lr[i]);
+            l = l < -80.0f ? -80.0f : (l > 80.0f ? 80.0f : l);
+            gr[i] = to_bf16((xr[i] - 1.0f / (1.0f + expf(-l))) * gg);
+        }
+    }
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-fPIC"]
+# -fno-math-errno lets sqrtf, expf and log1pf vectorise (it changes no result); -ffp-contract=off keeps the fmas
+# exactly where torch has them
+
+
+def _openmp_runtime() -> Path | None:
+    """The OpenMP runtime library torch has loaded (libgomp, libomp or libiomp5), from the process's maps."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    found = {Path(m) for m in re.findall(r"(/\S*/lib(?:gomp|omp|iomp5)[\w.-]*\.so[\d.]*)$", maps, re.M)}
+    return found.pop() if len(found) == 1 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[object | None, str | None]:
+    """(the kernel, None), or (None, why not)."""
+    if sys.platform != "linux":
+        return None, f"built on Linux only (this is {sys.platform})"
+    torch.zeros(2).add_(1)  # make sure torch's CPU library, and with it its OpenMP runtime, is loaded
+    runtime = _openmp_runtime()
+    if runtime is None:
+        return None, "torch has no single OpenMP runtime loaded to share threads with"
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None, "no C compiler (cc; set CC, or install gcc)"
+    with tempfile.TemporaryDirectory(prefix="gen_lib_kernels_") as tmp:
+        src, obj, lib = Path(tmp, "kernels.c"), Path(tmp, "kernels.o"), Path(tmp, "libkernels.so")
+        src.write_text(_SOURCE)
+        for cmd in ([cc, *_FLAGS, "-c", str(src), "-o", str(obj)],
+                    [cc, "-shared", str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", "-lmvec", "-lm", "-o",
+                     str(lib)]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                return None, f"{' '.join(cmd[:2])} ... failed: {(done.stderr or done.stdout).strip()[-300:]}"
+        lib = ctypes.CDLL(str(lib))  # stays mapped after the folder is removed
+    if _openmp_runtime() is None:  # a second runtime was loaded after all: threads would fight
+        return None, "the kernels did not share torch's OpenMP runtime"
+    lib.adam_step.restype = lib.bernoulli_forward.restype = lib.bernoulli_backward.restype = None
+    lib.adam_step.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 9 + [ctypes.c_float] * 4
+    lib.bernoulli_forward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+    lib.bernoulli_backward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4
+    return lib, None
+
+
+def unavailable() -> str | None:
+    """Why the kernels cannot run here (None when they can). Builds them on the first call (about 0.3 s)."""
+    return _load()[1]
+
+
+def _library():
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"gen_lib.kernels are unavailable here: {why}")
+    return lib
+
+
+def _check(name: str, t: torch.Tensor | None, numel: int, dtypes: tuple[torch.dtype, ...]) -> int:
+    if t is None:
+        return 0
+    if t.device.type != "cpu" or t.dtype not in dtypes or t.numel() != numel or not t.is_contiguous():
+        raise ValueError(f"kernels.adam_step: {name} must be a contiguous CPU tensor of {numel} elements in "
+                         f"{' or '.join(str(d) for d in dtypes)}; got {t.dtype} {tuple(t.shape)} on {t.device}"
+                         f"{'' if t.is_contiguous() else ', not contiguous'}")
+    return t.data_ptr()
+
+
+def _array(ctype, values):
+    return (ctype * len(values))(*values)
+
+
+def adam_step(params: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+         grads: list[torch.Tensor], lows: list[torch.Tensor | None], *, lr: float, betas: tuple[float, float],
+         eps: float, steps: list[int]) -> None:
+    """Adam's update number `steps[k]` of `params[k]` and its moments in place, from `grads[k]` (float32 or bf16),
+    and `lows[k]` (if not None) <- `params[k]` rounded to bf16, in one pass over each, all tensors in one call
+    (one parallel region). All float32 but the gradients and the copies; CPU, contiguous, equal sizes per k."""
+    count = len(params)
+    if not count == len(exp_avgs) == len(exp_avg_sqs) == len(grads) == len(lows) == len(steps):
+        raise ValueError(f"kernels.adam_step: one moment, gradient, copy (or None) and step per parameter; got {count} "
+                         f"parameters, {len(exp_avgs)}, {len(exp_avg_sqs)}, {len(grads)}, {len(lows)}, {len(steps)}")
+    if any(t < 1 for t in steps):
+        raise ValueError(f"kernels.adam_step: steps={steps}: an update's number counts from 1")
+    f32, both = (torch.float32,), (torch.float32, torch.bfloat16)
+    n = [p.numel() for p in params]
+    ptrs = [[_check("param", p, k, f32) for p, k in zip(params, n)],
+            [_check("exp_avg", m, k, f32) for m, k in zip(exp_avgs, n)],
+            [_check("exp_avg_sq", v, k, f32) for v, k in zip(exp_avg_sqs, n)],
+            [_check("grad", g, k, both) for g, k in zip(grads, n)]]
+    low = [_check("low", c, k, (torch.bfloat16,)) for c, k in zip(lows, n)]
+    beta1, beta2 = betas
+    neg_step = [-(lr / (1 - beta1 ** t)) for t in steps]  # bias corrections in float64, as torch
+    bc2_sqrt = [math.sqrt(1 - beta2 ** t) for t in steps]
+    _library().adam_step(count, _array(ctypes.c_int64, n), *(_array(ctypes.c_void_p, a) for a in ptrs),
+           _array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g in grads]), _array(ctypes.c_void_p, low),
+           _array(ctypes.c_float, neg_step), _array(ctypes.c_float, bc2_sqrt), 1 - beta1, beta2, 1 - beta2, eps)
+
+
+def _rows(logits: torch.Tensor) -> list[int] | None:
+    """The order of `logits`' dimensions that makes it contiguous (rows of its last dimension, in memory order),
+    or None if none does."""
+    if logits.dim() == 0 or logits.stride(-1) != 1:
+        return None
+    order = sorted(range(logits.dim() - 1), key=lambda d: -logits.stride(d)) + [logits.dim() - 1]
+    return order if logits.permute(order).is_contiguous() else None
+
+
+def bernoulli_fits(logits: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether `bernoulli_log_prob` runs these: bf16 logits and float32 data of one shape and one memory layout on
+    the CPU (a stacked step's (B, S, P) views of (S, B, P) memory, or plain (B, P)), where the kernels build."""
+    return (logits.dtype == torch.bfloat16 and x.dtype == torch.float32 and logits.device.type == "cpu"
+            and x.device.type == "cpu" and logits.shape == x.shape and logits.stride() == x.stride()
+            and logits.numel() > 0 and _rows(logits) is not None and unavailable() is None)
+
+
+class _Bernoulli(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, x):
+        order = _rows(logits)
+        lp, xp = logits.permute(order), x.permute(order)  # contiguous
+        out = torch.empty(lp.shape[:-1], dtype=torch.float32)
+        _library().bernoulli_forward(out.numel(), lp.shape[-1], lp.data_ptr(), xp.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(logits, x)
+        ctx.order = order
+        return out.permute(sorted(range(len(order) - 1), key=order.__getitem__))  # back to the logits' order
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, x = ctx.saved_tensors
+        order = ctx.order
+        lp, xp = logits.permute(order), x.permute(order)
+        gp = g.float().permute(order[:-1]).contiguous()
+        grad = torch.empty_like(lp)  # contiguous, in the permuted order
+        _library().bernoulli_backward(gp.numel(), lp.shape[-1], lp.data_ptr(), xp.data_ptr(), gp.data_ptr(),
+                                      grad.data_ptr())
+        return grad.permute(sorted(range(len(order)), key=order.__getitem__)), None
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum over the last axis of x l - softplus(l), in float32, for bf16 logits l and float32 data x of the same
+    shape (`bernoulli_fits`); differentiable in l (gradient x - sigmoid(l), in bf16)."""
+    if not bernoulli_fits(logits, x):
+        raise ValueError(f"kernels.bernoulli_log_prob needs bf16 logits and float32 x of one shape and layout on the "
+                         f"CPU; got {logits.dtype} {tuple(logits.shape)} and {x.dtype} {tuple(x.shape)}"
+                         + (f" ({unavailable()})" if unavailable() else ""))
+    return _Bernoulli.apply(logits, x)
