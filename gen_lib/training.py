@@ -344,7 +344,8 @@ def fit(
                 group["lr"] = lr * (schedule(epoch * steps + step, epochs * steps) if callable(schedule) else
                                     lr_factor(epoch * steps + step, epochs * steps, schedule, warmup_steps))
             idx = order[step * batch_size:(step + 1) * batch_size]
-            batch = tuple(t[idx] for t in tensors) if len(tensors) > 1 else tensors[0][idx]
+            batch = tuple(t.index_select(0, idx) for t in tensors)  # not t[idx]: faster from cold memory
+            batch = batch if len(batch) > 1 else batch[0]
             if transform is not None:
                 batch = transform(batch, gen)
             if channels_last and isinstance(batch, torch.Tensor) and batch.dim() == 4:
@@ -481,14 +482,17 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
             orders.append(torch.randperm(n, generator=gen, device=device))
             noises.append(torch.randn((n, *noise_shape), generator=gen, device=device))
         order, noise = torch.stack(orders), torch.stack(noises)  # (S, n), (S, n, *noise_shape)
+        noise_rows = noise.view(count * n, *noise_shape)  # seed s's draw for example i in row s * n + i
+        row_offset = torch.arange(count, device=device)[:, None] * n
         total = torch.zeros(count, dtype=torch.float64, device=device)
         first_bad = torch.full((count,), -1, dtype=torch.long, device=device)
         bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", disable=not show_bar, leave=False,
                    mininterval=2.0)
         for step in bar:
             idx = order[:, step * batch_size:(step + 1) * batch_size]  # (S, B)
-            batch = x[idx]  # (S, B, ...): seed s's batch in row s
-            eps = noise[torch.arange(count, device=device)[:, None], idx]  # (S, B, *noise_shape)
+            # index_select, not x[idx]: the same rows, 2-3x faster from memory the caches do not hold (measured)
+            batch = x.index_select(0, idx.reshape(-1)).view(count, -1, *x.shape[1:])  # (S, B, ...): seed s's in row s
+            eps = noise_rows.index_select(0, (idx + row_offset).reshape(-1)).view(count, -1, *noise_shape)
             with autocast(device, bf16):
                 per_example = stack.run(loss_fn, batch.transpose(0, 1), eps.transpose(0, 1))  # (B, S)
             losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
