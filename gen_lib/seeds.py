@@ -100,14 +100,17 @@ class _Slot:
         return self.low
 
     def accumulate(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        """param.grad (+)= x^T g, x (S, N, in) and g (S, N, out) in the compute dtype. With `defer`, a step's
-        only compute-dtype gradient stays in grad_low (`pending`) for `Adam` to read; a second one (a VampPrior's
-        encoder runs twice) is summed in float32 in param.grad."""
+        """param.grad (+)= x^T g, x (S, N, in) and g (S, N, out) in the compute dtype. With `defer`, the step's
+        gradient stays in grad_low (`pending`) for `Adam` to read; a second one (a VampPrior's encoder runs twice)
+        joins it there in the GEMM's float32 accumulator (baddbmm), rounded to the compute dtype once, as a
+        single gradient is (without `defer`, each is rounded and they are summed in float32 in param.grad)."""
         p = self.param
         if p.grad is None:
             p.grad, self.fresh = torch.empty_like(p), True
         if self.fresh and g.dtype == p.dtype:
             torch.bmm(x.mT, g, out=p.grad)
+        elif self.pending and g.dtype == self.grad_low.dtype:
+            self.grad_low.baddbmm_(x.mT, g)
         else:
             if self.grad_low is None or self.grad_low.dtype != g.dtype:
                 self.grad_low = torch.empty_like(p, dtype=g.dtype)
