@@ -1,7 +1,9 @@
 """gen_lib: deep generative models for MNIST (VAE priors, RealNVP, DDPM) and their metrics.
 
 One concept per module: `data`, `config`, `training`, `recipes`, `cache`, `priors`, `vae`,
-`flows`, `unet`, `diffusion`, `sampling`, `classifier`, `metrics`, `stats`, `plots`, `report`, `run`.
+`flows`, `unet`, `diffusion`, `sampling`, `classifier`, `metrics`, `stats`, `plots`, `report`, `run`;
+the CPU training step's speed: `seeds` (a prior's seeds as one stacked model), `kernels` (two small C
+kernels compiled on the machine), `precision` (bf16 or float32, measured per machine).
 
 Plugins: GEN_LIB_PLUGINS may name modules (comma-separated, importable from PYTHONPATH) that are
 imported with gen_lib, so that what they register (a prior, a sampler, a dataset, a feature map)

@@ -28,8 +28,8 @@ keeps torch's float32 path.
 Both are built at first use with the C compiler (`cc`, or $CC) into a temporary folder, for this CPU
 (-march=native), and linked to the OpenMP runtime torch has loaded, so that their threads are torch's.
 `unavailable()` says why they cannot be used (no compiler, not Linux with glibc's libmvec, no OpenMP runtime
-in torch); the callers then use torch's operations, which give the same numbers (to float32 round-off) more
-slowly.
+in torch, or GEN_LIB_KERNELS=0 in the environment); the callers then use torch's operations, which give the
+same numbers (to float32 round-off) more slowly.
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def _openmp_runtime() -> Path | None:
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[object | None, str | None]:
     """(the kernel, None), or (None, why not)."""
+    if os.environ.get("GEN_LIB_KERNELS", "1") == "0":
+        return None, "switched off (GEN_LIB_KERNELS=0)"
     if sys.platform != "linux":
         return None, f"built on Linux only (this is {sys.platform})"
     torch.zeros(2).add_(1)  # make sure torch's CPU library, and with it its OpenMP runtime, is loaded

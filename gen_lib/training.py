@@ -459,6 +459,9 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
     members = [models[s] for s in group]
     stack = Stack(members)
     optimizer = Adam(stack, lr=lr)
+    if progress and device.type == "cpu" and optimizer.why_not_kernel is not None:
+        log(f"{desc}: gen_lib.kernels unavailable ({optimizer.why_not_kernel}): torch's Adam and Bernoulli term "
+            "instead (the same numbers, slower)")
     names = list(stack.params)
     if first > 0:  # each seed's Adam state, stacked in the stacked parameters' layout
         states = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
