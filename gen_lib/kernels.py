@@ -160,7 +160,7 @@ def _openmp_runtime() -> Path | None:
 
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[object | None, str | None]:
-    """(the kernel, None), or (None, why not)."""
+    """(the library, None), or (None, why not)."""
     if os.environ.get("GEN_LIB_KERNELS", "1") == "0":
         return None, "switched off (GEN_LIB_KERNELS=0)"
     if sys.platform != "linux":
@@ -181,7 +181,10 @@ def _load() -> tuple[object | None, str | None]:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 return None, f"{' '.join(cmd[:2])} ... failed: {(done.stderr or done.stdout).strip()[-300:]}"
-        lib = ctypes.CDLL(str(lib))  # stays mapped after the folder is removed
+        try:
+            lib = ctypes.CDLL(str(lib))  # stays mapped after the folder is removed
+        except OSError as e:  # e.g. a temporary folder mounted noexec
+            return None, f"the built library does not load: {e}"
     if _openmp_runtime() is None:  # a second runtime was loaded after all: threads would fight
         return None, "the kernels did not share torch's OpenMP runtime"
     lib.adam_step.restype = lib.bernoulli_forward.restype = lib.bernoulli_backward.restype = None
