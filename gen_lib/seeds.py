@@ -283,9 +283,9 @@ class Adam(torch.optim.Adam):
         counts = [state["step"] for _, state, _, _ in todo]
         torch._foreach_add_(counts, 1.0)
         kernels.adam_step([t[0].detach() for t in todo], [t[1]["exp_avg"] for t in todo],
-                        [t[1]["exp_avg_sq"] for t in todo], [t[2] for t in todo], [t[3] for t in todo],
-                        lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                        steps=[int(c) for c in torch.stack(counts).tolist()])
+                          [t[1]["exp_avg_sq"] for t in todo], [t[2] for t in todo], [t[3] for t in todo],
+                          lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                          steps=[int(c) for c in torch.stack(counts).tolist()])
         for slot in written:
             slot.low_current = True  # the next forward reads the copy written here
 
