@@ -105,41 +105,49 @@ void adam_step(int64_t count, const int64_t *n, float *const *param, float *cons
     }
 }
 
-/* Logits (bf16) and x (float32): `rows` rows of `p` elements, in memory order. -|l| and l are clamped at -80 and
+/* Logits (bf16) and x (float32, or bf16 with x_bf16): `rows` rows of `p` elements, in memory order. -|l| and l are clamped at -80 and
    +-80, where exp's vector code leaves its fast path; what that drops is below exp(-80) = 2e-35. */
-void bernoulli_forward(int64_t rows, int64_t p, const uint16_t *restrict logits, const float *restrict x,
-                       float *restrict out) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const uint16_t *lr = logits + r * p;
-        const float *xr = x + r * p;
-        float total = 0.0f;
-        #pragma omp simd reduction(+:total)
-        for (int64_t i = 0; i < p; i++) {
-            float l = from_bf16(lr[i]);
-            float neg_abs = l > 0.0f ? -l : l;
-            float softplus = (l > 0.0f ? l : 0.0f) + log1pf(expf(neg_abs < -80.0f ? -80.0f : neg_abs));
-            total += xr[i] * l - softplus;
-        }
-        out[r] = total;
+#define BERN_FORWARD(XTYPE, XVAL)                                                               \
+    _Pragma("omp parallel for schedule(static)")                                               \
+    for (int64_t r = 0; r < rows; r++) {                                                        \
+        const uint16_t *lr = logits + r * p;                                                    \
+        const XTYPE *xr = (const XTYPE *)x + r * p;                                             \
+        float total = 0.0f;                                                                     \
+        _Pragma("omp simd reduction(+:total)")                                                 \
+        for (int64_t i = 0; i < p; i++) {                                                       \
+            float l = from_bf16(lr[i]);                                                         \
+            float neg_abs = l > 0.0f ? -l : l;                                                  \
+            float softplus = (l > 0.0f ? l : 0.0f) + log1pf(expf(neg_abs < -80.0f ? -80.0f : neg_abs)); \
+            total += XVAL * l - softplus;                                                       \
+        }                                                                                       \
+        out[r] = total;                                                                         \
     }
+
+void bernoulli_forward(int64_t rows, int64_t p, const uint16_t *restrict logits, const void *restrict x,
+                       float *restrict out, int32_t x_bf16) {
+    if (x_bf16) { BERN_FORWARD(uint16_t, from_bf16(xr[i])) }
+    else { BERN_FORWARD(float, xr[i]) }
 }
 
-void bernoulli_backward(int64_t rows, int64_t p, const uint16_t *restrict logits, const float *restrict x,
-                        const float *restrict g, uint16_t *restrict grad) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const uint16_t *lr = logits + r * p;
-        const float *xr = x + r * p;
-        uint16_t *gr = grad + r * p;
-        float gg = g[r];
-        #pragma omp simd
-        for (int64_t i = 0; i < p; i++) {
-            float l = from_bf16(lr[i]);
-            l = l < -80.0f ? -80.0f : (l > 80.0f ? 80.0f : l);
-            gr[i] = to_bf16((xr[i] - 1.0f / (1.0f + expf(-l))) * gg);
-        }
+#define BERN_BACKWARD(XTYPE, XVAL)                                                              \
+    _Pragma("omp parallel for schedule(static)")                                               \
+    for (int64_t r = 0; r < rows; r++) {                                                        \
+        const uint16_t *lr = logits + r * p;                                                    \
+        const XTYPE *xr = (const XTYPE *)x + r * p;                                             \
+        uint16_t *gr = grad + r * p;                                                            \
+        float gg = g[r];                                                                        \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t i = 0; i < p; i++) {                                                       \
+            float l = from_bf16(lr[i]);                                                         \
+            l = l < -80.0f ? -80.0f : (l > 80.0f ? 80.0f : l);                                  \
+            gr[i] = to_bf16((XVAL - 1.0f / (1.0f + expf(-l))) * gg);                            \
+        }                                                                                       \
     }
+
+void bernoulli_backward(int64_t rows, int64_t p, const uint16_t *restrict logits, const void *restrict x,
+                        const float *restrict g, uint16_t *restrict grad, int32_t x_bf16) {
+    if (x_bf16) { BERN_BACKWARD(uint16_t, from_bf16(xr[i])) }
+    else { BERN_BACKWARD(float, xr[i]) }
 }
 """
 
@@ -189,8 +197,8 @@ def _load() -> tuple[object | None, str | None]:
         return None, "the kernels did not share torch's OpenMP runtime"
     lib.adam_step.restype = lib.bernoulli_forward.restype = lib.bernoulli_backward.restype = None
     lib.adam_step.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 9 + [ctypes.c_float] * 4
-    lib.bernoulli_forward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
-    lib.bernoulli_backward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4
+    lib.bernoulli_forward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int32]
+    lib.bernoulli_backward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_int32]
     return lib, None
 
 
@@ -257,9 +265,9 @@ def _rows(logits: torch.Tensor) -> list[int] | None:
 
 
 def bernoulli_fits(logits: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether `bernoulli_log_prob` runs these: bf16 logits and float32 data of one shape and one memory layout on
+    """Whether `bernoulli_log_prob` runs these: bf16 logits and float32 or bf16 data of one shape and one memory layout on
     the CPU (a stacked step's (B, S, P) views of (S, B, P) memory, or plain (B, P)), where the kernels build."""
-    return (logits.dtype == torch.bfloat16 and x.dtype == torch.float32 and logits.device.type == "cpu"
+    return (logits.dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) and logits.device.type == "cpu"
             and x.device.type == "cpu" and logits.shape == x.shape and logits.stride() == x.stride()
             and logits.numel() > 0 and _rows(logits) is not None and unavailable() is None)
 
@@ -270,7 +278,7 @@ class _Bernoulli(torch.autograd.Function):
         order = _rows(logits)
         lp, xp = logits.permute(order), x.permute(order)  # contiguous
         out = torch.empty(lp.shape[:-1], dtype=torch.float32)
-        _library().bernoulli_forward(out.numel(), lp.shape[-1], lp.data_ptr(), xp.data_ptr(), out.data_ptr())
+        _library().bernoulli_forward(out.numel(), lp.shape[-1], lp.data_ptr(), xp.data_ptr(), out.data_ptr(), x.dtype == torch.bfloat16)
         ctx.save_for_backward(logits, x)
         ctx.order = order
         return out.permute(sorted(range(len(order) - 1), key=order.__getitem__))  # back to the logits' order
@@ -283,15 +291,15 @@ class _Bernoulli(torch.autograd.Function):
         gp = g.float().permute(order[:-1]).contiguous()
         grad = torch.empty_like(lp)  # contiguous, in the permuted order
         _library().bernoulli_backward(gp.numel(), lp.shape[-1], lp.data_ptr(), xp.data_ptr(), gp.data_ptr(),
-                                      grad.data_ptr())
+                                      grad.data_ptr(), x.dtype == torch.bfloat16)
         return grad.permute(sorted(range(len(order)), key=order.__getitem__)), None
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum over the last axis of x l - softplus(l), in float32, for bf16 logits l and float32 data x of the same
+    """sum over the last axis of x l - softplus(l), in float32, for bf16 logits l and float32 or bf16 data x of the same
     shape (`bernoulli_fits`); differentiable in l (gradient x - sigmoid(l), in bf16)."""
     if not bernoulli_fits(logits, x):
-        raise ValueError(f"kernels.bernoulli_log_prob needs bf16 logits and float32 x of one shape and layout on the "
+        raise ValueError(f"kernels.bernoulli_log_prob needs bf16 logits and float32 or bf16 x of one shape and layout on the "
                          f"CPU; got {logits.dtype} {tuple(logits.shape)} and {x.dtype} {tuple(x.shape)}"
                          + (f" ({unavailable()})" if unavailable() else ""))
     return _Bernoulli.apply(logits, x)

@@ -113,6 +113,27 @@ def test_stacked_adam_trains_as_torchs_adam_does(name, monkeypatch):
         assert slot.low_current and torch.equal(slot.low, slot.param.detach().bfloat16()), key
 
 
+@needs_kernel
+def test_binary_data_held_in_bf16_trains_the_same_models(monkeypatch):
+    from gen_lib import training
+    from gen_lib.recipes import _elbo_per_example
+
+    x = (torch.rand(96, 784, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    assert training._compact(x, True).dtype == torch.bfloat16  # binary: held in bf16, exactly
+    assert training._compact(x, False) is x and training._compact(x * 0.5, True).dtype == torch.float32
+    runs = []
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(training, "_compact", lambda x, allowed: x)
+        models = _vaes("mog", 2)
+        training.fit_seeds(models, x, seeds=[0, 1], epochs=2, batch_size=32, lr=1e-3, configs=[{}] * 2,
+                           loss_fn=_elbo_per_example, noise_shape=(2,), device="cpu", bf16=True, progress=False)
+        runs.append(models)
+    for ours, theirs in zip(*runs):  # the same values reach the same operations
+        for (key, p), q in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(p, q), key
+
+
 def _bernoulli_reference(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sum x l - softplus(l) and its terms' absolute sum, in float64 from the same bf16 logits."""
     l, x = logits.double(), x.double()
@@ -129,13 +150,15 @@ def _logits_and_data(shape, g):
 
 
 @needs_kernel
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])  # bf16: binary data in a stacked loop
 @pytest.mark.parametrize("stacked", [False, True])
-def test_bernoulli_kernel_is_the_log_likelihood_and_its_gradient(stacked):
+def test_bernoulli_kernel_is_the_log_likelihood_and_its_gradient(stacked, x_dtype):
     g = torch.Generator().manual_seed(0)
     if stacked:  # a stacked step's (B, S, P) views of (S, B, P) memory
         logits, x = (t.transpose(0, 1) for t in _logits_and_data((3, 16, 784), g))
     else:
         logits, x = _logits_and_data((16, 784), g)
+    x = x.to(x_dtype)  # (the layout stays)
     assert kernels.bernoulli_fits(logits, x)
     logits.requires_grad_()
     value = kernels.bernoulli_log_prob(logits, x)
@@ -167,7 +190,7 @@ def test_bernoulli_kernel_keeps_a_nan_and_serves_training_only():
     assert not kernels.bernoulli_fits(logits.float(), x)  # float32 logits (evaluation) stay on torch's path
     assert not kernels.bernoulli_fits(logits[:, None].expand(4, 3, 784), x[:, None].expand(4, 3, 784))
     assert not kernels.bernoulli_fits(logits, x[:2])
-    with pytest.raises(ValueError, match="bf16 logits and float32 x of one shape"):
+    with pytest.raises(ValueError, match="bf16 logits and float32 or bf16 x of one shape"):
         kernels.bernoulli_log_prob(logits, x.double())
 
 
