@@ -51,6 +51,7 @@ _SOURCE = r"""
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma omp declare simd notinbranch
@@ -149,6 +150,89 @@ void bernoulli_backward(int64_t rows, int64_t p, const uint16_t *restrict logits
     if (x_bf16) { BERN_BACKWARD(uint16_t, from_bf16(xr[i])) }
     else { BERN_BACKWARD(float, xr[i]) }
 }
+
+/* A diagonal Gaussian mixture's log-density at z, per row (n, s): rows n < N of latents z[n*zn + s*zs + d] (d < D,
+   contiguous), seed s < S with K components: loc and inv = 1/scale (S, K, D), c = log w - sum_d log scale - D/2 log 2pi
+   (S, K). lp_k = c_k - |(z - loc_k) inv_k|^2 / 2; out (N, S) = logsumexp_k lp_k. */
+static inline float mixture_terms(int64_t K, int64_t D, const float *zr, const float *loc, const float *inv,
+                                  const float *c, float *lp) {
+    float top = -INFINITY;
+    for (int64_t k = 0; k < K; k++) {
+        float q = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            float u = (zr[d] - loc[k * D + d]) * inv[k * D + d];
+            q += u * u;
+        }
+        lp[k] = c[k] - 0.5f * q;
+        top = lp[k] > top ? lp[k] : top;
+    }
+    return top;
+}
+
+void mixture_forward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z, int64_t zn, int64_t zs,
+                     const float *loc, const float *inv, const float *c, float *out) {
+    #pragma omp parallel
+    {
+        float lp[K];
+        #pragma omp for schedule(static)
+        for (int64_t row = 0; row < N * S; row++) {
+            int64_t n = row / S, s = row % S;
+            float top = mixture_terms(K, D, z + n * zn + s * zs, loc + s * K * D, inv + s * K * D, c + s * K, lp);
+            float total = 0.0f;
+            int nan = 0;
+            for (int64_t k = 0; k < K; k++) {
+                total += expf(lp[k] - top);
+                nan |= lp[k] != lp[k];
+            }
+            /* a NaN stays a NaN; all components at -inf: the density is 0 */
+            out[row] = nan ? NAN : top == -INFINITY ? -INFINITY : top + logf(total);
+        }
+    }
+}
+
+/* The gradient of sum g * out: gz (z's layout), and per seed and component the sums over rows of the
+   responsibility-weighted terms, in double: acc_w (S, K) of r, acc_loc (S, K, D) of r u inv (d out / d loc),
+   acc_scale (S, K, D) of r (u^2 - 1) inv (d out / d scale), r = g exp(lp - out). */
+void mixture_backward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z, int64_t zn, int64_t zs,
+                      const float *loc, const float *inv, const float *c, const float *out, const float *g,
+                      float *gz, double *acc_w, double *acc_loc, double *acc_scale) {
+    int64_t per = S * K * (1 + 2 * D);
+    int threads = omp_get_max_threads();
+    double *acc = calloc((size_t)(threads * per), sizeof(double));
+    #pragma omp parallel num_threads(threads)
+    {
+        float lp[K];
+        double *mine = acc + omp_get_thread_num() * per;
+        #pragma omp for schedule(static)
+        for (int64_t row = 0; row < N * S; row++) {
+            int64_t n = row / S, s = row % S;
+            const float *zr = z + n * zn + s * zs, *locs = loc + s * K * D, *invs = inv + s * K * D;
+            mixture_terms(K, D, zr, locs, invs, c + s * K, lp);
+            float *gzr = gz + n * zn + s * zs;
+            for (int64_t d = 0; d < D; d++)
+                gzr[d] = 0.0f;
+            double *w = mine + s * K, *l = mine + S * K + s * K * D, *sc = mine + S * K * (1 + D) + s * K * D;
+            for (int64_t k = 0; k < K; k++) {
+                float r = out[row] == -INFINITY ? 0.0f : g[row] * expf(lp[k] - out[row]);
+                w[k] += r;
+                for (int64_t d = 0; d < D; d++) {
+                    float u = (zr[d] - locs[k * D + d]) * invs[k * D + d], t = r * u * invs[k * D + d];
+                    gzr[d] -= t;
+                    l[k * D + d] += t;
+                    sc[k * D + d] += (double)r * (u * u - 1.0f) * invs[k * D + d];
+                }
+            }
+        }
+    }
+    for (int t = 0; t < threads; t++)
+        for (int64_t i = 0; i < per; i++) {
+            double v = acc[t * per + i];
+            if (i < S * K) acc_w[i] += v;
+            else if (i < S * K * (1 + D)) acc_loc[i - S * K] += v;
+            else acc_scale[i - S * K * (1 + D)] += v;
+        }
+    free(acc);
+}
 """
 
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-fPIC"]
@@ -195,10 +279,14 @@ def _load() -> tuple[object | None, str | None]:
             return None, f"the built library does not load: {e}"
     if _openmp_runtime() is None:  # a second runtime was loaded after all: threads would fight
         return None, "the kernels did not share torch's OpenMP runtime"
-    lib.adam_step.restype = lib.bernoulli_forward.restype = lib.bernoulli_backward.restype = None
+    for name in ("adam_step", "bernoulli_forward", "bernoulli_backward", "mixture_forward", "mixture_backward"):
+        getattr(lib, name).restype = None
     lib.adam_step.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 9 + [ctypes.c_float] * 4
     lib.bernoulli_forward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int32]
     lib.bernoulli_backward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_int32]
+    sizes = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.mixture_forward.argtypes = sizes + [ctypes.c_void_p] * 4
+    lib.mixture_backward.argtypes = sizes + [ctypes.c_void_p] * 9
     return lib, None
 
 
@@ -303,3 +391,68 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
                          f"CPU; got {logits.dtype} {tuple(logits.shape)} and {x.dtype} {tuple(x.shape)}"
                          + (f" ({unavailable()})" if unavailable() else ""))
     return _Bernoulli.apply(logits, x)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def mixture_fits(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether `mixture_log_prob` runs these: float32 (or bf16) tensors on the CPU, where the kernels build; a mixture
+    of K components of dimension D (loc and scale (*batch, K, D), logits (*batch, K)) with batch shape () or (S,) and
+    latents z (..., *batch, D), z's last dimension contiguous."""
+    batch = logits.shape[:-1]
+    tensors = (z, logits, loc, scale)
+    return (all(t.dtype in (torch.float32, torch.bfloat16) and t.device.type == "cpu" for t in tensors)
+            and len(batch) <= 1 and loc.shape == scale.shape == (*batch, logits.shape[-1], z.shape[-1])
+            and z.dim() >= len(batch) + 1 and z.shape[z.dim() - 1 - len(batch):-1] == batch and z.stride(-1) == 1
+            and z.numel() > 0 and unavailable() is None)
+
+
+class _Mixture(torch.autograd.Function):
+    """z (N, S, D) float32 (any strides, the last 1), logits (S, K), loc and scale (S, K, D) -> (N, S)."""
+
+    @staticmethod
+    def forward(ctx, z, logits, loc, scale):
+        (n, s, d), k = z.shape, logits.shape[-1]
+        log_w = torch.log_softmax(logits, -1)
+        inv = scale.reciprocal().contiguous()
+        c = (log_w - scale.log().sum(-1) - d * _HALF_LOG_2PI).contiguous()
+        loc = loc.contiguous()
+        out = torch.empty(n, s, dtype=torch.float32)
+        _library().mixture_forward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), loc.data_ptr(),
+                                   inv.data_ptr(), c.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(z, log_w, loc, inv, c, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z, log_w, loc, inv, c, out = ctx.saved_tensors
+        (n, s, d), k = z.shape, log_w.shape[-1]
+        g = g.float().contiguous()
+        gz = torch.empty_like(z)  # z's strides
+        acc_w = torch.zeros(s, k, dtype=torch.float64)
+        acc_loc, acc_scale = torch.zeros(s, k, d, dtype=torch.float64), torch.zeros(s, k, d, dtype=torch.float64)
+        _library().mixture_backward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), loc.data_ptr(),
+                                    inv.data_ptr(), c.data_ptr(), out.data_ptr(), g.data_ptr(), gz.data_ptr(),
+                                    acc_w.data_ptr(), acc_loc.data_ptr(), acc_scale.data_ptr())
+        # through log_softmax: d/d logits_i = acc_i - softmax_i sum_j acc_j
+        g_logits = acc_w - log_w.double().exp() * acc_w.sum(-1, keepdim=True)
+        return gz, g_logits.float(), acc_loc.float(), acc_scale.float()
+
+
+def mixture_log_prob(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log sum_k softmax(logits)_k N(z; loc_k, diag(scale_k^2)) in float32, in one pass over the latents and
+    components (`mixture_fits`): shape z.shape[:-1]; differentiable in all four. torch's `MixtureSameFamily` of
+    `Independent(Normal)` computes the same function in about 30 operations, each a pass over (..., K, D)."""
+    if not mixture_fits(z, logits, loc, scale):
+        raise ValueError(f"kernels.mixture_log_prob needs float32 (or bf16) CPU tensors: logits (*batch, K), loc and scale "
+                         f"(*batch, K, D), z (..., *batch, D) with batch () or (S,); got z {tuple(z.shape)}, logits "
+                         f"{tuple(logits.shape)}, loc {tuple(loc.shape)}, scale {tuple(scale.shape)}"
+                         + (f" ({unavailable()})" if unavailable() else ""))
+    stacked = logits.dim() == 2
+    logits, loc, scale = (t.float() for t in (logits, loc, scale))
+    if not stacked:
+        logits, loc, scale = logits[None], loc[None], scale[None]
+    lead = z.shape[:z.dim() - 1 - stacked]
+    rows = z.float().reshape(-1, logits.shape[0], z.shape[-1])  # (N, S, D): a view where the layout allows
+    return _Mixture.apply(rows, logits, loc, scale).reshape(*lead, *logits.shape[:stacked])

@@ -32,12 +32,30 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from . import flows
+from . import flows, kernels
 
 
 def _check_latent_dim(latent_dim: int) -> None:
     if not isinstance(latent_dim, int) or latent_dim < 1:
         raise ValueError(f"latent_dim={latent_dim!r} must be a positive integer")
+
+
+class GaussianMixture(MixtureSameFamily):
+    """sum_k softmax(logits)_k N(z; loc_k, diag(scale_k^2)): torch's `MixtureSameFamily` of `Independent(Normal)`
+    components (sampling, mean, variance and the rest are its), whose `log_prob` runs as one pass in C
+    (`kernels.mixture_log_prob`) where that fits (float32 on the CPU): about 30 torch operations fewer per
+    evaluation and per gradient, a tenth of the MoG prior's step outside its GEMMs. The MoG prior and the
+    VampPrior return one."""
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
+        components = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        super().__init__(Categorical(logits=logits, validate_args=False), components, validate_args=False)
+        self._parts = (logits, loc, scale)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if kernels.mixture_fits(z, *self._parts):
+            return kernels.mixture_log_prob(z, *self._parts)
+        return super().log_prob(z)
 
 
 class GaussianPrior(nn.Module):
@@ -73,9 +91,7 @@ class MoGPrior(nn.Module):
 
     def forward(self) -> Distribution:
         scales = nn.functional.softplus(self.raw_scales) + 1e-4  # (K, D), floor keeps it proper
-        components = Independent(Normal(self.means, scales, validate_args=False), 1, validate_args=False)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components,
-                                 validate_args=False)
+        return GaussianMixture(self.logits, self.means, scales)
 
 
 class FlowPrior(nn.Module):
@@ -132,8 +148,7 @@ class VampPrior(nn.Module):
         u = self.pseudo_inputs()  # (K, P), or (S, K, P) for stacked seeds (gen_lib.seeds)
         q = self.encoder[0](u.movedim(-2, 0)).base_dist  # batch (K,) or (K, S): the seed axis stays innermost
         loc, scale = q.loc.movedim(0, -2), q.scale.movedim(0, -2)  # (..., K, D)
-        components = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components, validate_args=False)
+        return GaussianMixture(self.logits, loc, scale)
 
 
 # ---------------------------------------------------------------- the registry

@@ -1,11 +1,13 @@
-"""The one-pass Adam kernel (`gen_lib.kernels`) and the stacked seeds' optimizer built on it (`seeds.Adam`):
-torch's Adam's numbers, the bf16 copies of the weights it writes, its refusal of bad tensors, and the same
-training with and without the kernel."""
+"""The C kernels (`gen_lib.kernels`): the one-pass Adam and the stacked seeds' optimizer built on it
+(`seeds.Adam`), with torch's Adam's numbers, the bf16 copies of the weights it writes, its refusal of bad tensors
+and the same training with and without the kernels; the Bernoulli log-likelihood and the Gaussian mixture's
+log-density with their gradients, against float64 references."""
 
 import math
 
 import pytest
 import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from gen_lib import kernels, seeds, vae
 
@@ -94,7 +96,9 @@ def _train(models, kernel: bool, monkeypatch, steps: int = 6) -> tuple[seeds.Sta
 
 
 @needs_kernel
-@pytest.mark.parametrize("name", ["gaussian", "flow"])  # the flow prior: 80 small parameters beside the networks
+# the flow prior: 80 small parameters beside the networks; the MoG: the mixture kernel too (the VampPrior's
+# encoder gradients are summed differently with the kernels: see the last test)
+@pytest.mark.parametrize("name", ["gaussian", "flow", "mog"])
 def test_stacked_adam_trains_as_torchs_adam_does(name, monkeypatch):
     with_kernel, opt = _train(_vaes(name, 3), True, monkeypatch)
     without, opt_torch = _train(_vaes(name, 3), False, monkeypatch)
@@ -228,3 +232,67 @@ def test_a_weight_used_twice_gets_its_gradients_summed_in_one_rounding():
     for key, ref in grads[1].items():
         # a few bf16 roundings (2^-8 relative each), norm-wise
         assert (grads[0][key] - ref).norm() <= 2.0 ** -6 * ref.norm(), key
+
+
+def _mixture_reference(z, logits, loc, scale):
+    components = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+    return MixtureSameFamily(Categorical(logits=logits, validate_args=False), components,
+                             validate_args=False).log_prob(z)
+
+
+def _mixture_case(stacked: bool, g: torch.Generator):
+    s, k, d, b = 3, 16, 2, 40
+    batch = (s,) if stacked else ()
+    logits, loc = torch.randn(*batch, k, generator=g) * 2, torch.randn(*batch, k, d, generator=g) * 3
+    scale = torch.rand(*batch, k, d, generator=g) * 2 + 0.05
+    # a stacked step's latents (B, S, D) are a view of (S, B, D) memory; some far out in the tails
+    z = (torch.randn(s, b, d, generator=g) * 4).transpose(0, 1) if stacked else torch.randn(b, d, generator=g) * 4
+    return z, logits, loc, scale
+
+
+@needs_kernel
+@pytest.mark.parametrize("stacked", [False, True])
+def test_mixture_kernel_is_the_log_density_and_its_gradient(stacked):
+    g = torch.Generator().manual_seed(0)
+    ours = [t.clone().requires_grad_() for t in _mixture_case(stacked, g)]
+    exact = [t.detach().double().requires_grad_() for t in ours]
+    assert kernels.mixture_fits(*ours)
+    value, want = kernels.mixture_log_prob(*ours), _mixture_reference(*exact)
+    assert value.dtype == torch.float32 and value.shape == want.shape == ours[0].shape[:-1]
+    # float32 terms c_k - |u_k|^2 / 2 of up to K + D roundings each, then a logsumexp: within 2^-16 of the largest
+    # term's size (float32's 2^-24 with room for 256 roundings)
+    z, logits, loc, scale = exact
+    u = (z.unsqueeze(-2) - loc) / scale
+    size = 1 + (torch.log_softmax(logits, -1).abs() + scale.log().abs().sum(-1) + 0.5 * (u * u).sum(-1)).amax(-1)
+    assert ((value.double() - want).abs() <= 2.0 ** -16 * size).all()
+    weights = torch.randn(value.shape, generator=g)
+    (value * weights).sum().backward()
+    (want * weights.double()).sum().backward()
+    for name, a, b in zip(("z", "logits", "loc", "scale"), ours, exact):
+        assert a.grad.shape == b.grad.shape and a.grad.dtype == torch.float32, name
+        assert (a.grad.double() - b.grad).abs().max() <= 2.0 ** -16 * b.grad.abs().max(), name
+
+
+@needs_kernel
+def test_mixture_kernel_keeps_a_nan_and_falls_back_where_it_does_not_fit(monkeypatch):
+    from gen_lib import priors
+
+    g = torch.Generator().manual_seed(1)
+    z, logits, loc, scale = _mixture_case(True, g)
+    z = z.clone()
+    z[3, 1, 0] = math.nan
+    value = kernels.mixture_log_prob(z, logits, loc, scale)
+    assert value[3, 1].isnan() and value.isfinite().sum() == value.numel() - 1
+    assert not kernels.mixture_fits(z.double(), logits, loc, scale)  # float64: torch's path
+    assert not kernels.mixture_fits(z[:, :2], logits, loc, scale)  # a seed axis that does not match
+    with pytest.raises(ValueError, match="float32 \\(or bf16\\) CPU tensors"):
+        kernels.mixture_log_prob(z[:, :2], logits, loc, scale)
+    mixture = priors.GaussianMixture(logits, loc, scale)  # the priors' distribution: the kernel where it fits
+    fast = mixture.log_prob(z)
+    # a VampPrior's components under autocast are bf16: the kernel computes in float32 from their values (torch's
+    # Normal would square and log them in bf16)
+    low = priors.GaussianMixture(logits, loc.bfloat16(), scale.bfloat16()).log_prob(z)
+    exact = _mixture_reference(z.double(), logits.double(), loc.bfloat16().double(), scale.bfloat16().double())
+    torch.testing.assert_close(low, exact.float(), equal_nan=True, rtol=2.0 ** -16, atol=2.0 ** -16)
+    monkeypatch.setattr(kernels, "mixture_fits", lambda *args: False)
+    torch.testing.assert_close(fast, mixture.log_prob(z), equal_nan=True, rtol=2.0 ** -16, atol=2.0 ** -16)
