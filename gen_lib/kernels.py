@@ -151,9 +151,32 @@ void bernoulli_backward(int64_t rows, int64_t p, const uint16_t *restrict logits
     else { BERN_BACKWARD(float, xr[i]) }
 }
 
-/* A diagonal Gaussian mixture's log-density at z, per row (n, s): rows n < N of latents z[n*zn + s*zs + d] (d < D,
-   contiguous), seed s < S with K components: loc and inv = 1/scale (S, K, D), c = log w - sum_d log scale - D/2 log 2pi
-   (S, K). lp_k = c_k - |(z - loc_k) inv_k|^2 / 2; out (N, S) = logsumexp_k lp_k. */
+/* A diagonal Gaussian mixture's log-density at latents z and its gradient. Rows n < N of z[n*zn + s*zs + d]
+   (d < D, contiguous) for seeds s < S, each seed a mixture of K components: logits (S, K), loc and scale (S, K, D),
+   all float32 and contiguous. out (N, S) = logsumexp_k lp_k with lp_k = c_k - |u_k|^2 / 2, u_k = (z - loc_k) / scale_k
+   and c_k = log_softmax(logits)_k - sum_d log scale_kd - D/2 log(2 pi), as torch's MixtureSameFamily of
+   Independent(Normal) computes it (to float32 rounding). */
+static void mixture_setup(int64_t S, int64_t K, int64_t D, const float *logits, const float *scale, float *c,
+                          float *inv, float *w) {
+    for (int64_t s = 0; s < S; s++) {
+        const float *ls = logits + s * K;
+        float top = -INFINITY, total = 0.0f;
+        for (int64_t k = 0; k < K; k++)
+            top = ls[k] > top ? ls[k] : top;
+        for (int64_t k = 0; k < K; k++)
+            total += expf(ls[k] - top);
+        for (int64_t k = 0; k < K; k++) {
+            float log_w = ls[k] - top - logf(total), log_scale = 0.0f;
+            for (int64_t d = 0; d < D; d++) {
+                log_scale += logf(scale[(s * K + k) * D + d]);
+                inv[(s * K + k) * D + d] = 1.0f / scale[(s * K + k) * D + d];
+            }
+            c[s * K + k] = log_w - log_scale - 0.9189385332046727f * (float)D;
+            if (w) w[s * K + k] = expf(log_w);
+        }
+    }
+}
+
 static inline float mixture_terms(int64_t K, int64_t D, const float *zr, const float *loc, const float *inv,
                                   const float *c, float *lp) {
     float top = -INFINITY;
@@ -170,8 +193,10 @@ static inline float mixture_terms(int64_t K, int64_t D, const float *zr, const f
 }
 
 void mixture_forward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z, int64_t zn, int64_t zs,
-                     const float *loc, const float *inv, const float *c, float *out) {
-    #pragma omp parallel
+                     const float *logits, const float *loc, const float *scale, float *out) {
+    float *c = malloc(sizeof(float) * S * K * (1 + D)), *inv = c + S * K;
+    mixture_setup(S, K, D, logits, scale, c, inv, NULL);
+    #pragma omp parallel if (N * S * K > 4096)
     {
         float lp[K];
         #pragma omp for schedule(static)
@@ -188,16 +213,20 @@ void mixture_forward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z,
             out[row] = nan ? NAN : top == -INFINITY ? -INFINITY : top + logf(total);
         }
     }
+    free(c);
 }
 
-/* The gradient of sum g * out: gz (z's layout), and per seed and component the sums over rows of the
-   responsibility-weighted terms, in double: acc_w (S, K) of r, acc_loc (S, K, D) of r u inv (d out / d loc),
-   acc_scale (S, K, D) of r (u^2 - 1) inv (d out / d scale), r = g exp(lp - out). */
+/* The gradient of sum_rows g * out, from the forward's out: gz (z's layout), g_logits (S, K), g_loc and g_scale
+   (S, K, D). With responsibilities r_k = g exp(lp_k - out): dz = -sum_k r_k u_k / scale_k, dloc_k = sum_rows r_k u_k /
+   scale_k, dscale_k = sum_rows r_k (u_k^2 - 1) / scale_k, dlogits_k = sum_rows r_k - softmax_k sum_j sum_rows r_j.
+   The sums over rows run in double, per thread, then added up. */
 void mixture_backward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z, int64_t zn, int64_t zs,
-                      const float *loc, const float *inv, const float *c, const float *out, const float *g,
-                      float *gz, double *acc_w, double *acc_loc, double *acc_scale) {
+                      const float *logits, const float *loc, const float *scale, const float *out, const float *g,
+                      float *gz, float *g_logits, float *g_loc, float *g_scale) {
     int64_t per = S * K * (1 + 2 * D);
-    int threads = omp_get_max_threads();
+    int threads = N * S * K > 4096 ? omp_get_max_threads() : 1;
+    float *c = malloc(sizeof(float) * S * K * (2 + D)), *inv = c + S * K, *w = inv + S * K * D;
+    mixture_setup(S, K, D, logits, scale, c, inv, w);
     double *acc = calloc((size_t)(threads * per), sizeof(double));
     #pragma omp parallel num_threads(threads)
     {
@@ -211,27 +240,35 @@ void mixture_backward(int64_t N, int64_t S, int64_t K, int64_t D, const float *z
             float *gzr = gz + n * zn + s * zs;
             for (int64_t d = 0; d < D; d++)
                 gzr[d] = 0.0f;
-            double *w = mine + s * K, *l = mine + S * K + s * K * D, *sc = mine + S * K * (1 + D) + s * K * D;
+            double *aw = mine + s * K, *al = mine + S * K + s * K * D, *as = mine + S * K * (1 + D) + s * K * D;
             for (int64_t k = 0; k < K; k++) {
                 float r = out[row] == -INFINITY ? 0.0f : g[row] * expf(lp[k] - out[row]);
-                w[k] += r;
+                aw[k] += r;
                 for (int64_t d = 0; d < D; d++) {
                     float u = (zr[d] - locs[k * D + d]) * invs[k * D + d], t = r * u * invs[k * D + d];
                     gzr[d] -= t;
-                    l[k * D + d] += t;
-                    sc[k * D + d] += (double)r * (u * u - 1.0f) * invs[k * D + d];
+                    al[k * D + d] += t;
+                    as[k * D + d] += (double)r * (u * u - 1.0f) * invs[k * D + d];
                 }
             }
         }
     }
-    for (int t = 0; t < threads; t++)
-        for (int64_t i = 0; i < per; i++) {
-            double v = acc[t * per + i];
-            if (i < S * K) acc_w[i] += v;
-            else if (i < S * K * (1 + D)) acc_loc[i - S * K] += v;
-            else acc_scale[i - S * K * (1 + D)] += v;
-        }
+    for (int64_t i = 1; i < threads; i++)
+        for (int64_t j = 0; j < per; j++)
+            acc[j] += acc[i * per + j];
+    for (int64_t s = 0; s < S; s++) {
+        double total = 0.0;
+        for (int64_t k = 0; k < K; k++)
+            total += acc[s * K + k];
+        for (int64_t k = 0; k < K; k++)
+            g_logits[s * K + k] = (float)(acc[s * K + k] - w[s * K + k] * total);
+    }
+    for (int64_t j = 0; j < S * K * D; j++) {
+        g_loc[j] = (float)acc[S * K + j];
+        g_scale[j] = (float)acc[S * K * (1 + D) + j];
+    }
     free(acc);
+    free(c);
 }
 """
 
@@ -393,8 +430,6 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _Bernoulli.apply(logits, x)
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
 
 def mixture_fits(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether `mixture_log_prob` runs these: float32 (or bf16) tensors on the CPU, where the kernels build; a mixture
@@ -409,35 +444,28 @@ def mixture_fits(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale
 
 
 class _Mixture(torch.autograd.Function):
-    """z (N, S, D) float32 (any strides, the last 1), logits (S, K), loc and scale (S, K, D) -> (N, S)."""
+    """z (N, S, D) float32 (any strides, the last 1), logits (S, K), loc and scale (S, K, D) contiguous -> (N, S)."""
 
     @staticmethod
     def forward(ctx, z, logits, loc, scale):
         (n, s, d), k = z.shape, logits.shape[-1]
-        log_w = torch.log_softmax(logits, -1)
-        inv = scale.reciprocal().contiguous()
-        c = (log_w - scale.log().sum(-1) - d * _HALF_LOG_2PI).contiguous()
-        loc = loc.contiguous()
         out = torch.empty(n, s, dtype=torch.float32)
-        _library().mixture_forward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), loc.data_ptr(),
-                                   inv.data_ptr(), c.data_ptr(), out.data_ptr())
-        ctx.save_for_backward(z, log_w, loc, inv, c, out)
+        _library().mixture_forward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), logits.data_ptr(),
+                                   loc.data_ptr(), scale.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(z, logits, loc, scale, out)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, log_w, loc, inv, c, out = ctx.saved_tensors
-        (n, s, d), k = z.shape, log_w.shape[-1]
+        z, logits, loc, scale, out = ctx.saved_tensors
+        (n, s, d), k = z.shape, logits.shape[-1]
         g = g.float().contiguous()
-        gz = torch.empty_like(z)  # z's strides
-        acc_w = torch.zeros(s, k, dtype=torch.float64)
-        acc_loc, acc_scale = torch.zeros(s, k, d, dtype=torch.float64), torch.zeros(s, k, d, dtype=torch.float64)
-        _library().mixture_backward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), loc.data_ptr(),
-                                    inv.data_ptr(), c.data_ptr(), out.data_ptr(), g.data_ptr(), gz.data_ptr(),
-                                    acc_w.data_ptr(), acc_loc.data_ptr(), acc_scale.data_ptr())
-        # through log_softmax: d/d logits_i = acc_i - softmax_i sum_j acc_j
-        g_logits = acc_w - log_w.double().exp() * acc_w.sum(-1, keepdim=True)
-        return gz, g_logits.float(), acc_loc.float(), acc_scale.float()
+        gz, g_logits, g_loc, g_scale = torch.empty_like(z), torch.empty_like(logits), torch.empty_like(loc), \
+            torch.empty_like(scale)
+        _library().mixture_backward(n, s, k, d, z.data_ptr(), z.stride(0), z.stride(1), logits.data_ptr(),
+                                    loc.data_ptr(), scale.data_ptr(), out.data_ptr(), g.data_ptr(), gz.data_ptr(),
+                                    g_logits.data_ptr(), g_loc.data_ptr(), g_scale.data_ptr())
+        return gz, g_logits, g_loc, g_scale
 
 
 def mixture_log_prob(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -450,7 +478,7 @@ def mixture_log_prob(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, s
                          f"{tuple(logits.shape)}, loc {tuple(loc.shape)}, scale {tuple(scale.shape)}"
                          + (f" ({unavailable()})" if unavailable() else ""))
     stacked = logits.dim() == 2
-    logits, loc, scale = (t.float() for t in (logits, loc, scale))
+    logits, loc, scale = (t.float().contiguous() for t in (logits, loc, scale))
     if not stacked:
         logits, loc, scale = logits[None], loc[None], scale[None]
     lead = z.shape[:z.dim() - 1 - stacked]

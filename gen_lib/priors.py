@@ -24,6 +24,7 @@ GEN_LIB_PLUGINS, without touching this file).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -40,22 +41,48 @@ def _check_latent_dim(latent_dim: int) -> None:
         raise ValueError(f"latent_dim={latent_dim!r} must be a positive integer")
 
 
-class GaussianMixture(MixtureSameFamily):
-    """sum_k softmax(logits)_k N(z; loc_k, diag(scale_k^2)): torch's `MixtureSameFamily` of `Independent(Normal)`
-    components (sampling, mean, variance and the rest are its), whose `log_prob` runs as one pass in C
-    (`kernels.mixture_log_prob`) where that fits (float32 on the CPU): about 30 torch operations fewer per
-    evaluation and per gradient, a tenth of the MoG prior's step outside its GEMMs. The MoG prior and the
-    VampPrior return one."""
+class GaussianMixture(Distribution):
+    """sum_k softmax(logits)_k N(z; loc_k, diag(scale_k^2)), logits (*batch, K), loc and scale (*batch, K, D): torch's
+    `MixtureSameFamily` of `Independent(Normal)` components (`torch_mixture`, built when first needed: sampling, the
+    mean and the variance are its), whose `log_prob` runs as one pass in C (`kernels.mixture_log_prob`, forward and
+    gradient) where that fits (float32 or bf16 on the CPU): some 40 torch operations fewer per training step, 5 %
+    of the MoG prior's step beside its GEMMs (measured). The MoG prior and the VampPrior return one."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
 
     def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
-        components = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
-        super().__init__(Categorical(logits=logits, validate_args=False), components, validate_args=False)
-        self._parts = (logits, loc, scale)
+        if loc.shape != scale.shape or loc.shape[:-1] != logits.shape:
+            raise ValueError(f"GaussianMixture needs logits (*batch, K) and loc, scale (*batch, K, D); got "
+                             f"{tuple(logits.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}")
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(logits.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @functools.cached_property
+    def torch_mixture(self) -> MixtureSameFamily:
+        components = Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components,
+                                 validate_args=False)
+
+    @property
+    def support(self):
+        return self.torch_mixture.support
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.torch_mixture.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.torch_mixture.variance
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.torch_mixture.sample(sample_shape)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        if kernels.mixture_fits(z, *self._parts):
-            return kernels.mixture_log_prob(z, *self._parts)
-        return super().log_prob(z)
+        if kernels.mixture_fits(z, self.logits, self.loc, self.scale):
+            return kernels.mixture_log_prob(z, self.logits, self.loc, self.scale)
+        return self.torch_mixture.log_prob(z)
 
 
 class GaussianPrior(nn.Module):
