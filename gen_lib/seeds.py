@@ -252,6 +252,7 @@ class Adam(torch.optim.Adam):
         self.why_not_kernel = (kernels.unavailable() if all(p.device.type == "cpu" for p in params)
                                else "the parameters are not on the CPU")
         super().__init__(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
+        self._plan: _Plan | None = None
         for slot in stack.slots.values():
             slot.defer = self.why_not_kernel is None
 
@@ -263,31 +264,46 @@ class Adam(torch.optim.Adam):
             for slot in self.stack.slots.values():
                 slot.settle()
             return super().step()
-        group = self.param_groups[0]
-        todo, written = [], []  # (param, state, gradient, bf16 copy or None); the slots whose copy is written
         # the weights the forward reads first are updated last, so that their copies are still in the cache
-        for name, p in reversed(self.stack.params.items()):
-            slot = self.stack.slots.get(name)
-            grad = slot.gradient() if slot is not None else p.grad
-            if grad is None:
-                continue
-            state = self.state[p]
-            if not state:  # as torch's Adam starts it
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            low = slot.low if slot is not None and slot.low is not None and slot.low.dtype == torch.bfloat16 else None
-            todo.append((p, state, grad, low))
-            if low is not None:
-                written.append(slot)
-        if not todo:
-            return
-        counts = [state["step"] for _, state, _, _ in todo]
-        torch._foreach_add_(counts, 1.0)
-        kernels.adam_step([t[0].detach() for t in todo], [t[1]["exp_avg"] for t in todo],
-                          [t[1]["exp_avg_sq"] for t in todo], [t[2] for t in todo], [t[3] for t in todo],
-                          lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                          steps=[int(c) for c in torch.stack(counts).tolist()])
-        for slot in written:
+        order = [(p, self.stack.slots.get(name)) for name, p in reversed(self.stack.params.items())]
+        grads = [slot.gradient() if slot is not None else p.grad for p, slot in order]
+        if any(g is None for g in grads):  # some parameters had no gradient this step: they keep their state
+            order, grads = [o for o, g in zip(order, grads) if g is not None], [g for g in grads if g is not None]
+            plan = self._prepare(order)
+        else:
+            if self._plan is None or not self._plan.holds(self.state):
+                self._plan = self._prepare(order)
+            plan = self._plan
+        group = self.param_groups[0]
+        plan.update(grads, lr=group["lr"], betas=group["betas"], eps=group["eps"])
+        for slot in plan.copies:
             slot.low_current = True  # the next forward reads the copy written here
+
+    def _prepare(self, order: list[tuple[torch.Tensor, "_Slot | None"]]) -> "_Plan":
+        for p, _ in order:
+            if not self.state[p]:  # as torch's Adam starts it
+                self.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p, _ in order]
+        lows = [slot.low if slot is not None and slot.low is not None and slot.low.dtype == torch.bfloat16 else None
+                for _, slot in order]
+        update = kernels.AdamUpdate([p.detach() for p, _ in order], [st["exp_avg"] for st in states],
+                                    [st["exp_avg_sq"] for st in states], lows, [st["step"] for st in states])
+        return _Plan(update, [(p, st, st["exp_avg"], st["exp_avg_sq"], st["step"]) for (p, _), st in zip(order, states)],
+                     [(slot, slot.low) for _, slot in order if slot is not None],
+                     [slot for (_, slot), low in zip(order, lows) if low is not None])
+
+
+class _Plan:
+    """`seeds.Adam`'s prepared kernel call (`kernels.AdamUpdate`) and the tensors it holds the addresses of: valid
+    while every parameter's state and every weight's bf16 copy are still those tensors."""
+
+    def __init__(self, update, tensors, lows, copies):
+        self.update, self.tensors, self.lows, self.copies = update, tensors, lows, copies
+
+    def holds(self, state) -> bool:
+        return (all(state.get(p) is st and st.get("exp_avg") is m and st.get("exp_avg_sq") is v and st.get("step") is t
+                    for p, st, m, v, t in self.tensors)
+                and all(slot.low is low for slot, low in self.lows))
 
 
 class _Bound(nn.Module):

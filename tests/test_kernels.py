@@ -32,18 +32,19 @@ def test_kernel_computes_torchs_adam_and_the_bf16_copy(grad_dtype):
     lows = [torch.empty(n, dtype=torch.bfloat16) for n in sizes]
     theirs = [p.clone().requires_grad_() for p in ours]
     opt = torch.optim.Adam(theirs, lr=LR, betas=BETAS, eps=EPS, fused=True)
-    steps = 25
+    steps, counts = 25, [torch.tensor(0.0) for _ in sizes]  # the step counts, as torch's Adam keeps them
     for t in range(1, steps + 1):
         grads = [torch.randn(n, generator=g).mul_(10.0 ** (t % 5 - 3)).to(grad_dtype) for n in sizes]  # many scales
         for p, grad in zip(theirs, grads):
             p.grad = grad.float()
         opt.step()
         kernels.adam_step(ours, [m for m, _ in moments], [v for _, v in moments], grads, lows, lr=LR, betas=BETAS,
-                        eps=EPS, steps=[t] * len(sizes))
+                          eps=EPS, steps=counts)
     for p, q, (m, v), low in zip(ours, theirs, moments, lows):
         _close_to_torch(p, q.detach(), steps)
         _close_to_torch(m, opt.state[q]["exp_avg"], steps, lr=1.0)
         assert torch.equal(low, p.bfloat16())  # round to nearest even, as torch converts
+    assert all(c.item() == steps == opt.state[q]["step"].item() for c, q in zip(counts, theirs))
 
 
 @needs_kernel
@@ -51,8 +52,8 @@ def test_kernel_keeps_a_nan_a_nan_and_refuses_bad_tensors():
     p, m, v, low = torch.zeros(40), torch.zeros(40), torch.zeros(40), torch.zeros(40, dtype=torch.bfloat16)
     grad = torch.ones(40)
     grad[3] = math.nan
-    def step(p=p, m=m, v=v, grad=grad, low=low, t=1):
-        kernels.adam_step([p], [m], [v], [grad], [low], lr=LR, betas=BETAS, eps=EPS, steps=[t])
+    def step(p=p, m=m, v=v, grad=grad, low=low, done=0.0):
+        kernels.adam_step([p], [m], [v], [grad], [low], lr=LR, betas=BETAS, eps=EPS, steps=[torch.tensor(done)])
 
     step()
     assert p[3].isnan() and low[3].isnan() and not low[4].isnan()
@@ -62,10 +63,12 @@ def test_kernel_keeps_a_nan_a_nan_and_refuses_bad_tensors():
         step(grad=grad.double())
     with pytest.raises(ValueError, match="low must be .* of 40 elements"):
         step(low=torch.zeros(39, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match=r"steps=\[0\]"):
-        step(t=0)
-    with pytest.raises(ValueError, match="one moment, gradient, copy"):
-        kernels.adam_step([p], [m], [v], [grad], [], lr=LR, betas=BETAS, eps=EPS, steps=[2])
+    with pytest.raises(ValueError, match=r"steps=\[-1.0\]: the updates done so far"):
+        step(done=-1.0)
+    with pytest.raises(ValueError, match="one moment, copy"):
+        kernels.adam_step([p], [m], [v], [grad], [], lr=LR, betas=BETAS, eps=EPS, steps=[torch.tensor(1.0)])
+    with pytest.raises(ValueError, match="gradient 0 is None"):
+        step(grad=None)
 
 
 def _vaes(name: str, n: int) -> list[vae.VAE]:
