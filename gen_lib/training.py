@@ -454,9 +454,10 @@ def fit_seeds(
 
 
 def _compact(x: torch.Tensor, allowed: bool) -> torch.Tensor:
-    """Binary float32 data as bf16 (exact) where `allowed` (a bf16 step on the CPU with `gen_lib.kernels`, whose
-    Bernoulli term reads bf16 data): half the bytes to gather per batch, and the first layer reads it without a
-    conversion (2 % less time per step for the MoG prior, measured in one process, alternating). Else x."""
+    """Binary float32 data as bf16 (exact) where `allowed` (a bf16 step on the CPU with `gen_lib.kernels`, for a
+    model that says it `reads_bf16_data`, as a VAE with the Bernoulli likelihood, whose kernel reads it): half the
+    bytes to gather per batch, and the first layer reads it without a conversion (2 % less time per step for the
+    MoG prior, measured in one process, alternating). Else x."""
     if allowed and x.dtype == torch.float32 and x.device.type == "cpu" and bool(((x == 0) | (x == 1)).all()):
         return x.bfloat16()
     return x
@@ -480,7 +481,8 @@ def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identi
             optimizer.state[stack.params[name]] = {
                 "step": own[0]["step"].to(device=device, dtype=torch.float32),
                 **{k: torch.stack([layout(o[k]) for o in own]).to(device).contiguous() for k in ("exp_avg", "exp_avg_sq")}}
-    x = _compact(data.to(device), bf16 and optimizer.why_not_kernel is None)
+    x = _compact(data.to(device), bf16 and optimizer.why_not_kernel is None
+                 and bool(getattr(members[0], "reads_bf16_data", False)))
     n, count = x.shape[0], len(group)
     steps = math.ceil(n / batch_size)
     label = f"{desc} seed{'s' if count > 1 else ''} {', '.join(str(seeds[s]) for s in group)}"

@@ -134,7 +134,7 @@ class BernoulliDecoder(nn.Module):
         if self.likelihood == "bernoulli":
             if kernels.bernoulli_fits(logits, x):  # bf16 logits in training: one pass in C, the same function
                 return kernels.bernoulli_log_prob(logits, x)
-            return _BernoulliLogLik.apply(logits, x)
+            return _BernoulliLogLik.apply(logits, x.float() if x.dtype == torch.bfloat16 else x)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         return Independent(ContinuousBernoulli(logits=logits, validate_args=False), 1, validate_args=False).log_prob(x)
@@ -165,6 +165,12 @@ class VAE(nn.Module):
         if getattr(encoder, "input_dim", self.input_dim) != self.input_dim:
             raise ValueError(f"the encoder reads {encoder.input_dim} numbers but images of shape {self.image_shape} "
                              f"have {self.input_dim}")
+
+    @property
+    def reads_bf16_data(self) -> bool:
+        """Whether binary data may reach `elbo` as bf16 (exact): the Bernoulli decoder's likelihood reads it as it
+        is (`training.fit_seeds` then holds its data in bf16 on the CPU); the continuous Bernoulli's does not."""
+        return getattr(self.decoder, "likelihood", None) == "bernoulli"
 
     # -- inputs ---------------------------------------------------------------------------
     def _flat(self, x: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,9 @@ def test_binary_data_held_in_bf16_trains_the_same_models(monkeypatch):
     x = (torch.rand(96, 784, generator=torch.Generator().manual_seed(1)) > 0.7).float()
     assert training._compact(x, True).dtype == torch.bfloat16  # binary: held in bf16, exactly
     assert training._compact(x, False) is x and training._compact(x * 0.5, True).dtype == torch.float32
+    # only for a model whose likelihood reads bf16 data: the Bernoulli VAE, not the continuous Bernoulli's
+    assert vae.build_vae("mog").reads_bf16_data
+    assert not vae.build_vae("mog", likelihood="continuous_bernoulli").reads_bf16_data
     runs = []
     for compact in (True, False):
         if not compact:
