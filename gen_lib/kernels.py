@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import os
 import re
 import shutil
