@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .seeds import Adam, Stack
+from .seeds import stack, unstack
 
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("constant", "cosine")
@@ -412,7 +412,7 @@ def fit_seeds(
     log: Callable[[str], None] = print,
 ) -> list[TrainResult]:
     """Train `models` (one per seed of `seeds`, one architecture) together as one stacked model
-    (`gen_lib.seeds.Stack`): each step is one batched computation for all of them, and one Adam over the
+    (`gen_lib.seeds.stack`): each step is one batched computation for all of them, and one fused Adam over the
     stacked parameters, which is each seed's own Adam (Adam is elementwise). A model class must run stacked
     (`seeds.agrees`); `gen_lib.recipes.train_vaes` checks that and falls back to `fit` per seed otherwise.
 
@@ -424,8 +424,7 @@ def fit_seeds(
     and its result are its own. Resumes from the checkpoints; seeds whose checkpoints stand at different epochs
     are trained in groups of equal epoch. A non-finite loss of any seed stops training (`NonFiniteLossError`,
     naming the seed; the last good checkpoints are kept). `TrainResult.seconds` is the wall time divided
-    among the seeds trained together (their sum is the wall time). Constant learning rate, no EMA, no
-    gradient clipping: the VAE recipe's loop.
+    among the seeds trained together. Constant learning rate, no EMA, no gradient clipping: the VAE recipe's loop.
     """
     n_models = len(models)
     if n_models == 0 or len(seeds) != n_models or len(configs) != n_models:
@@ -443,119 +442,87 @@ def fit_seeds(
         model.to(device)
         results.append(TrainResult())
         start.append(_resume(ckpt_path, identities[-1], model, epochs, results[-1], f"{desc} seed {seed}", log)[1])
-    for first in sorted(set(start)):
+    x = data.to(device)
+    for first in sorted(set(start) - {epochs}):
         group = [s for s in range(n_models) if start[s] == first]
-        if first < epochs:
-            _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results,
-                       loss_fn, noise_shape, eval_fn, device, bf16, progress, desc, log)
+        members = [models[s] for s in group]
+        model = stack(members)
+        optimizer = _adam(model, lr)
+        if first > 0:  # the seeds' own Adam states, stacked as their parameters are
+            own = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
+            optimizer.load_state_dict({"param_groups": own[0]["param_groups"], "state": {
+                i: {k: v if k == "step" else torch.stack([o["state"][i][k] for o in own]) for k, v in st.items()}
+                for i, st in own[0]["state"].items()}})
+        label = f"{desc} seed{'s' if len(group) > 1 else ''} {', '.join(str(seeds[s]) for s in group)}"
+        t0 = time.perf_counter()
+        for epoch in range(first, epochs):
+            t_epoch = time.perf_counter()
+            total = _stacked_epoch(model, optimizer, x, [seeds[s] for s in group], epoch, batch_size, loss_fn,
+                                   noise_shape, bf16, progress and bars_wanted(), f"{label} epoch {epoch + 1}/{epochs}",
+                                   desc, lr)
+            unstack(model, members)
+            state = optimizer.state_dict()
+            lines = []
+            for k, s in enumerate(group):
+                record = {"epoch": epoch + 1, "train_loss": total[k] / len(x),
+                          "seconds": (time.perf_counter() - t0) / len(group)}
+                if eval_fn is not None:
+                    models[s].eval()
+                    with torch.no_grad():
+                        record.update(eval_fn(models[s]))
+                    models[s].train()
+                results[s].history.append(record)
+                results[s].seconds = record["seconds"]
+                lines.append(", ".join(f"{v:.4g}" for key, v in record.items() if key not in ("epoch", "seconds")))
+                if checkpoints[s] is not None:  # seed k's Adam state, as torch's Adam over its own model keeps it
+                    own = {i: {key: (v if key == "step" else v[k]).cpu().clone() for key, v in st.items()}
+                           for i, st in state["state"].items()}  # clones: a view would save every seed's moments
+                    _save(checkpoints[s], identities[s], epoch + 1, models[s],
+                          {"state": own, "param_groups": state["param_groups"]}, None, results[s].history)
+            if progress:
+                metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]
+                log(_epoch_line(label, epoch, epochs, f" ({', '.join(metrics)} per seed): " + "; ".join(lines),
+                                time.perf_counter() - t_epoch, t0, first))
+        for s in group:
+            results[s].status = "trained" if first == 0 else "resumed"
     for model in models:
         model.eval()
     return results
 
 
-def _compact(x: torch.Tensor, allowed: bool) -> torch.Tensor:
-    """Binary float32 data as bf16 (exact) where `allowed` (a bf16 step on the CPU with `gen_lib.kernels`, for a
-    model that says it `reads_bf16_data`, as a VAE with the Bernoulli likelihood, whose kernel reads it): half the
-    bytes to gather per batch, and the first layer reads it without a conversion (2 % less time per step for the
-    MoG prior, measured in one process, alternating). Else x."""
-    if allowed and x.dtype == torch.float32 and x.device.type == "cpu" and bool(((x == 0) | (x == 1)).all()):
-        return x.bfloat16()
-    return x
-
-
-def _fit_group(group, models, data, seeds, first, epochs, batch_size, lr, identities, checkpoints, results, loss_fn,
-               noise_shape, eval_fn, device, bf16, progress, desc, log):
-    """`fit_seeds` for the models `group`, whose checkpoints stand at epoch `first`."""
-    members = [models[s] for s in group]
-    stack = Stack(members)
-    optimizer = Adam(stack, lr=lr)
-    if progress and device.type == "cpu" and optimizer.why_not_kernel is not None:
-        log(f"{desc}: gen_lib.kernels unavailable ({optimizer.why_not_kernel}): torch's Adam and Bernoulli term "
-            "instead (the same numbers, slower)")
-    names = list(stack.params)
-    if first > 0:  # each seed's Adam state, stacked in the stacked parameters' layout
-        states = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
-        for i, name in enumerate(names):
-            own = [st["state"][i] for st in states]
-            layout = (lambda t: t.mT) if name in stack.transposed else (lambda t: t)
-            optimizer.state[stack.params[name]] = {
-                "step": own[0]["step"].to(device=device, dtype=torch.float32),
-                **{k: torch.stack([layout(o[k]) for o in own]).to(device).contiguous() for k in ("exp_avg", "exp_avg_sq")}}
-    x = _compact(data.to(device), bf16 and optimizer.why_not_kernel is None
-                 and bool(getattr(members[0], "reads_bf16_data", False)))
-    n, count = x.shape[0], len(group)
+def _stacked_epoch(model, optimizer, x, seeds, epoch, batch_size, loss_fn, noise_shape, bf16, bar, label, desc, lr):
+    """One epoch of `fit_seeds` for the stacked `model` of `seeds`; returns each seed's summed loss (a list)."""
+    n, count, device = x.shape[0], len(seeds), x.device
+    orders, noises = [], []
+    for seed in seeds:  # each seed's own draws, as `fit` seeds them
+        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+        orders.append(torch.randperm(n, generator=gen, device=device))
+        noises.append(torch.randn((n, *noise_shape), generator=gen, device=device))
+    order, noise = torch.stack(orders), torch.stack(noises)  # (S, n), (S, n, *noise_shape)
+    rows = torch.arange(count, device=device)[:, None]
+    total = torch.zeros(count, dtype=torch.float64, device=device)
+    first_bad = torch.full((count,), -1, dtype=torch.long, device=device)
     steps = math.ceil(n / batch_size)
-    label = f"{desc} seed{'s' if count > 1 else ''} {', '.join(str(seeds[s]) for s in group)}"
-    show_bar = progress and bars_wanted()
-    t0 = time.perf_counter()
-    for epoch in range(first, epochs):
-        t_epoch = time.perf_counter()
-        orders, noises = [], []
-        for s in group:  # each seed's own draws, as `fit` seeds them
-            gen = torch.Generator(device=device).manual_seed(seeds[s] * 100_003 + epoch)
-            orders.append(torch.randperm(n, generator=gen, device=device))
-            noises.append(torch.randn((n, *noise_shape), generator=gen, device=device))
-        order, noise = torch.stack(orders), torch.stack(noises)  # (S, n), (S, n, *noise_shape)
-        noise_rows = noise.view(count * n, *noise_shape)  # seed s's draw for example i in row s * n + i
-        row_offset = torch.arange(count, device=device)[:, None] * n
-        total = torch.zeros(count, dtype=torch.float64, device=device)
-        first_bad = torch.full((count,), -1, dtype=torch.long, device=device)
-        bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", disable=not show_bar, leave=False,
-                   mininterval=2.0)
-        for step in bar:
-            idx = order[:, step * batch_size:(step + 1) * batch_size]  # (S, B)
-            # index_select, not x[idx]: the same rows, 2-3x faster from memory the caches do not hold (measured)
-            batch = x.index_select(0, idx.reshape(-1)).view(count, -1, *x.shape[1:])  # (S, B, ...): seed s's in row s
-            eps = noise_rows.index_select(0, (idx + row_offset).reshape(-1)).view(count, -1, *noise_shape)
-            with autocast(device, bf16):
-                per_example = stack.run(loss_fn, batch.transpose(0, 1), eps.transpose(0, 1))  # (B, S)
-            losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
-            stack.zero_grad()  # keeps the weights' gradient buffers (see gen_lib.seeds._Slot)
-            losses.sum().backward()  # seed s's gradient is that of its own loss
-            optimizer.step()
-            total += losses.detach().double() * idx.shape[1]
-            if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
-                bad = first_bad.tolist()  # the only host sync of the loop
-                if any(b >= 0 for b in bad):
-                    k = next(i for i, b in enumerate(bad) if b >= 0)
-                    raise NonFiniteLossError(
-                        f"{desc} seed {seeds[group[k]]}: loss became nan or inf at epoch {epoch + 1}, step {bad[k] + 1}; "
-                        f"training stopped (the last good checkpoints are kept). Try a lower lr (now {lr}).")
-        stack.unstack()
-        took = time.perf_counter() - t_epoch
-        lines = []
-        for k, s in enumerate(group):
-            record = {"epoch": epoch + 1, "train_loss": total[k].item() / n, "seconds": (time.perf_counter() - t0) / count}
-            if eval_fn is not None:
-                models[s].eval()
-                with torch.no_grad():
-                    record.update(eval_fn(models[s]))
-                models[s].train()
-            results[s].history.append(record)
-            results[s].seconds = (time.perf_counter() - t0) / count
-            lines.append(", ".join(f"{v:.4g}" for k2, v in record.items() if k2 not in ("epoch", "seconds")))
-            if checkpoints[s] is not None:
-                _save(checkpoints[s], identities[s], epoch + 1, models[s], _seed_optimizer_state(optimizer, stack, k),
-                      None, results[s].history)
-        if progress:
-            metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]
-            log(_epoch_line(label, epoch, epochs, f" ({', '.join(metrics)} per seed): " + "; ".join(lines), took, t0,
-                            first))
-    for s in group:
-        results[s].status = "trained" if first == 0 else "resumed"
-
-
-def _seed_optimizer_state(optimizer: torch.optim.Optimizer, stack, k: int) -> dict[str, Any]:
-    """Seed k's Adam state in the state-dict format of `torch.optim.Adam` over its own model's parameters."""
-    group = {key: v for key, v in optimizer.param_groups[0].items() if key != "params"}
-    state = {}
-    for i, (name, p) in enumerate(stack.params.items()):
-        st = optimizer.state.get(p, {})
-        layout = (lambda t: t.mT) if name in stack.transposed else (lambda t: t)
-        state[i] = {"step": st["step"].detach().clone().cpu(),
-                    **{key: layout(st[key][k]).contiguous().cpu() for key in ("exp_avg", "exp_avg_sq")}}
-    return {"state": state, "param_groups": [{**group, "params": list(range(len(stack.params)))}]}
+    model.train()
+    for step in tqdm(range(steps), desc=label, disable=not bar, leave=False, mininterval=2.0):
+        idx = order[:, step * batch_size:(step + 1) * batch_size]  # (S, B)
+        batch = x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])  # (S, B, ...): seed s's in row s
+        with autocast(device, bf16):
+            per_example = loss_fn(model, batch.transpose(0, 1), noise[rows, idx].transpose(0, 1))  # (B, S)
+        losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # seed s's gradient is that of its own loss
+        optimizer.step()
+        total += losses.detach().double() * idx.shape[1]
+        if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
+            bad = first_bad.tolist()  # the only host sync of the loop
+            if any(b >= 0 for b in bad):
+                k = next(i for i, b in enumerate(bad) if b >= 0)
+                raise NonFiniteLossError(
+                    f"{desc} seed {seeds[k]}: loss became nan or inf at epoch {epoch + 1}, step {bad[k] + 1}; "
+                    f"training stopped (the last good checkpoints are kept). Try a lower lr (now {lr}).")
+    return total.tolist()
 
 
 configure_threads()  # on import: exactly the cores this process has (or GEN_LIB_THREADS)

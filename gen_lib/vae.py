@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
                                  kl_divergence)
 
-from . import kernels, priors
+from . import priors
 from .seeds import Linear
 from .data import INFO
 from .memory import IWAE_CHUNK
@@ -66,43 +66,6 @@ class GaussianEncoder(nn.Module):
         return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
 
-def _exp_floor(dtype: torch.dtype) -> float:
-    """A c < 0 with 1 + exp(c) == 1 in `dtype` (exp(c) below half an ulp of 1), far above exp's slow range."""
-    return -(math.log(2 / torch.finfo(dtype).eps) + 1.0)  # float32: -17.6, float64: -37.7
-
-
-class _BernoulliLogLik(torch.autograd.Function):
-    """sum_i x_i l_i - softplus(l_i) over the last axis, in float32 whatever the logits' dtype, with the
-    gradient x - sigmoid(l) for the logits (x: data, no gradient).
-
-    The same function as `(l * x).sum(-1) - softplus(l).sum(-1)` in a few in-place passes over three buffers
-    instead of about eight fresh tensors (each new (B, 784) float32 tensor of a training step is a pass over
-    memory the caches do not hold; this term is the costliest outside the GEMMs). softplus(l) is computed as
-    max(l, 0) + log(1 + exp(-|l|)), exact within float round-off, in vectorised exp and log: torch's CPU softplus
-    and log1p run about 5x slower on some builds (541 vs 119 us for a 128 x 784 batch on an AMD EPYC, measured)."""
-
-    @staticmethod
-    def forward(ctx, logits, x):
-        lf = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
-        x = x.to(lf.dtype)
-        # log(1 + exp(-|l|)), with -|l| clamped where 1 + exp(-|l|) already rounds to 1 (exp(-c) below half of the
-        # dtype's epsilon): the same values bit for bit, and no exp of very negative numbers, which runs 5-12x
-        # slower on CPUs (the slow path for results near and below the smallest normal float: 2.4 ms instead of 0.2
-        # for 5 x 128 x 784 logits below -100, measured; a diverging run's logits, 0.03 % of a trained decoder's)
-        sp = lf.abs().neg_().clamp_min_(_exp_floor(lf.dtype)).exp_().add_(1).log_()
-        total = lf.clamp_min(0).add_(sp)  # softplus(l)
-        total = torch.addcmul(total, lf, x, value=-1, out=total)  # softplus(l) - x l
-        ctx.save_for_backward(lf, x)
-        ctx.logits_dtype = logits.dtype
-        return total.sum(-1).neg_()
-
-    @staticmethod
-    def backward(ctx, g):
-        lf, x = ctx.saved_tensors
-        grad = torch.sigmoid(lf).neg_().add_(x).mul_(g.unsqueeze(-1))  # (x - sigmoid(l)) g
-        return grad.to(ctx.logits_dtype), None
-
-
 class BernoulliDecoder(nn.Module):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))), an MLP D-512-512-P giving logits l.
 
@@ -119,25 +82,11 @@ class BernoulliDecoder(nn.Module):
         self.net = _mlp([latent_dim, hidden, hidden, output_dim])
 
     def forward(self, z: torch.Tensor) -> Distribution:
+        # at least float32 out of the network under bf16 autocast: log p(x|z) sums 784 terms
         logits = self.net(z)  # (..., P)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         cls = Bernoulli if self.likelihood == "bernoulli" else ContinuousBernoulli
         return Independent(cls(logits=logits, validate_args=False), 1, validate_args=False)
-
-    def log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) for z (..., B, D) and x (B, P): `self(z).log_prob(x)`, (..., B).
-
-        For the Bernoulli it is computed as x.l - sum softplus(l) with the logits l (`_BernoulliLogLik`): the same
-        function as torch's binary cross-entropy, in a few in-place passes over the (..., B, P) logits
-        (it dominates the IWAE's cost: K decoder outputs per image). The sums run in float32 (or
-        float64) even when the network ran under bf16 autocast."""
-        logits = self.net(z)
-        if self.likelihood == "bernoulli":
-            if kernels.bernoulli_fits(logits, x):  # bf16 logits in training: one pass in C, the same function
-                return kernels.bernoulli_log_prob(logits, x)
-            return _BernoulliLogLik.apply(logits, x.float() if x.dtype == torch.bfloat16 else x)
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        return Independent(ContinuousBernoulli(logits=logits, validate_args=False), 1, validate_args=False).log_prob(x)
 
 
 def _at_least_float32(q: Distribution) -> Distribution:
@@ -166,12 +115,6 @@ class VAE(nn.Module):
             raise ValueError(f"the encoder reads {encoder.input_dim} numbers but images of shape {self.image_shape} "
                              f"have {self.input_dim}")
 
-    @property
-    def reads_bf16_data(self) -> bool:
-        """Whether binary data may reach `elbo` as bf16 (exact): the Bernoulli decoder's likelihood reads it as it
-        is (`training.fit_seeds` then holds its data in bf16 on the CPU); the continuous Bernoulli's does not."""
-        return getattr(self.decoder, "likelihood", None) == "bernoulli"
-
     # -- inputs ---------------------------------------------------------------------------
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x[0].numel() != self.input_dim:
@@ -190,10 +133,8 @@ class VAE(nn.Module):
 
     # -- bounds ---------------------------------------------------------------------------
     def log_px(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) for latents z (..., B, D) and flat images x (B, P): (..., B). Uses the decoder's own
-        `log_prob(z, x)` where it has one (the study's decoder: a faster Bernoulli), else `decoder(z).log_prob(x)`."""
-        fast = getattr(self.decoder, "log_prob", None)
-        return fast(z, x) if fast is not None else self.decoder(z).log_prob(x)
+        """log p(x|z) = `decoder(z).log_prob(x)` for latents z (..., B, D) and flat images x (B, P): (..., B)."""
+        return self.decoder(z).log_prob(x)
 
     def kl_method(self) -> str:
         """'analytic' if torch.distributions has KL(q || p) for this prior, else 'mc'."""

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The numeric tests (all but notebooks, training and bench) on several numeric paths: torch's thread
 # count, bf16 training of the trained fixtures, the seed of fixtures and probes (tests/conftest.py), and,
-# on x86, the kernels of a CPU without AVX-512 (ATen's and oneDNN's), there also without gen_lib's own C
-# kernels (GEN_LIB_KERNELS=0: torch's operations, as on a machine without a compiler). Every tolerance of the suite is
+# on x86, the kernels of a CPU without AVX-512 (ATen's and oneDNN's). Every tolerance of the suite is
 # derived from the quantity's own error, so every path must pass; the script fails if any fails.
 #
 #   tests/numeric_paths.sh [pytest args...]       PYTHON=... to choose the interpreter (default .venv/bin/python)
@@ -17,7 +16,7 @@ OTHER_CPU=""
 [ "$(uname -m)" = x86_64 ] && OTHER_CPU="ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
 PATHS=(
   "GEN_LIB_TEST_THREADS=1 GEN_LIB_TEST_BF16=1 GEN_LIB_TEST_SEED=1"
-  "GEN_LIB_TEST_THREADS=1 GEN_LIB_TEST_BF16=0 GEN_LIB_TEST_SEED=0 GEN_LIB_KERNELS=0 $OTHER_CPU"
+  "GEN_LIB_TEST_THREADS=1 GEN_LIB_TEST_BF16=0 GEN_LIB_TEST_SEED=0 $OTHER_CPU"
   "GEN_LIB_TEST_THREADS=2 GEN_LIB_TEST_BF16=0 GEN_LIB_TEST_SEED=2"
 )
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/numeric_paths.XXXXXX")
