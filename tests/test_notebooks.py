@@ -71,7 +71,16 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
     assert {"quality_table3", "quality_table2", "ddpm_fid_steps"} <= names
     table2 = (tmp_path / "report" / "tables" / "quality_table2.tex").read_text()
     assert r"draw x $\sim$ p(x|z)" in table2 and r"parameter $\lambda$(z)" in table2 and "[" in table2  # three VAE rows, intervals
-    assert "Likelihood and sample quality of the three models" in text
+    assert "Likelihoods of the three models, exact values beside bounds" in text
+    # Table 3: the five estimates, and the numbers are those of the per-image results the notebook cached
+    import torch
+
+    table3 = (tmp_path / "report" / "tables" / "quality_table3.tex").read_text()
+    for method in ("change of variables", "ODE, Heun", "Ho et al.'s bound", "quadrature", "IWAE"):
+        assert method in table3, method
+    for model, name in (("flow", "flow"), ("ddpm", "ode8"), ("quality_vae", "iwae20")):  # smoke: ode_steps, nll_k
+        (result,) = (tmp_path / "build" / "runs" / model).glob(f"*/table3_{name}_*_b*.pt")
+        assert f"{torch.load(result).double().mean():.3f} $\\pm$" in table3, (result, table3)
     # logs a person can read: one line per epoch, no progress-bar redraws, each notebook's start and end
     log = done.stdout + done.stderr
     assert "it/s]" not in log and "%|" not in log, "tqdm bars were drawn into the log"
@@ -141,7 +150,10 @@ n_boot = 20
 nll_n = 16
 nll_t = 4
 nll_k = 20
-nll_quadrature = 4
+ode_steps = 4
+check_n = 8
+quadrature_grid = 16
+ode_sample_steps = 4
 """
 
 

@@ -1,0 +1,228 @@
+"""Table 3: the three models' likelihoods on one scale, exact values beside bounds, and what they allow us to say.
+
+Every value is bits/dim of the same dequantized 8-bit test images y = (255 x + u)/256 (the same u for
+every model: the same images, `seed` and batches), `gen_lib.flows.bits_per_dim`. Lower is better.
+
+An estimate is *exact* (the flow's change of variables; the VAE's log p(y) by quadrature over its 2-D
+latent; the DDPM's probability-flow ODE, up to the solver's error) or an *upper bound* (the VAE's IWAE
+bound; Ho et al.'s variational bound of the DDPM's ancestral model). The ranking rules a reviewer accepts
+(`order`): with the paired difference d = a − b over the same images and its 95 % interval,
+
+- a is better than b when d's interval lies below 0 and b's value is exact (a's value, exact or an
+  upper bound, is then above a's true value and below b's);
+- a bound above an exact value proves nothing (the bounded model's true value may lie anywhere below):
+  "not resolved", as is any pair whose interval covers 0.
+
+The DDPM's two numbers belong to two densities that share one ε-network: the ODE's is that of
+deterministic DDIM (η = 0) in its continuous limit, the bound that of the ancestral sampler
+(σ_t² = β_t). The VAE's two numbers belong to one density (its draws x ~ p(x|z)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+
+from . import report
+from .data import dequantize, to_signed
+from .diffusion import DDPM, bound_bits_per_dim
+from .flows import bits_per_dim
+from .metrics import mean_ci
+from .vae import VAE, log_likelihood_quadrature
+
+KINDS = ("exact", "bound")
+
+
+@dataclass
+class Estimate:
+    """Per-image bits/dim of one density by one method."""
+
+    density: str  # which model's density, e.g. "flow", "ddpm_ode", "ddpm_ancestral", "vae"
+    name: str  # the text's name of that density, e.g. "the DDPM's probability-flow ODE"
+    kind: str  # "exact" or "bound" (an upper bound on the bits/dim)
+    method: str  # how it was computed, for tables, e.g. "IWAE bound, K = 1,000"
+    values: torch.Tensor  # (N,) bits/dim per image, float64
+    model: str = ""  # the trained network behind it ("ddpm" for both DDPM densities); "" = `density`
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
+        self.values = torch.as_tensor(self.values, dtype=torch.float64).flatten()
+        self.model = self.model or self.density
+
+    def text(self) -> str:
+        """The mean over the images and its standard error, "m $\\pm$ se" (bits/dim, 3 decimals)."""
+        se = self.values.std().item() / math.sqrt(self.values.numel())
+        return f"{self.values.mean().item():.3f} $\\pm$ {se:.3f}"
+
+
+def test_sample(n_test: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of a fixed random sample of `n` of the `n_test` test images (seeded): the images of Table 3."""
+    if not 2 <= n <= n_test:
+        raise ValueError(f"n={n} test images for Table 3: need 2 <= n <= {n_test}")
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def _on_same_y(images: torch.Tensor, seed: int, batch_size: int, score) -> torch.Tensor:
+    """score(y) (b,) for y dequantized batch by batch from a CPU generator seeded by `seed`: the y of
+    `flows.dataset_bits_per_dim` for the same images, seed and batch size."""
+    gen_y = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.cat([score(dequantize(images[i:i + batch_size].float().cpu(), generator=gen_y)).double().cpu()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def ode_bits_per_dim(ddpm: DDPM, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
+                     steps: int | None = None) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` in [0, 1] under the DDPM's probability-flow ODE (`DDPM.ode_nll`,
+    Hutchinson probes from a generator seeded by `seed`), on the same y as `flows.dataset_bits_per_dim`."""
+    dev = ddpm.betas.device
+    gen_v = torch.Generator(device=dev).manual_seed(seed)
+    return _on_same_y(images, seed, batch_size, lambda y: bound_bits_per_dim(
+        ddpm.ode_nll(to_signed(y).to(dev), steps=steps, generator=gen_v), dim=math.prod(ddpm.shape)))
+
+
+@torch.no_grad()
+def quadrature_bits_per_dim(vae: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
+                            n_grid: int = 64) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` under a continuous-Bernoulli VAE with a 2-D latent, from its
+    near-exact log p(y) (`vae.log_likelihood_quadrature` on an `n_grid`² grid), on the flow's y."""
+    dev, dtype = vae._device(), vae._dtype()
+    vae.eval()
+    return _on_same_y(images, seed, batch_size, lambda y: bits_per_dim(
+        log_likelihood_quadrature(vae, y.to(dev, dtype), n_grid=n_grid).double(), dim=y[0].numel()))
+
+
+def paired(a: Estimate, b: Estimate) -> dict[str, float]:
+    """Mean of a − b over the same images, its standard error and 95 % Student-t interval (`metrics.mean_ci`)."""
+    if a.values.shape != b.values.shape:
+        raise ValueError(f"{a.name} and {b.name} were scored on {a.values.numel()} and {b.values.numel()} images; "
+                         "a paired difference needs the same images")
+    return mean_ci(a.values - b.values)
+
+
+def order(a: Estimate, b: Estimate) -> str:
+    """"better" (a's density has the lower bits/dim), "worse", or "unresolved", by the module's rules."""
+    d = paired(a, b)
+    if d["high"] < 0 and b.kind == "exact":
+        return "better"
+    if d["low"] > 0 and a.kind == "exact":
+        return "worse"
+    return "unresolved"
+
+
+def primary(estimates: list[Estimate]) -> dict[str, Estimate]:
+    """Per density, the estimate that ranks it: its exact value where there is one, else its bound."""
+    out: dict[str, Estimate] = {}
+    for e in estimates:
+        if e.density not in out or (e.kind == "exact" and out[e.density].kind != "exact"):
+            out[e.density] = e
+    return out
+
+
+def _diff(d: dict[str, float]) -> str:
+    return report.with_interval(d["mean"], d["low"], d["high"], 3)
+
+
+def pair_sentence(a: Estimate, b: Estimate) -> str:
+    """One clause on the pair, with the numbers that decide it (bits/dim, paired over the same images)."""
+    d, verdict = paired(a, b), order(a, b)
+    what = f"{a.name} minus {b.name}: {_diff(d)} bits/dim"
+    if verdict == "better":
+        return f"{a.name} has the better likelihood ({what})"
+    if verdict == "worse":
+        return f"{b.name} has the better likelihood ({what})"
+    if d["low"] <= 0 <= d["high"]:
+        return f"{a.name} and {b.name} are not resolved ({what}, an interval that covers 0)"
+    above, below = (a, b) if d["low"] > 0 else (b, a)
+    return (f"{above.name} and {below.name} are not ranked ({what}): {above.name}'s value is an upper bound that "
+            f"lies above {below.name}'s, and a bound can only show a model better")
+
+
+def ranking(estimates: list[Estimate]) -> dict[tuple[str, str], str]:
+    """`order` of every pair of densities (by their `primary` estimates), keyed (density a, density b)."""
+    best = primary(estimates)
+    return {(a, b): order(best[a], best[b]) for a, b in combinations(best, 2)}
+
+
+def ranking_text(estimates: list[Estimate]) -> str:
+    """The report's sentence on the likelihood ranking: one clause per pair of densities."""
+    best = primary(estimates)
+    return "; ".join(pair_sentence(best[a], best[b]) for a, b in combinations(best, 2))
+
+
+def gap_text(bound: Estimate, exact: Estimate) -> str:
+    """How far a bound lies above an exact value on the same images, with its interval, in words."""
+    d = paired(bound, exact)
+    if d["low"] > 0:
+        return f"the {bound.method} lies {_diff(d)} bits/dim above the {exact.method}"
+    if d["high"] >= 0:
+        return f"the {bound.method} minus the {exact.method} is {_diff(d)} bits/dim, an interval that covers 0"
+    text = f"the {bound.method} lies {_diff(d)} bits/dim below the {exact.method}"
+    if bound.density == exact.density:  # an upper bound below its own density's exact value
+        text += " (a bound below the exact value: one of the two is in error beyond its standard error)"
+    return text
+
+
+def agreement(estimates: list[Estimate], fid: dict[str, tuple[float, float, float]]) -> str:
+    """Do likelihood and sample quality rank the models alike? `fid` maps a density to its own samples'
+    (bias-corrected FID, low, high); densities without samples are left out. Per pair: agree, disagree,
+    or not resolved (by the likelihood rules, or by FID intervals that overlap)."""
+    agree, disagree, open_ = [], [], []
+    best = primary(estimates)
+    for (a, b), verdict in ranking(estimates).items():
+        if a not in fid or b not in fid:
+            continue
+        names = f"{best[a].name} and {best[b].name}"
+        fa, fb = fid[a], fid[b]
+        if verdict == "unresolved" or not report.separated(fa[1:], fb[1:]):
+            open_.append(names)
+        elif (verdict == "better") == (fa[0] < fb[0]):
+            agree.append(names)
+        else:
+            disagree.append(names)
+    parts = []
+    if agree:
+        parts.append(f"likelihood and FID rank {report.join_words(agree)} alike")
+    if disagree:
+        parts.append(f"they rank {report.join_words(disagree)} in opposite orders")
+    if open_:
+        parts.append(f"for {report.join_words(open_)} one of the two rankings is not resolved at this $N$")
+    return "; ".join(parts) if parts else "no pair of models has both a likelihood and scored samples"
+
+
+def refinement_text(coarse: torch.Tensor, fine: torch.Tensor, what: str, reference_se: float) -> str:
+    """What refining a numerical method (a grid twice as fine) changes, against the standard error over images
+    `reference_se` of the value it serves: "negligible" only when the change's whole interval is within ±se."""
+    d = mean_ci(torch.as_tensor(fine, dtype=torch.float64) - torch.as_tensor(coarse, dtype=torch.float64))
+    worst = (torch.as_tensor(fine) - torch.as_tensor(coarse)).abs().max().item()
+    text = (f"refining {what} changes the mean by {_diff(d)} bits/dim over {d['n']:,} images "
+            f"(at most {worst:.3f} on one image)")
+    if max(abs(d["low"]), abs(d["high"])) <= reference_se:
+        return text + f", within the standard error over images ({reference_se:.3f}): negligible here"
+    return text + (f", more than the standard error over images ({reference_se:.3f}): the value carries this "
+                   "numerical error")
+
+
+def table3_frame(estimates: list[Estimate], reference: str = "flow", fid: dict[str, str] | None = None):
+    """Table 3 as a DataFrame of formatted strings: per estimate its method, bits/dim ± se, the paired difference
+    to the `reference` density's exact value, a bound's excess over its model's exact value, and (from `fid`,
+    density -> text) the sample quality of the density's own samples."""
+    import pandas as pd
+
+    ref = next(e for e in estimates if e.density == reference and e.kind == "exact")
+    exact = {e.model: e for e in estimates if e.kind == "exact"}
+    rows, names = [], []
+    for e in estimates:
+        gap = paired(e, exact[e.model]) if e.kind == "bound" and e.model in exact else None
+        names.append(f"{e.name[0].upper()}{e.name[1:]}")  # a density with an exact value and a bound: two rows
+        rows.append({"likelihood": f"{e.kind}: {e.method}", "bits/dim": e.text(),
+                     f"$-$ {reference} [95 %]": "--" if e is ref else _diff(paired(e, ref)),
+                     "bound $-$ exact [95 %]": _diff(gap) if gap else "--",
+                     "own samples: FID [95 %]": (fid or {}).get(e.density, "--")})
+    frame = pd.DataFrame(rows, index=names)
+    frame.index.name = "density"
+    return frame

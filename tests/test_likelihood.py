@@ -1,0 +1,137 @@
+"""Table 3's rules (gen_lib.likelihood): a bound ranks only when it is lower, every sentence turns with the numbers,
+and the DDPM's ODE bits/dim scores the same y as the flow's."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gen_lib import data, flows
+from gen_lib import likelihood as L
+from gen_lib.diffusion import DDPM
+
+
+def est(density, kind, mean, n=400, spread=0.05, seed=0, name=None):
+    """Per-image values mean + noise (the same noise for one seed: differences of equal seeds are exact)."""
+    g = torch.Generator().manual_seed(seed)
+    values = mean + spread * torch.randn(n, generator=g, dtype=torch.float64)
+    return L.Estimate(density, name or f"the {density}", kind, f"{density} ({kind})", values)
+
+
+def tie(e, kind):
+    """e's values plus ±0.01 alternating: a paired difference of mean exactly 0 and se > 0."""
+    signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(e.values.numel() // 2)
+    return L.Estimate(e.density + "_tie", e.name + " (tie)", kind, e.method, e.values + 0.01 * signs)
+
+
+# a difference of 0.5 bits/dim against noise of se = 0.05 * sqrt(2/400) ~ 0.0035: resolved by 140 se;
+# a tie: a difference of mean 0 exactly, whose interval covers 0 whatever its width
+def test_order_follows_the_rules_for_exact_values_and_bounds():
+    lo_exact, hi_exact = est("a", "exact", 1.0, seed=1), est("b", "exact", 1.5, seed=2)
+    lo_bound, hi_bound = est("a", "bound", 1.0, seed=1), est("b", "bound", 1.5, seed=2)
+    assert L.order(lo_exact, hi_exact) == "better" and L.order(hi_exact, lo_exact) == "worse"
+    assert L.order(lo_bound, hi_exact) == "better"  # a bound below an exact value: the bounded model is better
+    assert L.order(hi_exact, lo_bound) == "worse"
+    assert L.order(hi_bound, lo_exact) == "unresolved"  # a bound above an exact value proves nothing
+    assert L.order(lo_exact, hi_bound) == "unresolved"
+    assert L.order(lo_bound, hi_bound) == "unresolved"  # two bounds never rank
+    tie_a = est("a", "exact", 1.0, seed=3)
+    tie_b = tie(tie_a, "exact")
+    d = L.paired(tie_a, tie_b)
+    assert d["low"] < 0 < d["high"]
+    assert L.order(tie_a, tie_b) == "unresolved"
+
+
+def test_primary_prefers_the_exact_value_and_ranking_covers_every_pair():
+    ests = [est("vae", "bound", 2.0, seed=1), est("vae", "exact", 1.9, seed=1), est("flow", "exact", 1.5, seed=2),
+            est("ddpm", "bound", 3.0, seed=3)]
+    best = L.primary(ests)
+    assert best["vae"].kind == "exact" and best["ddpm"].kind == "bound"
+    r = L.ranking(ests)
+    assert set(r) == {("vae", "flow"), ("vae", "ddpm"), ("flow", "ddpm")}
+    assert r[("vae", "flow")] == "worse" and r[("vae", "ddpm")] == "unresolved" and r[("flow", "ddpm")] == "unresolved"
+
+
+@pytest.mark.parametrize("b_mean, b_kind, phrase", [
+    (1.5, "exact", "the a has the better likelihood"),
+    (0.5, "exact", "the b has the better likelihood"),
+    (None, "exact", "are not resolved"),
+    (0.5, "bound", "the b has the better likelihood"),  # a bound below an exact value ranks
+    (1.5, "bound", "are not ranked"),  # a bound above an exact value does not
+])
+def test_pair_sentence_turns_with_the_numbers(b_mean, b_kind, phrase):
+    a = est("a", "exact", 1.0, seed=5)
+    b = tie(a, b_kind) if b_mean is None else est("b", b_kind, b_mean, seed=6)
+    text = L.pair_sentence(a, b)
+    assert phrase in text, text
+    assert "bits/dim" in text  # the numbers that decide it are in the sentence
+
+
+def test_gap_text_says_above_below_or_not_resolved():
+    exact = est("vae", "exact", 2.0, seed=1)
+    assert " above " in L.gap_text(est("vae", "bound", 2.1, seed=1), exact)
+    below = L.gap_text(est("vae", "bound", 1.9, seed=1), exact)
+    assert " below " in below and "in error" in below
+    assert "covers 0" in L.gap_text(tie(exact, "bound"), exact)
+    other = L.Estimate("ddpm_ancestral", "the ancestral model", "bound", "bound", exact.values - 0.1, model="vae")
+    assert " below " in L.gap_text(other, exact) and "in error" not in L.gap_text(other, exact)  # two densities
+
+
+def test_agreement_turns_with_the_fid_intervals():
+    ests = [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 2.0, seed=2)]
+    # flow has the better likelihood; FID says flow better (agree), worse (disagree) or overlapping (not resolved)
+    assert "alike" in L.agreement(ests, {"flow": (1.0, 0.9, 1.1), "vae": (5.0, 4.5, 5.5)})
+    assert "opposite" in L.agreement(ests, {"flow": (5.0, 4.5, 5.5), "vae": (1.0, 0.9, 1.1)})
+    assert "not resolved" in L.agreement(ests, {"flow": (1.0, 0.5, 2.0), "vae": (1.5, 1.2, 2.5)})
+    assert "no pair" in L.agreement(ests, {"flow": (1.0, 0.9, 1.1)})  # the VAE's samples not scored
+    # a likelihood order that is not resolved (a bound above an exact value) leaves the pair open
+    ests_bound = [est("flow", "exact", 1.0, seed=1), est("vae", "bound", 2.0, seed=2)]
+    assert "not resolved" in L.agreement(ests_bound, {"flow": (1.0, 0.9, 1.1), "vae": (5.0, 4.5, 5.5)})
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="kind"):
+        L.Estimate("a", "a", "approximate", "m", torch.zeros(3))
+    with pytest.raises(ValueError, match="same images"):
+        L.paired(est("a", "exact", 1.0, n=10), est("b", "exact", 1.0, n=11))
+    with pytest.raises(ValueError, match="n=1 "):
+        L.test_sample(100, 1, seed=0)
+    with pytest.raises(ValueError, match="n=101 "):
+        L.test_sample(100, 101, seed=0)
+
+
+def test_test_sample_is_a_fixed_random_subset():
+    idx = L.test_sample(10_000, 500, seed=3)
+    assert len(idx) == len(set(idx.tolist())) == 500 and 0 <= idx.min() and idx.max() < 10_000
+    assert torch.equal(idx, L.test_sample(10_000, 500, seed=3))
+    assert idx[:100].float().mean() > 1000  # not the first images of the test set (their mean index would be ~50)
+
+
+class Zero(nn.Module):
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+def test_ode_bits_per_dim_of_a_zero_network_is_the_terminal_gaussian_on_the_flows_y():
+    """ε ≡ 0: the ODE does not move x̄ = x0 and has no divergence, so −log p(x0) = −log N(√ᾱ_T x0; 0, I) − D/2 log ᾱ_T
+    in closed form; y must be the flow's dequantized images (same seed and batches)."""
+    ddpm = DDPM(Zero(), T=50, beta_start=1e-3, beta_end=0.2, shape=(1, 28, 28)).double()
+    images = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(0)).mul(255).round().div(255)
+    got = L.ode_bits_per_dim(ddpm, images, seed=4, batch_size=3, steps=10)
+    gen = torch.Generator().manual_seed(4)
+    y = torch.cat([data.dequantize(images[i:i + 3], generator=gen) for i in range(0, 7, 3)]).double()
+    x0, a_T, D = 2 * y - 1, ddpm.alphas_cumprod[-1].item(), 784
+    nll = (0.5 * (a_T * x0.flatten(1) ** 2).sum(1) + 0.5 * D * math.log(2 * math.pi) - 0.5 * D * math.log(a_T))
+    log_py = -(nll - D * math.log(2.0))  # the Jacobian of y -> x0 = 2y - 1
+    torch.testing.assert_close(got, flows.bits_per_dim(log_py, dim=D), rtol=1e-10, atol=1e-10)
+
+
+def test_table3_has_a_row_per_estimate_with_the_paired_columns():
+    ests = [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 1.5, seed=2), est("vae", "bound", 1.6, seed=2)]
+    frame = L.table3_frame(ests, fid={"flow": "3.0 [2.0, 4.0]"})
+    assert list(frame.index) == ["The flow", "The vae", "The vae"] and len(frame.columns) == 5
+    assert frame.iloc[0, 2] == "--" and frame.iloc[0, 4] == "3.0 [2.0, 4.0]"
+    d = L.paired(ests[2], ests[1])  # the bound's excess over its own exact value
+    assert frame.iloc[2, 3].startswith(f"{d['mean']:.3f}") and frame.iloc[1, 3] == "--"
+    assert frame.iloc[1, 1] == ests[1].text()
