@@ -25,7 +25,8 @@ With S < T steps the ancestral sampler runs on the same sub-sequence with the re
 
 Likelihood (`DDPM.nll_bound`): the variational bound of Ho et al., Eq. 5, on −log p_θ(x_0) with
 σ_t² = β_t and a Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's
-bits/dim scale of the dequantized 8-bit data.
+bits/dim scale of the dequantized 8-bit data. `DDPM.ode_nll`: the exact −log density of the same ε-network's
+probability-flow ODE (deterministic DDIM in its continuous limit), up to the ODE solver's error.
 
 Samplers are step functions `step(x_t, eps, t, t_prev, schedule, noise, **options) -> x_prev` (the
 shape of diffusers' `Scheduler.step`, with the standard-normal `noise` passed in like its
@@ -379,6 +380,98 @@ class DDPM(nn.Module):
         finally:
             self.network.train(was_training)
         return total.to(x0.device)
+
+    @torch.no_grad()
+    def ode_nll(self, x0: torch.Tensor, steps: int | None = None, exact_trace: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """−log p_θ(x0) per example (B,), in nats, float64, of continuous x0 in [-1, 1] under the probability-flow ODE
+        of ε_θ (Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Sec. 4.3, App. D.2): DDIM
+        (η = 0) in its continuous limit. With x̄ = x/√ᾱ, σ̄ = √((1 − ᾱ)/ᾱ) (x̄ = x0 at σ̄ = 0, where ᾱ := 1):
+
+            dx̄/dσ̄ = f(x̄, σ̄) = ε_θ(√ᾱ x̄, t),
+            log p_θ(x0) = log N(√ᾱ_T x̄_T; 0, I) + D/2 log ᾱ_T + ∫_0^{σ̄_T} div_x̄ f dσ̄
+
+        (the instantaneous change of variables: FFJORD, Grathwohl et al., ICLR 2019), ᾱ_T = ᾱ_{T−1}, div_x̄ f =
+        √ᾱ div_x ε_θ. Heun's method (trapezoid, 2nd order) on (x̄, ∫div) from level to level of the `steps` evenly
+        spaced t_1 < ... < t_S = T − 1 of `sampling_timesteps`, ε_θ evaluated at those integer t only. No level
+        lies at σ̄ = 0: there f := 0, the limit of ε = −σ̄ ∇_x̄ log p_σ̄(x̄) for a finite score, and the first
+        segment is the trapezoid x̄_1 = x0 + σ̄_1/2 f(x̄_1, σ̄_1), two fixed-point iterations from x0 (DDIM's last
+        step, Euler with weight σ̄_1, is 1st order: on Gaussian data of std s it adds ≈ σ̄_1²/(2s²) nats/dim).
+        2S network evaluations, 2S − 1 of them with a vector-Jacobian product (the default U-Net on 28×28 images,
+        float32, 2 CPU threads, batch 100: ≈ 5 ms per image per step, 0.5 s per image at S = 100).
+
+        The divergence is Hutchinson's v^T (∂f/∂x̄) v with Rademacher probes v (never more variance than Gaussian
+        ones), drawn once per example from `generator` and held fixed along the path: unbiased, its noise part of
+        each example's value (report the standard error over examples). `exact_trace=True` takes the trace, D
+        vector-Jacobian products per evaluation (small shapes, tests).
+        `steps=None` is min(100, T): on 16 Gaussian pixels of std 0.05-0.2 with the exact ε (tests/test_ode_nll.py)
+        the mean error is 0.005 nats/dim at S = 100, 0.0016 at 200, 0.0002 at T = 1000 (≈ S⁻²); sharper data need
+        more steps: check a value against 2S steps. The state is float64; the network sees its input in its
+        parameters' dtype (x0's without any), in eval mode (restored after), and no parameter gets a .grad.
+        """
+        self._check_x0(x0)
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= self.T):
+            raise ValueError(f"steps={steps!r} must be None (min(100, T)) or an integer in [1, T={self.T}]")
+        if not isinstance(exact_trace, bool):
+            raise ValueError(f"exact_trace={exact_trace!r} must be True or False")
+        dev, B = self.betas.device, x0.shape[0]
+        dtype = next((p.dtype for p in self.network.parameters()), x0.dtype)
+        ts = sampling_timesteps(self.T, min(100, self.T) if steps is None else steps).flip(0).tolist()  # increasing
+        abar = self.alphas_cumprod[ts].tolist()  # float64 values, read once
+        sig = [((1.0 - a) / a) ** 0.5 for a in abar]  # σ̄ at the levels, increasing
+        x = x0.to(dev, torch.float64)  # x̄ = x0 at σ̄ = 0
+        probe = None if exact_trace else \
+            torch.randint(0, 2, x.shape, generator=generator, device=dev).to(torch.float64).mul_(2).sub_(1)
+        integral = x.new_zeros(B)  # ∫ div_x̄ f dσ̄
+
+        def drift(xbar: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._ode_drift(xbar, ts[i], abar[i], dtype, probe)
+
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            # [0, σ̄_1]: the trapezoid x̄_1 = x0 + σ̄_1/2 (f(x0, 0) + f(x̄_1, σ̄_1)) with f(·, 0) = 0, two
+            # fixed-point iterations from x0 (the divergence at the second, the nearer to x̄_1)
+            f = self._ode_drift(x, ts[0], abar[0], dtype, probe, divergence=False)[0]
+            f, div = drift(x + 0.5 * sig[0] * f, 0)
+            x, integral = x + 0.5 * sig[0] * f, integral + 0.5 * sig[0] * div
+            for i in range(1, len(ts)):  # Heun from σ̄_{i−1} to σ̄_i
+                h = sig[i] - sig[i - 1]
+                f1, div1 = drift(x, i - 1)
+                f2, div2 = drift(x + h * f1, i)
+                x, integral = x + 0.5 * h * (f1 + f2), integral + 0.5 * h * (div1 + div2)
+        finally:
+            self.network.train(was_training)
+        D, a_T = x[0].numel(), abar[-1]
+        log_p_T = (-0.5 * a_T * x.flatten(1).pow(2).sum(1) - 0.5 * D * math.log(2 * math.pi)
+                   + 0.5 * D * math.log(a_T))  # log N(√ᾱ_T x̄_T; 0, I) + D/2 log ᾱ_T
+        return -(log_p_T + integral).to(x0.device)
+
+    def _ode_drift(self, xbar: torch.Tensor, t: int, abar: float, dtype: torch.dtype, probe: torch.Tensor | None,
+                   divergence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """f = ε_θ(√ᾱ x̄, t) (B, *shape) and div_x̄ f (B,), both float64 and detached: v^T (∂f/∂x̄) v for the
+        probes v, or the exact trace when `probe` is None; None without `divergence`. Only x̄ requires a gradient."""
+        t_b = torch.full((xbar.shape[0],), t, device=xbar.device, dtype=torch.long)
+        if not divergence:
+            with torch.no_grad():
+                return self.network((abar ** 0.5 * xbar).to(dtype), t_b).to(torch.float64), None
+        with torch.enable_grad():
+            xbar = xbar.detach().requires_grad_(True)
+            f = self.network((abar ** 0.5 * xbar).to(dtype), t_b).to(torch.float64)
+            div = xbar.new_zeros(xbar.shape[0])
+            if not f.requires_grad:  # the network ignores its input: no divergence
+                return f.detach(), div
+            if probe is not None:
+                (vjp,) = torch.autograd.grad(f, xbar, grad_outputs=probe, allow_unused=True)
+                if vjp is not None:
+                    div = (vjp * probe).flatten(1).sum(1)
+                return f.detach(), div
+            flat, D = f.flatten(1), f[0].numel()
+            for d in range(D):  # ∂f_d/∂x̄_d of every example, one dimension at a time
+                (row,) = torch.autograd.grad(flat[:, d].sum(), xbar, retain_graph=d + 1 < D, allow_unused=True)
+                if row is not None:
+                    div = div + row.flatten(1)[:, d]
+            return f.detach(), div.detach()
 
 
 def bound_bits_per_dim(nll_x0: torch.Tensor, dim: int = 784, n_bins: int = 256) -> torch.Tensor:
