@@ -135,3 +135,21 @@ def test_table3_has_a_row_per_estimate_with_the_paired_columns():
     d = L.paired(ests[2], ests[1])  # the bound's excess over its own exact value
     assert frame.iloc[2, 3].startswith(f"{d['mean']:.3f}") and frame.iloc[1, 3] == "--"
     assert frame.iloc[1, 1] == ests[1].text()
+
+
+def test_numerical_error_widens_the_comparison_until_it_is_not_resolved():
+    """The ODE's or the quadrature's grid error enters every comparison: a difference of 0.5 bits/dim ranks with
+    no numerical error, and is not resolved once the two estimates' error bounds add up to more than it."""
+    a, b = est("a", "exact", 1.0, seed=1), est("b", "exact", 1.5, seed=2)
+    assert L.order(a, b) == "better"
+    a.numerical = b.numerical = 0.3
+    assert L.order(a, b) == "unresolved"
+    assert "widened by 0.600" in L.pair_sentence(a, b) and "not resolved" in L.pair_sentence(a, b)
+
+
+def test_refinement_bounds_the_change_of_a_finer_grid():
+    coarse = torch.linspace(1.0, 2.0, 50, dtype=torch.float64)
+    r = L.refinement(coarse, coarse + 0.01 + 0.001 * torch.randn(50, generator=torch.Generator().manual_seed(0),
+                                                                  dtype=torch.float64))
+    assert r["low"] < 0.01 < r["high"] and r["bound"] == max(abs(r["low"]), r["high"]) and r["n"] == 50
+    assert "widened by" in L.refinement_text(r, "the grid")

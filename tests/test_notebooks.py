@@ -78,7 +78,8 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
     table3 = (tmp_path / "report" / "tables" / "quality_table3.tex").read_text()
     for method in ("change of variables", "ODE, Heun", "Ho et al.'s bound", "quadrature", "IWAE"):
         assert method in table3, method
-    for model, name in (("flow", "flow"), ("ddpm", "ode8"), ("quality_vae", "iwae20")):  # smoke: ode_steps, nll_k
+    for model, name in (("flow", "flow"), ("ddpm", "ode8"), ("ddpm", "bound4"), ("quality_vae", "quad16"),
+                        ("quality_vae", "iwae20")):  # the smoke profile's ode_steps, nll_t, quadrature_grid, nll_k
         (result,) = (tmp_path / "build" / "runs" / model).glob(f"*/table3_{name}_*_b*.pt")
         assert f"{torch.load(result).double().mean():.3f} $\\pm$" in table3, (result, table3)
     # logs a person can read: one line per epoch, no progress-bar redraws, each notebook's start and end
