@@ -65,8 +65,9 @@ def sections() -> tuple[str, ...]:
     return tuple(_load()["default"])
 
 
-def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
-    """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides.
+def resolve(section: str, profile: str, *, settle: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides; `settle=False`
+    leaves "auto" precisions unresolved (no timing: for sizes and counts, not for training).
 
     Raises ValueError naming an unknown profile, section or parameter and the valid ones.
     """
@@ -84,7 +85,7 @@ def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
     if params.get("dataset", "mnist") not in data.INFO:
         raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(data.INFO)}")
     precision.check(section, params)
-    return precision.settle(section, params)  # "auto" precisions: this machine's measured choice
+    return precision.settle(section, params) if settle else params  # "auto": this machine's measured choice
 
 
 def make(cls: type, params: dict[str, Any]):

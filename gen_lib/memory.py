@@ -64,8 +64,8 @@ def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> di
     from . import classifier, config, data, diffusion
 
     overrides = overrides or {}
-    ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))
-    quality = config.resolve("quality", profile, **overrides.get("quality", {}))
+    ddpm_cfg = config.resolve("ddpm", profile, settle=False, **overrides.get("ddpm", {}))  # sizes: no timing
+    quality = config.resolve("quality", profile, settle=False, **overrides.get("quality", {}))
     info = data.info(ddpm_cfg["dataset"])
     ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, ddpm_cfg), shape=info.shape)
     x = torch.zeros(2, *info.shape)

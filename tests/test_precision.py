@@ -105,3 +105,11 @@ def test_paired_fractions_use_the_ceiling_replayed_around_each_loop():
     assert got["a"]["fraction"] == pytest.approx([(c[0] + c[1]) / 2 / 2.0, (c[2] + c[3]) / 2 / 2.0])
     assert got["b"]["fraction"] == pytest.approx([(c[1] + c[2]) / 2 / 4.0, (c[3] + c[4]) / 2 / 4.0])
     assert ceiling.spread([0.5, 0.4, 0.6]) == "50% (40%-60%)"
+
+
+def test_a_setting_far_slower_at_its_first_step_is_not_timed_further(tmp_build, fake_times):
+    """bf16 emulated on a CPU without bf16 units runs 10-25x slower: one step says so, the full timing is skipped."""
+    fake_times["ms"] = {"fp32": 10.0, "bf16": 10.0 * precision.SLOW * 1.5}
+    entry = precision.choose("vae", {"batch_size": 16}, log=lambda s: None)
+    assert entry["bf16"] is False and entry["ms"]["bf16"] == fake_times["ms"]["bf16"]
+    assert fake_times["calls"] == 2 * 1 + 1  # fp32 twice (two rounds), bf16 once
