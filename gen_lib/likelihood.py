@@ -34,6 +34,7 @@ from .metrics import mean_ci
 from .vae import VAE, log_likelihood_quadrature
 
 KINDS = ("exact", "bound")
+QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call: 64 images at 64x64, ~2 GB of activations
 VERSION = 2  # of the estimators: part of the cached results' names, so that a changed method recomputes them
 
 
@@ -94,8 +95,9 @@ def quadrature_bits_per_dim(vae: VAE, images: torch.Tensor, seed: int = 0, batch
     near-exact log p(y) (`vae.log_likelihood_quadrature` on an `n_grid`² grid), on the flow's y."""
     dev, dtype = vae._device(), vae._dtype()
     vae.eval()
+    per_call = max(1, QUADRATURE_ROWS // n_grid ** 2)  # images per grid evaluation: bounded memory at any n_grid
     return _on_same_y(images, seed, batch_size, lambda y: bits_per_dim(
-        log_likelihood_quadrature(vae, y.to(dev, dtype), n_grid=n_grid).double(), dim=y[0].numel()))
+        log_likelihood_quadrature(vae, y.to(dev, dtype), n_grid=n_grid, batch=per_call).double(), dim=y[0].numel()))
 
 
 def paired(a: Estimate, b: Estimate) -> dict[str, float]:
