@@ -135,15 +135,20 @@ def primary(estimates: list[Estimate]) -> dict[str, Estimate]:
     return out
 
 
+def _cell(d: dict[str, float]) -> str:
+    return report.with_interval(d["mean"], d["low"], d["high"], 3)
+
+
 def _diff(d: dict[str, float]) -> str:
-    text = report.with_interval(d["mean"], d["low"], d["high"], 3)
-    return text + (f", widened by {d['slack']:.3f} for numerical error" if d.get("slack") else "")
+    text = report.with_interval(d["mean"], d["low"], d["high"], 3) + " bits/dim"
+    return text + (f" (the interval widened by {d['slack']:.3f} for numerical error)" if d.get("slack", 0) >= 5e-4
+                   else "")
 
 
 def pair_sentence(a: Estimate, b: Estimate) -> str:
     """One clause on the pair, with the numbers that decide it (bits/dim, paired over the same images)."""
     d, verdict = _interval(a, b), order(a, b)
-    what = f"{a.name} minus {b.name}: {_diff(d)} bits/dim"
+    what = f"{a.name} minus {b.name}: {_diff(d)}"
     if verdict == "better":
         return f"{a.name} has the better likelihood ({what})"
     if verdict == "worse":
@@ -172,10 +177,10 @@ def gap_text(bound: Estimate, exact: Estimate) -> str:
     d = _interval(bound, exact)
     b, e = f"{bound.name}'s bound ({bound.method})", f"{exact.name}'s exact value ({exact.method})"
     if d["low"] > 0:
-        return f"{b} lies {_diff(d)} bits/dim above {e}"
+        return f"{b} lies {_diff(d)} above {e}"
     if d["high"] >= 0:
-        return f"{b} minus {e} is {_diff(d)} bits/dim, an interval that covers 0"
-    text = f"{b} lies {_diff(d)} bits/dim below {e}"
+        return f"{b} minus {e} is {_diff(d)}, an interval that covers 0"
+    text = f"{b} lies {_diff(d)} below {e}"
     if bound.density == exact.density:  # an upper bound below its own density's exact value
         text += " (a bound below the exact value: one of the two is in error beyond its standard error)"
     return text
@@ -237,8 +242,8 @@ def table3_frame(estimates: list[Estimate], reference: str = "flow", fid: dict[s
         gap = paired(e, exact[e.model]) if e.kind == "bound" and e.model in exact else None
         names.append(f"{e.name[0].upper()}{e.name[1:]}")  # a density with an exact value and a bound: two rows
         rows.append({"likelihood": f"{e.kind}: {e.method}", "bits/dim": e.text(),
-                     f"$-$ {reference} [95 %]": "--" if e is ref else _diff(paired(e, ref)),
-                     "bound $-$ exact [95 %]": _diff(gap) if gap else "--",
+                     f"$-$ {reference} [95 %]": "--" if e is ref else _cell(paired(e, ref)),
+                     "bound $-$ exact [95 %]": _cell(gap) if gap else "--",
                      "own samples: FID [95 %]": (fid or {}).get(e.density, "--")})
     frame = pd.DataFrame(rows, index=names)
     frame.index.name = "density"
