@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from . import data  # the dataset registry, data.INFO
-from . import precision
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
+AUTO = "auto"
+# the parameters that may be "auto" (settled at training time by `precision.settle`), per section, and the model
+# whose timing decides each
+PRECISION_KEYS: dict[str, dict[str, str]] = {
+    "priors": {"bf16": "vae"},
+    "quality": {"vae_bf16": "vae"},
+    "flow": {"bf16": "flow"},
+    "ddpm": {"bf16": "unet", "channels_last": "unet"},
+}
 
 
 def _read(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -65,9 +73,9 @@ def sections() -> tuple[str, ...]:
     return tuple(_load()["default"])
 
 
-def resolve(section: str, profile: str, *, settle: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides; `settle=False`
-    leaves "auto" precisions unresolved (no timing: for sizes and counts, not for training).
+def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
+    """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides. Nothing runs:
+    an "auto" precision stays "auto" until a training recipe settles it (`precision.settle`).
 
     Raises ValueError naming an unknown profile, section or parameter and the valid ones.
     """
@@ -84,8 +92,10 @@ def resolve(section: str, profile: str, *, settle: bool = True, **overrides: Any
     params.update({k: v for k, v in overrides.items() if v is not None})
     if params.get("dataset", "mnist") not in data.INFO:
         raise ValueError(f"dataset={params['dataset']!r} is unknown; choose one of {', '.join(data.INFO)}")
-    precision.check(section, params)
-    return precision.settle(section, params) if settle else params  # "auto": this machine's measured choice
+    for k in PRECISION_KEYS.get(section, {}):
+        if k in params and not (isinstance(params[k], bool) or params[k] == AUTO):
+            raise ValueError(f"{k}={params[k]!r} in [{section}]: choose true, false or \"auto\"")
+    return params
 
 
 def make(cls: type, params: dict[str, Any]):

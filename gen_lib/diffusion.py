@@ -329,7 +329,7 @@ class DDPM(nn.Module):
 
         Each expectation over q(x_t | x0) is one draw x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε per term, so the
         result is an unbiased, noisy estimate of the bound; average over examples and report the
-        standard error (`gen_lib.metrics.mean_ci`). `n_t=None` sums all T terms (T network calls per
+        standard error (`gen_lib.stats.mean_ci`). `n_t=None` sums all T terms (T network calls per
         example, batched over t); `n_t=S` replaces Σ_{t=2..T} L_{t−1} by a stratified
         estimate: one t drawn uniformly in each of S strata of 2..T whose widths grow geometrically
         (the terms fall off like 1/t; the first strata are single steps), weighted by the stratum's
@@ -531,7 +531,7 @@ class DDPMConfig:
     epochs: int = 100  # passes over the training images
     batch_size: int = 128
     lr: float = 2e-4  # Adam, constant (Ho et al. used 2e-4 on CIFAR-10)
-    train_subset: int = 0  # first N training images, 0 = all 60,000
+    train_subset: int = 0  # first N training images, 0 = all 50,000 of the "fit" split
     base_channels: int = 32  # U-Net width c0 of the 32×32 level
     channel_mults: str = "1,2,2,4"  # widths of the four levels, c0 · mult
     n_res: int = 2  # residual blocks per level and side

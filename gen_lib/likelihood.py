@@ -30,7 +30,7 @@ from . import report
 from .data import dequantize, to_signed
 from .diffusion import DDPM, bound_bits_per_dim
 from .flows import bits_per_dim
-from .metrics import mean_ci
+from .stats import mean_ci
 from .vae import VAE, log_likelihood_quadrature
 
 KINDS = ("exact", "bound")
@@ -101,7 +101,7 @@ def quadrature_bits_per_dim(vae: VAE, images: torch.Tensor, seed: int = 0, batch
 
 
 def paired(a: Estimate, b: Estimate) -> dict[str, float]:
-    """Mean of a − b over the same images, its standard error and 95 % Student-t interval (`metrics.mean_ci`)."""
+    """Mean of a − b over the same images, its standard error and 95 % Student-t interval (`stats.mean_ci`)."""
     if a.values.shape != b.values.shape:
         raise ValueError(f"{a.name} and {b.name} were scored on {a.values.numel()} and {b.values.numel()} images; "
                          "a paired difference needs the same images")

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..vae import IWAE_CHUNK  # decoder evaluations per chunk in `vae.evaluate` (K_c * B <= IWAE_CHUNK)
+
 CPU_BUDGET = 8 * 2**30
 GPU_BUDGET = 40 * 2**30
-IWAE_CHUNK = 2**16  # decoder evaluations per chunk in `vae.evaluate` (K_c * B <= IWAE_CHUNK)
 FEATURE_BATCH = 1000  # images per batch of `metrics.extract`
 PAIRWISE_CHUNK = 1024  # rows per chunk of the pairwise distances (precision/recall, nearest neighbours)
 
@@ -64,8 +65,8 @@ def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> di
     from . import classifier, config, data, diffusion
 
     overrides = overrides or {}
-    ddpm_cfg = config.resolve("ddpm", profile, settle=False, **overrides.get("ddpm", {}))  # sizes: no timing
-    quality = config.resolve("quality", profile, settle=False, **overrides.get("quality", {}))
+    ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))  # sizes: no timing
+    quality = config.resolve("quality", profile, **overrides.get("quality", {}))
     info = data.info(ddpm_cfg["dataset"])
     ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, ddpm_cfg), shape=info.shape)
     x = torch.zeros(2, *info.shape)

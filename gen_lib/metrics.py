@@ -44,6 +44,8 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from .stats import mean_ci  # noqa: F401  (users find it here beside the quality metrics)
+
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
 
@@ -338,26 +340,6 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
 INTERVALS = ("basic", "percentile")
 QUALITY_METRICS = ("fid", "kid", "precision", "recall")
 _RANGE = {"fid": (0.0, math.inf), "kid": (-math.inf, math.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
-
-
-def mean_ci(values: torch.Tensor, level: float = 0.95) -> dict[str, float]:
-    """Mean of per-example values (N,) (e.g. bits/dim per test image) with its standard error and
-    the Student-t interval mean ± t_{(1+level)/2, N−1} · se, se = std / √N.
-
-    Returns {"mean", "se", "low", "high", "n"}. For two models scored on the same examples,
-    pass the per-example difference: the paired interval is much narrower than either one.
-    """
-    from scipy.stats import t as student_t
-
-    v = torch.as_tensor(values).detach().double().flatten().cpu()
-    if v.numel() < 2:
-        raise ValueError(f"mean_ci needs at least 2 values; got {v.numel()}")
-    if not torch.isfinite(v).all():
-        raise ValueError("values contain NaN or inf")
-    _check_level(level)
-    mean, se = v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
-    half = float(student_t.ppf((1 + level) / 2, v.numel() - 1)) * se
-    return {"mean": mean, "se": se, "low": mean - half, "high": mean + half, "n": v.numel()}
 
 
 def _check_level(level: float) -> None:

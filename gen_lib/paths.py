@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
+NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")  # the study, in the order they run
+SOURCE_NOTEBOOKS = ROOT / "notebooks"
 
 
 def _dir(env: str, default: Path) -> Path:

@@ -3,7 +3,7 @@
 bf16 autocast is 1.5-2x faster than float32 for the study's models on a CPU with fast bf16 matrix
 units (an AMD EPYC with AVX-512-bf16: bf16 GEMMs 3.7x faster than float32) and slower on one without
 (an Intel Xeon with AVX-512-bf16 but no AMX: every model 0.70-0.86x). So a profile says `bf16 = "auto"`
-(and `channels_last = "auto"` for the U-Net), and `config.resolve` asks `choose`, which times a few
+(and `channels_last = "auto"` for the U-Net), and the training recipes ask `choose` (through `settle`), which times a few
 training steps of the configured model in each setting on this machine and keeps the fastest: bf16 only
 when it is at least `MARGIN` faster than float32 (float32 is the safer numeric path), channels_last only
 when it is at least `MARGIN` faster than without. The decision is cached in `build/precision.json` under
@@ -25,24 +25,16 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import paths
+from . import config, paths
+from .system import hardware
 
 MARGIN = 1.10  # a faster setting must win by at least 10 %: within noise, the simpler one (float32, no channels_last)
-AUTO = "auto"
 SLOW = 2.0  # a setting whose first timed step takes more than SLOW x float32's is dropped from the measurement
-# the parameters that may be "auto", per section, and the model each decides for
-KEYS: dict[str, dict[str, str]] = {
-    "priors": {"bf16": "vae"},
-    "quality": {"vae_bf16": "vae"},
-    "flow": {"bf16": "flow"},
-    "ddpm": {"bf16": "unet", "channels_last": "unet"},
-}
+AUTO, KEYS = config.AUTO, config.PRECISION_KEYS
 
 
 def machine() -> dict[str, Any]:
     """What decides the speed of a precision: CPU model and its bf16/AMX flags, GPU, threads, torch."""
-    from .report import hardware
-
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -132,7 +124,6 @@ def _candidate(kind: str, cfg: Mapping[str, Any], device: torch.device):
                 lambda: build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
                                          actnorm=cfg["actnorm"]), batch, lambda m, x: m.loss(x), 3)
     if kind == "unet":
-        from . import config
         from .diffusion import DDPMConfig, build_ddpm
 
         b = int(cfg["batch_size"])
@@ -225,16 +216,7 @@ def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = pr
     return params
 
 
-def check(section: str, params: Mapping[str, Any]) -> None:
-    """A clear error for a precision parameter that is not true, false or "auto"."""
-    for k in KEYS.get(section, {}):
-        if k in params and not (isinstance(params[k], bool) or params[k] == AUTO):
-            raise ValueError(f"{k}={params[k]!r} in [{section}]: choose true, false or \"auto\"")
-
-
 if __name__ == "__main__":
-    from . import config
-
     for section, keys in KEYS.items():
-        cfg = config.resolve(section, "default", **{k: AUTO for k in keys})
+        cfg = settle(section, config.resolve(section, "default", **{k: AUTO for k in keys}))
         print(f"[{section}] {cfg['precision']}")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from . import cache, config, data, priors, training
+from . import cache, config, data, precision, priors, training
 from .diffusion import DDPMConfig
 
 # What decides the weights of each section's runs (epochs left out: see the module's note).
@@ -49,16 +49,26 @@ EPOCHS: dict[str, tuple[str, ...]] = {  # the parameters left out of the identit
 }
 _PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}
 # What a section's runs always do, recorded in their identity (a change of it moves the run folder).
-FIXED: dict[str, dict[str, Any]] = {
-    "quality_vae": {"train_data": "dequantized (255 x + u) / 256, u ~ U(0, 1), drawn afresh each epoch"},
-}
+_FIT = {"train_images": f"the 'fit' split: the training split less its last {data.HELD_OUT} images"}
+FIXED: dict[str, dict[str, Any]] = {section: dict(_FIT) for section in IDENTITY}
+FIXED["quality_vae"]["train_data"] = "dequantized (255 x + u) / 256, u ~ U(0, 1), drawn afresh each epoch"
+
+
+_CONFIG_SECTION = {"priors": "priors", "quality_vae": "quality", "flow": "flow", "ddpm": "ddpm"}  # with precisions
+
+
+def settled(section: str, cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`cfg` with its "auto" precisions replaced by this machine's measured choice (`precision.settle`,
+    cached per machine) and `precision` saying which: the configuration a run of `section` trains with."""
+    if section not in IDENTITY:
+        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(IDENTITY)}")
+    return precision.settle(_CONFIG_SECTION[section], dict(cfg), log=log) if section in _CONFIG_SECTION else dict(cfg)
 
 
 def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity of a run of `section` under the resolved configuration `cfg`: the values of
-    `IDENTITY[section]`, and for a VAE its prior's size parameters (`<prior>_<param>`). Epochs are left out."""
-    if section not in IDENTITY:
-        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(IDENTITY)}")
+    """The identity of a run of `section` under the resolved configuration `cfg` (settled first): the values
+    of `IDENTITY[section]`, and for a VAE its prior's size parameters (`<prior>_<param>`). Epochs are left out."""
+    cfg = settled(section, cfg)
     missing = [k for k in IDENTITY[section] if k not in cfg]
     if missing:
         raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
@@ -82,6 +92,7 @@ class Trained:
     model: nn.Module
     result: training.TrainResult  # history (one dict per epoch), status, seconds, ema
     folder: Path  # build/runs/<section>/<hash>/: the checkpoint and every cached result of this model
+    config: dict[str, Any]  # the configuration it trained with, precisions settled (`precision` says which)
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -138,6 +149,7 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
     from . import vae
 
     seeds = [int(s) for s in seeds]
+    cfg = settled("priors", cfg, log)
     if not cfg["stack_seeds"] or len(seeds) < 2:
         return [train_vae(cfg, train_x, prior=prior, seed=s, eval_x=eval_x, device=device, progress=progress, log=log)
                 for s in seeds]
@@ -162,7 +174,7 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
         loss_fn=_elbo_per_example, noise_shape=(models[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
         eval_fn=_vae_eval_fn(eval_x) if eval_x is not None else None, device=device, bf16=cfg["bf16"],
         progress=progress, desc=prior, log=log)
-    return [Trained(m, r, f) for m, r, f in zip(models, results, folders)]
+    return [Trained(m, r, f, {**cfg, "prior": prior, "seed": s}) for m, r, f, s in zip(models, results, folders, seeds)]
 
 
 def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
@@ -185,6 +197,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
         raise ValueError(f"section={section!r}: a VAE trains for one of {', '.join(_VAE)}")
     keys = _VAE[section]
     cfg = {**cfg, **({keys.prior: prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
+    cfg = settled(section, cfg, log)
     name, seed = cfg[keys.prior], cfg["seed"]
     key = run_key(section, cfg)
     folder = cache.run_dir(section, key)
@@ -204,7 +217,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
                           batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key, bf16=cfg[keys.bf16],
                           checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
                           desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)
-    return Trained(model, result, folder)
+    return Trained(model, result, folder, cfg)
 
 
 # ---------------------------------------------------------------- image flow
@@ -223,6 +236,7 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     """
     from . import flows
 
+    cfg = settled("flow", cfg, log)
     key = run_key("flow", cfg)
     folder = cache.run_dir("flow", key)
     torch.manual_seed(cfg["seed"])
@@ -242,7 +256,7 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                           progress=progress, desc="flow", log=log)
     for record in result.history:  # the loss is nats/dim of y; bits/dim as in flows.bits_per_dim
         record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
-    return Trained(flow, result, folder)
+    return Trained(flow, result, folder, cfg)
 
 
 # ---------------------------------------------------------------- DDPM
@@ -261,6 +275,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     """
     from .diffusion import build_ddpm
 
+    cfg = settled("ddpm", cfg, log)
     model_cfg = config.make(DDPMConfig, cfg)
     key = run_key("ddpm", cfg)
     folder = cache.run_dir("ddpm", key)
@@ -285,7 +300,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                           checkpoint=folder / "model.pt", transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
                           eval_fn=eval_fn, device=device, bf16=model_cfg.bf16, channels_last=model_cfg.channels_last,
                           ema_decay=model_cfg.ema_decay, progress=progress, desc="ddpm", log=log)
-    return Trained(ddpm, result, folder)
+    return Trained(ddpm, result, folder, cfg)
 
 
 # ---------------------------------------------------------------- classifier
@@ -306,7 +321,7 @@ def _classifier_schedule(cfg: Mapping[str, Any]) -> Callable[[int, int], float]:
 def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [quality] section) on the
-    training images and labels of `cfg["dataset"]`, by cross-entropy: Adam at `classifier_lr` for
+    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by cross-entropy: Adam at `classifier_lr` for
     `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs` (the low-lr epoch takes the
     MNIST test accuracy above 99 % within a few CPU minutes). `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
@@ -316,7 +331,7 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
     info = data.info(cfg["dataset"])
     key = run_key("classifier", cfg)
     folder = cache.run_dir("classifier", key)
-    x, y = data.load_mnist("train", dataset=cfg["dataset"])
+    x, y = data.load_mnist("fit", dataset=cfg["dataset"])
     xt, yt = data.load_mnist("test", dataset=cfg["dataset"])
     torch.manual_seed(cfg["classifier_seed"])  # the initial weights
     model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
@@ -326,7 +341,7 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                           config=key, checkpoint=folder / "model.pt", schedule=_classifier_schedule(cfg),
                           eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, device=device,
                           progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
-    return Trained(model.eval(), result, folder)
+    return Trained(model.eval(), result, folder, dict(cfg))
 
 
 def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:

@@ -7,13 +7,12 @@ tests look for).
 from __future__ import annotations
 
 import datetime as _dt
-import platform
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from . import paths
+from .system import git_commit, hardware  # noqa: F401  (the report's meta macros; report.hardware for users)
 
 
 # characters that pdfLaTeX's text fonts lack, in the labels the notebooks use (x ~ p(x|z), lambda(z))
@@ -104,39 +103,6 @@ def save_figure(fig, name: str, dpi: int = 150) -> Path:
     fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
     fig.savefig(folder / f"{name}.png", bbox_inches="tight", dpi=dpi)
     return folder / f"{name}.pdf"
-
-
-def hardware() -> str:
-    """CPU model and core count, and the GPU when there is one."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    text = f"{cpu}, {os.cpu_count()} cores"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}"
-    else:
-        text += "; no GPU"
-    return text
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (out.stdout.strip() or "unknown") + ("+local changes" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: str = "mnist") -> Path:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from . import config, data, paths, site
 
-NOTEBOOKS = ("01_priors", "02_flow", "03_ddpm", "04_quality", "05_explore")
-SOURCE_NOTEBOOKS = paths.ROOT / "notebooks"
+NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
 SOURCE_REPORT = paths.ROOT / "report"
 
 

@@ -156,7 +156,7 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
         timings = build / f"timings-{profile}.json"
         runs = json.loads(timings.read_text()) if timings.exists() else {}
     if notebooks is None:
-        from .run import NOTEBOOKS as notebooks
+        notebooks = paths.NOTEBOOKS
     folder = build / "notebooks"
     executed = sorted(folder.glob("*.ipynb")) if folder.exists() else []
     order = [n for n in notebooks if (folder / f"{n}.ipynb").exists()]

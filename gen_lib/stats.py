@@ -1,5 +1,6 @@
-"""Significance tests of Table 1: Welch's t-test of each prior against a baseline on the per-seed
-means, with Holm's correction for the several comparisons.
+"""The study's statistics: a Student-t interval on a mean of per-example values (`mean_ci`), and
+Welch's t-test of each prior against a baseline on the per-seed means, with Holm's correction for the
+several comparisons (Table 1).
 
 - Welch (1947): t = (m_a − m_b) / √(s_a²/n_a + s_b²/n_b), with the Welch–Satterthwaite degrees of
   freedom; two-sided p-value (scipy's `ttest_ind(equal_var=False)`).
@@ -10,7 +11,10 @@ means, with Holm's correction for the several comparisons.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
+
+import torch
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -38,3 +42,24 @@ def welch_vs_baseline(groups: Mapping[str, Sequence[float]], baseline: str) -> d
     others = [name for name in groups if name != baseline]
     raw = [ttest_ind(groups[name], groups[baseline], equal_var=False).pvalue for name in others]
     return dict(zip(others, holm(raw)))
+
+
+def mean_ci(values: torch.Tensor, level: float = 0.95) -> dict[str, float]:
+    """Mean of per-example values (N,) (e.g. bits/dim per test image) with its standard error and
+    the Student-t interval mean ± t_{(1+level)/2, N−1} · se, se = std / √N.
+
+    Returns {"mean", "se", "low", "high", "n"}. For two models scored on the same examples,
+    pass the per-example difference: the paired interval is much narrower than either one.
+    """
+    from scipy.stats import t as student_t
+
+    v = torch.as_tensor(values).detach().double().flatten().cpu()
+    if v.numel() < 2:
+        raise ValueError(f"mean_ci needs at least 2 values; got {v.numel()}")
+    if not torch.isfinite(v).all():
+        raise ValueError("values contain NaN or inf")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
+    mean, se = v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+    half = float(student_t.ppf((1 + level) / 2, v.numel() - 1)) * se
+    return {"mean": mean, "se": se, "low": mean - half, "high": mean + half, "n": v.numel()}

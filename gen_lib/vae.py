@@ -29,7 +29,6 @@ from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, I
 from . import priors
 from .seeds import Linear
 from .data import INFO
-from .memory import IWAE_CHUNK
 
 MNIST_SHAPE = INFO["mnist"].shape  # the study's images, (1, 28, 28): the default where none is given
 
@@ -40,6 +39,7 @@ BPD_METHODS = ("iwae", "quadrature")
 # probabilities; the continuous Bernoulli's lambda, which is not its mean), or a draw x ~ p(x|z), the
 # model's actual sample. For the Bernoulli the first two coincide.
 OUTPUTS = ("mean", "parameter", "draw")
+IWAE_CHUNK = 2**16  # decoder evaluations per chunk of `evaluate`'s IWAE (K_c * B <= IWAE_CHUNK): bounds its memory
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

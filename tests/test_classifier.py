@@ -78,3 +78,18 @@ def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_bui
     # floor (two samples of one distribution: FID's bias and noise at this N)
     assert noisy["kid_mean"] - floor["kid_mean"] > Z * math.hypot(noisy["kid_std"], floor["kid_std"]), (noisy, floor)
     assert noisy["fid"] > 5 * floor["fid"], (noisy, floor)
+
+    # the bias-corrected FID on unseen real images: held-out training images, which the classifier never saw
+    # (the real-data floor's source, SPEC), in five disjoint random pairs of 1,000 against 1,000. The two sets of a
+    # pair come from one distribution, so each 95 % basic-bootstrap interval should cover 0; under nominal coverage,
+    # P(fewer than 3 of 5 cover) = P(Bin(5, 0.05) >= 3) < 0.0012. (Held-out against *test* images need not cover 0:
+    # MNIST's training and test splits come from different mixes of writers.)
+    held_x, _ = data.load_mnist("held_out")
+    f_held = metrics.extract(loaded.features, held_x[torch.randperm(len(held_x), generator=torch.Generator().manual_seed(seed))])
+    covers = []
+    for i in range(5):
+        q = metrics.quality_intervals_from_features(f_held[2000 * i:2000 * i + 1000], f_held[2000 * i + 1000:2000 * (i + 1)],
+                                                    n_boot=200, seed=seed + i, metrics=("fid",))
+        covers.append(q["fid_low"] <= 0.0)
+        print(f"held-out pair {i}: FID {q['fid']:.3f}, bias-corrected interval [{q['fid_low']:.3f}, {q['fid_high']:.3f}]")
+    assert sum(covers) >= 3, covers

@@ -9,13 +9,13 @@ def test_every_profile_has_every_section():
         for section in sections:
             if section == "common":
                 continue
-            cfg = config.resolve(section, profile, settle=False)  # the keys; precision has its own tests
+            cfg = config.resolve(section, profile)  # the keys; precision has its own tests
             assert cfg["profile"] == profile and cfg["dataset"] in ("mnist", "fashion")
 
 
 def test_profiles_share_keys():
     for section in config.sections():
-        keys = {p: set(config.resolve(section, p, settle=False)) - {"profile"} for p in config.PROFILES if section != "common"}
+        keys = {p: set(config.resolve(section, p)) - {"profile"} for p in config.PROFILES if section != "common"}
         if keys:
             assert len({frozenset(k) for k in keys.values()}) == 1, f"profiles disagree on the keys of {section}"
 
@@ -43,5 +43,5 @@ def test_unknown_dataset():
         config.resolve("flow", "smoke", dataset="cifar")
 
 
-def test_settle_false_leaves_auto_unresolved():
-    assert config.resolve("ddpm", "paper", settle=False)["bf16"] == "auto"
+def test_resolve_leaves_auto_to_the_recipes():
+    assert config.resolve("ddpm", "paper")["bf16"] == "auto"

@@ -20,6 +20,18 @@ def test_mnist_checksums_and_shapes():
     assert data.load_mnist("test")[1][0].item() == 7
 
 
+def test_held_out_images_are_the_last_of_the_training_split_and_disjoint_from_fit():
+    x, y = data.load_mnist("train")
+    fit, fit_y = data.load_mnist("fit")
+    held, held_y = data.load_mnist("held_out")
+    assert len(held) == data.HELD_OUT and len(fit) + len(held) == len(x)
+    assert torch.equal(torch.cat([fit, held]), x) and torch.equal(torch.cat([fit_y, held_y]), y)
+    assert set(held_y.unique().tolist()) == set(range(10))
+    # no held-out image occurs among the fit images (MNIST has no exact duplicates across these parts)
+    key = lambda t: {bytes((t[i] * 255).round().to(torch.uint8).numpy()) for i in range(len(t))}  # noqa: E731
+    assert not key(held) & key(fit)
+
+
 def test_views(seed):
     x, _ = data.load_mnist("test")
     x = x[:500]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gen_lib import metrics
+from gen_lib import metrics, stats
 
 D = 8
 A = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=torch.Generator().manual_seed(99),
@@ -147,11 +147,11 @@ def test_mean_ci_covers_the_mean_at_the_nominal_rate():
     repeats, hits = 2000, 0
     for _ in range(repeats):
         v = 3.0 + 2.0 * torch.randn(10, generator=g, dtype=torch.float64)
-        out = metrics.mean_ci(v)
+        out = stats.mean_ci(v)
         hits += out["low"] <= 3.0 <= out["high"]
     assert abs(hits / repeats - 0.95) < 3 * math.sqrt(0.95 * 0.05 / repeats)  # the t interval is exact for normal data
     v = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-    out = metrics.mean_ci(v, level=0.9)
+    out = stats.mean_ci(v, level=0.9)
     assert out["mean"] == 2.5 and out["se"] == pytest.approx(v.std().item() / 2) and out["n"] == 4
     assert out["high"] - out["mean"] == pytest.approx(2.3533636 * out["se"], rel=1e-6)  # t_{0.95, 3}
 
@@ -173,6 +173,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="too few"):
         metrics.quality_intervals_from_features(real[:10], fake)
     with pytest.raises(ValueError, match="NaN"):
-        metrics.mean_ci(torch.tensor([1.0, float("nan")]))
+        stats.mean_ci(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.mean_ci(torch.tensor([1.0]))
+        stats.mean_ci(torch.tensor([1.0]))

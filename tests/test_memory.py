@@ -33,7 +33,7 @@ def test_activation_bound_is_an_upper_bound_of_the_measured_peak(tmp_path):
         "import resource, torch\n"
         "from gen_lib import config, diffusion\n"
         "torch.set_num_threads(1)\n"
-        "d = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve('ddpm', 'paper', settle=False))).eval()\n"
+        "d = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve('ddpm', 'paper'))).eval()\n"
         "x, t = torch.randn(64, 1, 28, 28), torch.zeros(64, dtype=torch.long)\n"
         "with torch.no_grad(): d.network(x[:2], t[:2])\n"  # warm-up: allocator pools, kernels
         "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -43,7 +43,7 @@ def test_activation_bound_is_an_upper_bound_of_the_measured_peak(tmp_path):
                                   check=True).stdout.split()[-1])
     from gen_lib import config, diffusion
 
-    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve("ddpm", "paper", settle=False)))
+    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve("ddpm", "paper")))
     bound = 64 * memory.activation_bytes_per_example(ddpm.network, torch.zeros(2, 1, 28, 28),
                                                      torch.zeros(2, dtype=torch.long))
     assert measured <= bound, (measured, bound)

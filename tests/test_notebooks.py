@@ -167,7 +167,7 @@ def test_paper_profile_code_paths_at_tiny_sizes(tmp_path):
     env = {"GEN_LIB_PROFILE_OVERRIDES": str(tiny)}
     os.environ.update(env)  # so that config.resolve below sees what the notebooks see
     try:
-        ddpm, priors = config.resolve("ddpm", "paper", settle=False), config.resolve("priors", "paper", settle=False)
+        ddpm, priors = config.resolve("ddpm", "paper"), config.resolve("priors", "paper")
     finally:
         del os.environ["GEN_LIB_PROFILE_OVERRIDES"]
     # the branches only `paper` reaches are still switched on

@@ -23,35 +23,44 @@ def fake_times(monkeypatch):
     return state
 
 
+def settled(section, **overrides):
+    """A section's configuration as a training recipe sees it: resolved, then its "auto" precisions settled."""
+    return precision.settle(section, config.resolve(section, "smoke", **overrides))
+
+
 def test_auto_takes_the_faster_setting_and_caches_it_per_machine(tmp_build, fake_times):
     fake_times["ms"] = {"fp32": 10.0, "bf16": 5.0}
-    cfg = config.resolve("priors", "smoke", bf16="auto")
+    cfg = settled("priors", bf16="auto")
     assert cfg["bf16"] is True and "bf16 autocast (2.00x" in cfg["precision"]
     calls = fake_times["calls"]
     fake_times["ms"] = {"fp32": 5.0, "bf16": 10.0}  # a re-measurement would now choose fp32: the cache must win
-    assert config.resolve("priors", "smoke", bf16="auto")["bf16"] is True
+    assert settled("priors", bf16="auto")["bf16"] is True
     assert fake_times["calls"] == calls
     (tmp_build / "build" / "precision.json").unlink()  # another machine (or a cleared cache) measures again
-    cfg = config.resolve("priors", "smoke", bf16="auto")
+    cfg = settled("priors", bf16="auto")
     assert cfg["bf16"] is False and cfg["precision"].startswith("float32 (bf16 autocast ran at 0.50x")
 
 
 def test_bf16_must_win_by_the_margin(tmp_build, fake_times):
     fake_times["ms"] = {"fp32": 10.0, "bf16": 10.0 / (precision.MARGIN - 0.05)}
-    assert config.resolve("priors", "smoke", bf16="auto")["bf16"] is False
+    assert settled("priors", bf16="auto")["bf16"] is False
 
 
 def test_channels_last_for_the_unet(tmp_build, fake_times):
     fake_times["ms"] = {"fp32": 200.0, "fp32+cl": 170.0, "bf16": 120.0, "bf16+cl": 100.0}
-    cfg = config.resolve("ddpm", "smoke", bf16="auto", channels_last="auto")
+    cfg = settled("ddpm", bf16="auto", channels_last="auto")
     assert cfg["bf16"] is True and cfg["channels_last"] is True
     assert "channels_last (1.20x)" in cfg["precision"]
 
 
 def test_explicit_values_are_kept_and_said(tmp_build, fake_times):
-    cfg = config.resolve("flow", "smoke", bf16=False)
+    cfg = settled("flow", bf16=False)
     assert cfg["bf16"] is False and cfg["precision"] == "float32 (set by the profile)"
     assert fake_times["calls"] == 0
+
+
+def test_resolving_a_configuration_runs_nothing(tmp_build, fake_times):
+    assert config.resolve("ddpm", "paper", bf16="auto")["bf16"] == "auto" and fake_times["calls"] == 0
 
 
 def test_a_bad_value_is_refused_naming_the_choices(tmp_build):

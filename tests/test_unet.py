@@ -69,6 +69,6 @@ def test_profiles_build(profile):
     from gen_lib import config
     from gen_lib.diffusion import DDPMConfig, build_ddpm
 
-    ddpm = build_ddpm(config.make(DDPMConfig, config.resolve("ddpm", profile, settle=False)))  # sizes: no timing
+    ddpm = build_ddpm(config.make(DDPMConfig, config.resolve("ddpm", profile)))  # sizes: no timing
     out = ddpm.network(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]))
     assert out.shape == (2, 1, 28, 28) and ddpm.T == 1000
