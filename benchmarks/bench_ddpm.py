@@ -13,7 +13,7 @@ import time
 import torch
 
 from benchmarks import ceiling
-from gen_lib import config
+from gen_lib.study import config
 from gen_lib.diffusion import DDPMConfig, build_ddpm
 
 
@@ -94,7 +94,7 @@ def run(quick: bool = False) -> list[dict]:
                           f"convolutions and GEMMs ({top['gflop']:.1f} GFLOP) alone in {top['dtype']} (first measured: "
                           f"fp32 {top['by_dtype']['float32']:.0f} ms, bf16 {top['by_dtype']['bfloat16']:.0f} ms); "
                           f"fractions: median (min-max) of {len(paired['fp32']['ms'])} rounds, each the median of 2 steps "
-                          "against the ceiling replayed just before and after it; the notebooks' choice: gen_lib.precision")})
+                          "against the ceiling replayed just before and after it; the notebooks' choice: gen_lib.study.precision")})
     for name, t in (("bf16 autocast", bf16), ("bf16 autocast + channels_last", bf16_cl)):
         rows.append({"what": f"DDPM U-Net training step ({width}, batch {batch})",
                      "baseline": f"fp32: {fp32:.3f} s", "ours": f"{name}: {t:.3f} s", "ratio": fp32 / t,

@@ -1,6 +1,6 @@
 """Part 1's VAE training time, per prior, and our loop against a course-style loop.
 
-Per prior (default sizes: batch 128, hidden 512, latent 2, the precision `gen_lib.precision` chose for this
+Per prior (default sizes: batch 128, hidden 512, latent 2, the precision `gen_lib.study.precision` chose for this
 machine): seconds per VAE-epoch (one seed's pass over the 60,000 training images) of `gen_lib.training.fit`
 training one seed, against `gen_lib.training.fit_seeds` training the default profile's 5 seeds together as one
 stacked model, as the notebook does (its wall time divided by the 5 seeds). Each loop trains fresh models for
@@ -77,7 +77,7 @@ def _stacked_epoch(name: str, x: torch.Tensor, bf16: bool) -> float:
     """Seconds per VAE-epoch of `fit_seeds` training SEEDS fresh VAEs of prior `name` together (the second of two
     epochs over x, divided among the seeds)."""
     from gen_lib import vae
-    from gen_lib.recipes import _elbo_per_example
+    from gen_lib.study.recipes import _elbo_per_example
     from gen_lib.training import fit_seeds
 
     models = []
@@ -91,7 +91,8 @@ def _stacked_epoch(name: str, x: torch.Tensor, bf16: bool) -> float:
 
 
 def _per_prior(train_b: torch.Tensor, n: int, rounds: int) -> list[dict]:
-    from gen_lib import config, precision, priors
+    from gen_lib.study import config, precision
+    from gen_lib import priors
 
     choice = precision.choose("vae", config.resolve("priors", "default", bf16=False))  # batch 128, this machine
     x = train_b[:n].reshape(-1, 784)
@@ -152,7 +153,7 @@ def run(quick: bool = False) -> list[dict]:
          "baseline": f"float32: {results['ours']:.1f} ms/step",
          "ours": f"bf16 autocast: {results['ours_bf16']:.1f} ms/step",
          "ratio": results["ours"] / results["ours_bf16"], "unit": "ms/step",
-         "note": "Gaussian prior; the notebooks use bf16 where gen_lib.precision measured it faster (cached per machine)"},
+         "note": "Gaussian prior; the notebooks use bf16 where gen_lib.study.precision measured it faster (cached per machine)"},
     ]
 
 

@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, data, paths
+from . import data, paths
+from .study import config
 from .run import NOTEBOOKS, check_profile_and_dataset
 
 AGAIN = 75  # EX_TEMPFAIL: not finished, call again

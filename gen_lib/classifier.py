@@ -18,7 +18,7 @@ of KID, k(x, y) = (x.y / d + 1)^3, works on the scale it was designed for (unsca
 activations make KID values of thousands); and d is kept modest (128) so that
 N = 2,000 samples estimate a d x d covariance well.
 
-`gen_lib.recipes.train_classifier` trains it (images and labels, one `fit` call with a step
+`gen_lib.study.recipes.train_classifier` trains it (images and labels, one `fit` call with a step
 schedule of the learning rate) into `build/runs/classifier/<hash>/`; `recipes.load_classifier` finds
 the trained one (a clear error says how to train it when there is none). The network adapts to the
 dataset's image shape and number of classes (`gen_lib.data.INFO`).

@@ -48,6 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import dequantize, to_signed
+from .flows import bits_per_dim
+from .unet import UNet
+
 VARIANCES = ("beta", "beta_tilde")
 
 
@@ -495,7 +499,6 @@ def bound_bits_per_dim(nll_x0: torch.Tensor, dim: int = 784, n_bins: int = 256) 
     `gen_lib.flows.bits_per_dim` (bits/dim = (−log p(y) + dim·ln 256)/(dim·ln 2)): the same scale
     as the flow's test bits/dim, and an upper bound like it. Per example: same shape as `nll_x0`.
     """
-    from .flows import bits_per_dim
 
     return bits_per_dim(-(nll_x0 - dim * math.log(2.0)), dim=dim, n_bins=n_bins)
 
@@ -509,7 +512,6 @@ def dataset_bits_per_dim(ddpm: DDPM, images: torch.Tensor, seed: int = 0, batch_
     `batch_size` (so both models score the same y and their difference can be paired), mapped to
     [-1, 1], then bounded with the diffusion noise drawn from a generator seeded by `seed`.
     """
-    from .data import dequantize, to_signed
 
     dev = ddpm.betas.device
     gen_y = torch.Generator(device="cpu").manual_seed(seed)
@@ -545,8 +547,7 @@ class DDPMConfig:
 
 def build_ddpm(cfg: DDPMConfig, shape: tuple[int, int, int] = (1, 28, 28)) -> DDPM:
     """DDPM(UNet(...)) on images of `shape` (C, H, W) (the dataset's; MNIST's by default) with the linear
-    schedule 1e-4 → 0.02 (Ho et al.). Trained by `gen_lib.recipes.train_ddpm`."""
-    from .unet import UNet
+    schedule 1e-4 → 0.02 (Ho et al.). Trained by `gen_lib.study.recipes.train_ddpm`."""
 
     mults = tuple(int(m) for m in str(cfg.channel_mults).split(","))
     return DDPM(UNet(shape[0], cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T, shape=shape)

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
+from .data import dequantize
 from .seeds import Linear
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -325,7 +326,6 @@ def bits_per_dim(log_prob: torch.Tensor, dim: int = 784, n_bins: int = 256) -> t
 def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
     """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1], dequantized with a fixed
     seed (so every call scores the same y), evaluated in float32 without autocast."""
-    from .data import dequantize
 
     p = next(flow.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)

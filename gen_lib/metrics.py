@@ -44,7 +44,9 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from .data import INFO
 from .stats import mean_ci  # noqa: F401  (users find it here beside the quality metrics)
+from .study.recipes import load_classifier  # the "mnist" features: the study's trained classifier
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
@@ -268,7 +270,6 @@ FEATURES: dict[str, Callable[[], FeatureMap]] = {"inception": inception_features
 
 def register_features(name: str, build: Callable[[], FeatureMap]) -> None:
     """Add the feature map `name`: `build()` returns a callable images (N, C, H, W) in [0, 1] -> (N, d)."""
-    from .data import INFO
 
     if name in FEATURES or name in INFO:
         raise ValueError(f"feature map {name!r} is already registered; registered: {', '.join(feature_names())}")
@@ -277,7 +278,6 @@ def register_features(name: str, build: Callable[[], FeatureMap]) -> None:
 
 def feature_names() -> tuple[str, ...]:
     """Every feature map by name: each registered dataset's classifier, then `FEATURES`."""
-    from .data import INFO
 
     return (*INFO, *FEATURES)
 
@@ -285,12 +285,10 @@ def feature_names() -> tuple[str, ...]:
 def feature_map(features: Union[str, FeatureMap] = "mnist", profile: str = "default") -> FeatureMap:
     """The feature map called `features` (`feature_names()`: a dataset's classifier, trained by 04_quality
     under `profile`, or a name of `FEATURES`), or a callable (returned as is)."""
-    from .data import INFO
 
     if callable(features):
         return features
     if features in INFO:
-        from .recipes import load_classifier
 
         return load_classifier(features, profile).features
     if features in FEATURES:

@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, data, paths, site
+from . import data, paths, report
+from .report import site
+from .study import config
+from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
 SOURCE_REPORT = paths.ROOT / "report"
@@ -115,7 +118,6 @@ def busy_warning(cores: int | None = None) -> str | None:
     Two PyTorch processes on the same cores slow each other down many-fold (their OpenMP threads
     spin against each other), so times measured then say nothing about the code.
     """
-    from .training import available_cores
 
     cores = cores or available_cores()
     load = os.getloadavg()[0]
@@ -205,7 +207,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_dir:
         os.environ["GEN_LIB_REPORT"] = str(Path(args.report_dir).resolve())
 
-    from . import report
 
     if args.no_meta:  # one notebook, in a child process of execute_measured
         for name in only:

@@ -414,7 +414,7 @@ def fit_seeds(
     """Train `models` (one per seed of `seeds`, one architecture) together as one stacked model
     (`gen_lib.seeds.stack`): each step is one batched computation for all of them, and one fused Adam over the
     stacked parameters, which is each seed's own Adam (Adam is elementwise). A model class must run stacked
-    (`seeds.agrees`); `gen_lib.recipes.train_vaes` checks that and falls back to `fit` per seed otherwise.
+    (`seeds.agrees`); `gen_lib.study.recipes.train_vaes` checks that and falls back to `fit` per seed otherwise.
 
     `loss_fn(model, batch, noise)` returns the loss per example, (B,) for one model; run stacked it gets
     batch (B, S, ...) and noise (B, S, *noise_shape) and returns (B, S). `noise` is the standard normal draw of

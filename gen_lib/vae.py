@@ -28,7 +28,8 @@ from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, I
 
 from . import priors
 from .seeds import Linear
-from .data import INFO
+from .data import INFO, dequantize
+from .flows import bits_per_dim
 
 MNIST_SHAPE = INFO["mnist"].shape  # the study's images, (1, 28, 28): the default where none is given
 
@@ -458,8 +459,6 @@ def dataset_bits_per_dim(vae: VAE, images: torch.Tensor, k: int = 1000, seed: in
     global RNG seeded by `seed` inside a forked RNG state. method="quadrature": the near-exact
     log p(y) of `log_likelihood_quadrature` (2-D latent only).
     """
-    from .data import dequantize
-    from .flows import bits_per_dim
 
     if getattr(vae.decoder, "likelihood", None) != "continuous_bernoulli":
         raise ValueError(f"bits/dim of dequantized images needs a density on [0, 1]: the decoder's likelihood is "

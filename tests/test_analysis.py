@@ -8,7 +8,8 @@ import torch
 
 matplotlib.use("Agg")
 
-from gen_lib import metrics, plots, report, run, sampling, stats, vae  # noqa: E402
+from gen_lib import metrics, report, run, sampling, stats, vae
+from gen_lib.report import plots  # noqa: E402
 
 
 # ---------------------------------------------------------------- stats

@@ -13,7 +13,7 @@ touched. In the browser:
   all would take several minutes. 05_explore needs the caches of 01 and 03, so the test trains those
   two models first exactly as the notebooks do, on the smoke configuration (seconds); 02_flow, run
   first, caches the flow itself.
-* the grader's pages (gen_lib.site) of the two executed notebooks, at 1280 px: the index and a report
+* the grader's pages (gen_lib.report.site) of the two executed notebooks, at 1280 px: the index and a report
   view, with real tables, loaded images, no code and no horizontal scrolling.
 
 Screenshots go to build/screenshots/ (GEN_LIB_BUILD moves build/). The browser is Debian's chromium
@@ -73,7 +73,8 @@ def _smoke_copy(name: str, folder: Path) -> None:
 
 def _train_caches_for_explore() -> None:
     """Seed 0 of every prior (01_priors) and the DDPM (03_ddpm), trained by the recipes those notebooks call."""
-    from gen_lib import config, data, priors, recipes
+    from gen_lib.study import config, recipes
+    from gen_lib import data, priors
 
     cfg = config.resolve("priors", "smoke")
     train_x, _ = data.load_mnist("train")
@@ -316,7 +317,8 @@ def _grader_pages(driver, root: Path, seconds: dict, shots: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from gen_lib import report, site
+    from gen_lib import report
+    from gen_lib.report import site
 
     build = root / "build"
     out = build / "notebooks"

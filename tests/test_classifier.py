@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from _bounds import Z, fid_self_roundoff
-from gen_lib import classifier, config, data, metrics, recipes
+from gen_lib import classifier, data, metrics
+from gen_lib.study import config, recipes
 
 
 def test_shapes_and_gradients():

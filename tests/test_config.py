@@ -1,6 +1,6 @@
 import pytest
 
-from gen_lib import config
+from gen_lib.study import config
 
 
 def test_every_profile_has_every_section():

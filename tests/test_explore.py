@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from gen_lib import config, data, explore, flows, priors, recipes, vae
+from gen_lib.study import config, recipes
+from gen_lib import data, flows, priors, vae
+from gen_lib.report import explore
 from gen_lib.diffusion import DDPM
 
 pytest.importorskip("ipywidgets")

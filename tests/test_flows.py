@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from _bounds import Z
-from gen_lib import data, recipes, training
+from gen_lib import data, training
+from gen_lib.study import recipes
 from gen_lib.flows import (AffineCoupling, Flow, ImageFlow, LogitTransform, bits_per_dim, build_image_flow,
                            checkerboard_mask, dataset_bits_per_dim, mean_and_stderr)
 

@@ -1,4 +1,4 @@
-"""Table 3's rules (gen_lib.likelihood): a bound ranks only when it is lower, every sentence turns with the numbers,
+"""Table 3's rules (gen_lib.report.likelihood): a bound ranks only when it is lower, every sentence turns with the numbers,
 and the DDPM's ODE bits/dim scores the same y as the flow's."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gen_lib import data, flows
-from gen_lib import likelihood as L
+from gen_lib.report import likelihood as L
 from gen_lib.diffusion import DDPM
 
 

@@ -160,7 +160,7 @@ ode_sample_steps = 4
 
 @pytest.mark.slow
 def test_paper_profile_code_paths_at_tiny_sizes(tmp_path):
-    from gen_lib import config
+    from gen_lib.study import config
 
     tiny = tmp_path / "paper_tiny.toml"
     tiny.write_text(PAPER_TINY)

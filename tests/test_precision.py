@@ -1,10 +1,10 @@
-"""The per-machine precision choice (gen_lib.precision) and the ceiling benchmark's recorder."""
+"""The per-machine precision choice (gen_lib.study.precision) and the ceiling benchmark's recorder."""
 
 import pytest
 import torch
 from torch import nn
 
-from gen_lib import config, precision
+from gen_lib.study import config, precision
 
 
 @pytest.fixture

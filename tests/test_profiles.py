@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from gen_lib import config
+from gen_lib.study import config
 
 
 def test_smoke_and_paper_list_only_what_they_change():

@@ -4,14 +4,17 @@ shorter one; every other training parameter is."""
 import pytest
 import torch
 
-from gen_lib import config, data, priors, recipes, training
+from gen_lib.study import config, recipes
+from gen_lib import data, priors, training
 
 
 @pytest.mark.parametrize("section, profile_section", [("priors", "priors"), ("quality_vae", "quality"),
                                                       ("flow", "flow"), ("ddpm", "ddpm"), ("classifier", "quality")])
 def test_run_key_leaves_out_epochs_and_keeps_everything_else(section, profile_section):
-    cfg = {**config.resolve(profile_section, "smoke"), "prior": "mog", "seed": 0}
+    cfg = recipes.settled(section, {**config.resolve(profile_section, "smoke"), "prior": "mog", "seed": 0})
     key = recipes.run_key(section, cfg)
+    assert recipes.run_key(section, {**cfg, **{k: "auto" for k in config.PRECISION_KEYS.get(profile_section, {})}}) \
+        == key  # "auto" settles to this machine's cached choice before the identity is taken
     for epochs in recipes.EPOCHS[section]:
         assert epochs not in key
         assert recipes.run_key(section, {**cfg, epochs: cfg[epochs] + 5}) == key  # same run, resumed

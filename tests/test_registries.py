@@ -11,7 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
-from gen_lib import config, data, diffusion, metrics, priors
+from gen_lib.study import config
+from gen_lib import data, diffusion, metrics, priors
 from gen_lib.vae import GaussianEncoder
 
 

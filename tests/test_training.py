@@ -142,7 +142,7 @@ class _Payload:
 
 
 def test_loading_refuses_a_crafted_pickle_and_runs_nothing(tmp_path):
-    from gen_lib import cache
+    from gen_lib.study import cache
 
     marker = tmp_path / "pwned"
     for name in ("model.pt", "cached.pt"):

@@ -66,7 +66,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
 def test_profiles_build(profile):
-    from gen_lib import config
+    from gen_lib.study import config
     from gen_lib.diffusion import DDPMConfig, build_ddpm
 
     ddpm = build_ddpm(config.make(DDPMConfig, config.resolve("ddpm", profile)))  # sizes: no timing

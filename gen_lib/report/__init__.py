@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .system import git_commit, hardware  # noqa: F401  (the report's meta macros; report.hardware for users)
+from .. import paths
+from ..data import info
+from ..system import git_commit, hardware  # noqa: F401  (the report's meta macros; report.hardware for users)
 
 
 # characters that pdfLaTeX's text fonts lack, in the labels the notebooks use (x ~ p(x|z), lambda(z))
@@ -109,7 +110,6 @@ def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: s
     """`report/tables/macros_meta.tex`: profile, date, commit, hardware, torch version, run times."""
     import torch
 
-    from .data import info
 
     ds = info(dataset)
     values = {"meta.profile": profile, "meta.dataset": ds.title, "meta.items": ds.items,

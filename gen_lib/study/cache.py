@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import paths
-from .training import load_safely, save_atomic
+from .. import paths
+from ..data import info
+from ..training import load_safely, save_atomic
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -64,7 +65,6 @@ WRITER = {"flow": "02_flow", "ddpm": "03_ddpm"}
 def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = "mnist", **meta: Any) -> Path:
     """Save samples (N, C, H, W) in [0, 1], the shape of `dataset`'s images, with metadata (config, method,
     seconds per sample...)."""
-    from .data import info
 
     shape = info(dataset).shape
     if images.dim() != 4 or tuple(images.shape[1:]) != shape:

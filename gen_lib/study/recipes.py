@@ -30,8 +30,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from . import cache, config, data, precision, priors, training
-from .diffusion import DDPMConfig
+from .. import data, flows, priors, training, vae
+from .. import seeds as stacking
+from ..classifier import MNISTClassifier, accuracy
+from ..diffusion import DDPMConfig, build_ddpm
+from . import cache, config, precision
 
 # What decides the weights of each section's runs (epochs left out: see the module's note).
 IDENTITY: dict[str, tuple[str, ...]] = {
@@ -145,8 +148,6 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
     them. Stacked, a seed's noise comes from its own generator (not torch's global one), so stacking is part
     of the run identity. A prior whose code does not run stacked (`seeds.agrees` on a few images fails: a
     plugin written for one model) trains seed by seed, with a line in the log."""
-    from . import seeds as stacking
-    from . import vae
 
     seeds = [int(s) for s in seeds]
     cfg = settled("priors", cfg, log)
@@ -191,7 +192,6 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     the history; dequantized once, with a fixed seed, for the Part 2 VAE). Initial weights:
     `torch.manual_seed(seed)`.
     """
-    from . import vae
 
     if section not in _VAE:
         raise ValueError(f"section={section!r}: a VAE trains for one of {', '.join(_VAE)}")
@@ -234,7 +234,6 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     it). After every epoch the test bits/dim of `eval_x` (fixed dequantization, fp32) joins the history as
     `test_bpd`; `train_bpd` is the epoch's mean training loss in bits/dim.
     """
-    from . import flows
 
     cfg = settled("flow", cfg, log)
     key = run_key("flow", cfg)
@@ -273,7 +272,6 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     (√β_0 = 0.01 ≈ 1.3/256). `eval_x` (test images in [0, 1]) gives a per-epoch `test_loss` with fixed t
     and ε, on the EMA weights. The EMA model is `Trained.result.ema`.
     """
-    from .diffusion import build_ddpm
 
     cfg = settled("ddpm", cfg, log)
     model_cfg = config.make(DDPMConfig, cfg)
@@ -326,7 +324,6 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
     MNIST test accuracy above 99 % within a few CPU minutes). `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
-    from .classifier import MNISTClassifier, accuracy
 
     info = data.info(cfg["dataset"])
     key = run_key("classifier", cfg)
@@ -350,11 +347,10 @@ def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Modu
     Raises FileNotFoundError, saying how to train it, when it has not been trained
     (or its training was interrupted).
     """
-    from .classifier import MNISTClassifier
 
     cfg = config.resolve("quality", profile, dataset=dataset)
     path = run_folder("classifier", cfg) / "model.pt"
-    how = (f"train it with gen_lib.recipes.train_classifier(config.resolve('quality', {profile!r}, "
+    how = (f"train it with gen_lib.study.recipes.train_classifier(config.resolve('quality', {profile!r}, "
            f"dataset={dataset!r})) or run notebook 04_quality "
            f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only 04_quality --no-pdf)")
     if not path.exists():

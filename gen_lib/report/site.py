@@ -10,7 +10,7 @@ report view beside its full view. Every page is a single self-contained file tha
 1280 px (the text column is capped, tables and figures fit the width); math is typeset by MathJax
 from its CDN, as in nbconvert's own pages.
 
-    python -m gen_lib.site [--profile smoke] [--dataset mnist]   # rebuild the pages of an existing build
+    python -m gen_lib.report.site [--profile smoke] [--dataset mnist]   # rebuild the pages of an existing build
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .data import info
+from .. import paths, report
+from ..data import info
 
 REPORT_SUFFIX = ".report.html"
 KEPT_MIMETYPES = ("image/png", "image/jpeg", "image/svg+xml", "text/html", "text/markdown", "text/latex")
@@ -149,7 +149,6 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
     (`seconds`, `peak_rss_mib`, `hardware`); by default that file is read. `notebooks` fixes the order
     (default: the runner's list, then any other executed notebook). Missing report views are rendered here.
     """
-    from . import report
 
     build = paths.build_dir()
     if runs is None:
@@ -227,7 +226,7 @@ trained (<code>build/runs/</code>); peak memory: the notebook kernel's peak resi
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m gen_lib.site", description="Rebuild build/index.html")
+    parser = argparse.ArgumentParser(prog="python -m gen_lib.report.site", description="Rebuild build/index.html")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--dataset", default="mnist")
     args = parser.parse_args(argv)

@@ -34,8 +34,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import config, data, flows, priors, recipes, training, vae
-from .diffusion import DDPM, DDPMConfig, build_ddpm, sampling_timesteps
+from .. import data, flows, priors, training, vae
+from ..data import dequantize
+from ..diffusion import DDPM, DDPMConfig, build_ddpm, sampling_timesteps
+from ..study import config, recipes
 
 
 # ---------------------------------------------------------------- the cached models
@@ -409,7 +411,6 @@ class FlowExplorer(_Explorer):
     walked data → base through the layers, with the histogram of their values against N(0, 1)."""
 
     def __init__(self, flow: flows.Flow, test_x: torch.Tensor, n_samples: int = 16, n_walk: int = 4, seed: int = 0):
-        from .data import dequantize
 
         self.flow = flow
         p = next(flow.parameters())

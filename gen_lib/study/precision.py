@@ -11,7 +11,7 @@ the machine's description (CPU model and flags, GPU, threads, torch version), so
 run, and every later run on the machine, trains the same way; a checkpoint records the resolved values
 in its run identity. Evaluation is always float32.
 
-    python -m gen_lib.precision          # this machine's decisions (measures what is not cached)
+    python -m gen_lib.study.precision          # this machine's decisions (measures what is not cached)
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import config, paths
-from .system import hardware
+from .. import paths
+from ..diffusion import DDPMConfig, build_ddpm
+from ..flows import build_image_flow
+from ..system import hardware
+from ..training import _adam, autocast, default_device
+from ..vae import build_vae
+from . import config
 
 MARGIN = 1.10  # a faster setting must win by at least 10 %: within noise, the simpler one (float32, no channels_last)
 SLOW = 2.0  # a setting whose first timed step takes more than SLOW x float32's is dropped from the measurement
@@ -88,7 +93,6 @@ def _time_step(step: Callable[[], None], n: int, warmup: int = 2) -> float:
 def _trainer(model: torch.nn.Module, batch: torch.Tensor, loss: Callable, bf16: bool,
              channels_last: bool) -> Callable[[], None]:
     """One training step as `training.fit` runs it (fused Adam, autocast, memory format)."""
-    from .training import _adam, autocast
 
     device = batch.device
     model = model.to(device=device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -109,14 +113,12 @@ def _candidate(kind: str, cfg: Mapping[str, Any], device: torch.device):
     """(model key, model factory, batch, loss, steps timed) of the model `kind` configured by `cfg`."""
     g = torch.Generator().manual_seed(0)
     if kind == "vae":
-        from .vae import build_vae
 
         b = int(cfg.get("batch_size", 128))  # [quality] arrives with its vae_ prefixes stripped (settle)
         batch = (torch.rand(b, 784, generator=g) > 0.5).float().to(device)
         return (f"vae 784-512-512-2 batch {b}", lambda: build_vae("gaussian"), batch,
                 lambda m, x: m.loss(x, check=False), 20)
     if kind == "flow":
-        from .flows import build_image_flow
 
         b = int(cfg["batch_size"])
         batch = torch.rand(b, 1, 28, 28, generator=g).mul(0.98).add(0.01).to(device)
@@ -124,7 +126,6 @@ def _candidate(kind: str, cfg: Mapping[str, Any], device: torch.device):
                 lambda: build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
                                          actnorm=cfg["actnorm"]), batch, lambda m, x: m.loss(x), 3)
     if kind == "unet":
-        from .diffusion import DDPMConfig, build_ddpm
 
         b = int(cfg["batch_size"])
         model_cfg = config.make(DDPMConfig, {**cfg, "bf16": False, "channels_last": False})
@@ -138,7 +139,6 @@ def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None 
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """This machine's fastest setting for the model `kind` ("vae", "flow", "unet") sized by `cfg`:
     {"bf16", "channels_last", "ms" (per setting), "machine"}, measured on first use and cached."""
-    from .training import default_device
 
     device = torch.device(device) if device is not None else default_device()
     key, factory, batch, loss, n = _candidate(kind, cfg, device)

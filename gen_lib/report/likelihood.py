@@ -26,12 +26,12 @@ from itertools import combinations
 
 import torch
 
-from . import report
-from .data import dequantize, to_signed
-from .diffusion import DDPM, bound_bits_per_dim
-from .flows import bits_per_dim
-from .stats import mean_ci
-from .vae import VAE, log_likelihood_quadrature
+from .. import report
+from ..data import dequantize, to_signed
+from ..diffusion import DDPM, bound_bits_per_dim
+from ..flows import bits_per_dim
+from ..stats import mean_ci
+from ..vae import VAE, log_likelihood_quadrature
 
 KINDS = ("exact", "bound")
 QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call: 64 images at 64x64, ~2 GB of activations

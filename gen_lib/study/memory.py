@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import classifier, data, diffusion
 from ..vae import IWAE_CHUNK  # decoder evaluations per chunk in `vae.evaluate` (K_c * B <= IWAE_CHUNK)
+from . import config
 
 CPU_BUDGET = 8 * 2**30
 GPU_BUDGET = 40 * 2**30
@@ -62,7 +64,6 @@ def fid_bytes(n: int, d: int) -> int:
 def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
     """Upper bounds in bytes of the peak of each large phase under `profile`: the keys are
     `iwae`, `sampling`, `features` and `fid`."""
-    from . import classifier, config, data, diffusion
 
     overrides = overrides or {}
     ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))  # sizes: no timing
