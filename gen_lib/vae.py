@@ -375,6 +375,34 @@ def _quadrature_batch(vae, x, n, n_search, n_std, edge_tol, drop, max_doublings,
 
 
 @torch.no_grad()
+def brute_force_log_px(vae: VAE, x: torch.Tensor, n_grid: int = 1600, half_width: float | None = None,
+                       chunk: int = 2**16) -> tuple[float, float]:
+    """log p(x) of one image x by the plain midpoint rule on one global n_grid x n_grid grid over
+    [-h, h]^2: no search, no zoom, nothing shared with `log_likelihood_quadrature` but the integrand, so
+    it checks that method independently (at a cost of n_grid^2 decoder evaluations). h (`half_width`):
+    by default the larger of the prior's reach (the largest |z_i| of 10,000 prior samples, times 1.5) and
+    the encoder's box |mu_q| + 10 sigma_q. Returns (log p(x) in float64, h)."""
+    if vae.latent_dim != 2:
+        raise ValueError(f"brute_force_log_px integrates over a 2-D latent; this VAE has latent_dim={vae.latent_dim}")
+    x = vae._flat(x)
+    if x.shape[0] != 1:
+        raise ValueError(f"brute_force_log_px takes one image; got {x.shape[0]}")
+    x = x.to(vae._device(), vae._dtype())
+    p = vae.prior()
+    if half_width is None:
+        q = vae.encoder(x).base_dist
+        reach = 1.5 * p.sample((10_000,)).abs().max().item()
+        half_width = max(reach, (q.loc.abs() + 10 * q.scale).max().item())
+    u = _grid(n_grid, x.device) * half_width  # (n^2, 2) midpoints of the global grid
+    terms = []
+    for i in range(0, u.shape[0], chunk):
+        z = u[i:i + chunk, None, :].to(x.dtype)  # (c, 1, 2): sample-first
+        terms.append((vae.log_px(z, x) + p.log_prob(z)).double().reshape(-1))
+    log_cell = math.log((2 * half_width / n_grid) ** 2)
+    return (torch.logsumexp(torch.cat(terms), 0) + log_cell).item(), half_width
+
+
+@torch.no_grad()
 def quadrature_convergence(vae: VAE, x: torch.Tensor, grids: tuple[int, ...] = (8, 16, 32, 64, 128),
                            **kwargs) -> dict[int, torch.Tensor]:
     """log p(x) (B,) for each grid size in `grids`: the estimate should stop changing as n grows."""

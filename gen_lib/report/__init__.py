@@ -98,6 +98,13 @@ def dataframe_table(df, name: str, caption: str, label: str, column_format: str 
     return write_table(name, body)
 
 
+def remove_outputs(name: str) -> None:
+    """Delete the table and figure files `name` of an earlier run, so that a run that does not make them
+    leaves nothing stale for the report."""
+    for stale in (paths.tables_dir() / f"{name}.tex", *paths.figures_dir().glob(f"{name}.*")):
+        stale.unlink(missing_ok=True)
+
+
 def save_figure(fig, name: str, dpi: int = 150) -> Path:
     """Save a matplotlib figure as `report/figures/<name>.pdf` and `.png`."""
     folder = paths.figures_dir()

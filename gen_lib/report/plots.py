@@ -153,3 +153,27 @@ def neighbours(queries: dict[str, torch.Tensor], reference: torch.Tensor, dist: 
     axes[0, 0].set_title("sample", fontsize=7)
     fig.subplots_adjust(wspace=0.05, hspace=0.25)
     return fig
+
+
+def fid_against_cost(q: dict[str, dict], ms: dict[str, float], floor: str, n: int):
+    """Bias-corrected FID with its 95 % interval (filled) and raw FID at N (open) of each sampler against its
+    time per sample, beside the real-data floor `floor` (dashed: bias-corrected; band: its interval)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for name, t in ms.items():
+        v = q[name]
+        c = v["fid_corrected"]
+        ax.errorbar([t], [c], yerr=[[c - v["fid_low"]], [v["fid_high"] - c]], fmt="o", color="C0", capsize=3, ms=5)
+        ax.plot([t], [v["fid"]], "o", mfc="none", color="C1", ms=5)
+        ax.annotate(f" {name}", (t, c), fontsize=7)
+    ax.axhspan(q[floor]["fid_low"], q[floor]["fid_high"], color="grey", alpha=0.2, lw=0)
+    ax.axhline(q[floor]["fid_corrected"], color="grey", ls="--", lw=1)
+    ax.plot([], [], "o", color="C0", label="bias-corrected FID, 95 % interval")
+    ax.plot([], [], "o", mfc="none", color="C1", label=f"raw FID at N = {n:,}")
+    ax.plot([], [], "--", color="grey", label="real data (bias-corrected; band: interval)")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per sample (this machine)")
+    ax.set_ylabel("FID (classifier features)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"DDPM: FID against sampling cost (N = {n:,})", fontsize=9)
+    return fig

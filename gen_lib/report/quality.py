@@ -1,0 +1,91 @@
+"""Sample-quality tables (Table 2, the DDPM's FID against sampling steps) and the sentences that compare
+their rows, each with its branch for the other outcome.
+
+Every row is `metrics.quality_intervals_from_features` of one feature set against the same reference
+(test-image) features, so its FID, KID, precision and recall come with 95 % basic-bootstrap intervals;
+the FID is shown bias-corrected (raw − the replicates' mean excess, clipped at 0, as its interval's
+bounds are). Two rows are ranked only where their intervals do not overlap (`report.separated`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+import torch
+
+from .. import metrics
+from . import join_words, separated, with_interval
+
+DIGITS = {"fid": 2, "kid": 4, "precision": 3, "recall": 3}
+COLUMNS = {"fid": "FID, bias-corr. [95 %]", "kid": "KID [95 %]", "precision": "precision [95 %]",
+           "recall": "recall [95 %]"}
+# The original study's Table 2 (SPEC.md): 256 generated vs 256 test images, Inception-v3 features, no floor.
+# Its VAE row showed one image per z, most likely the decoder's parameter (what a sigmoid output gives).
+ORIGINAL = {"vaeparam": (4.168, 0.189), "flow": (0.452, 0.158), "ddpm": (0.018, 0.012)}  # (FID, KID)
+
+
+def score(reference: torch.Tensor, sets: Mapping[str, torch.Tensor], *, n_boot: int, k: int, seed: int
+          ) -> dict[str, dict]:
+    """Every feature set of `sets` against the `reference` features, with intervals; adds `fid_corrected`."""
+    q = {}
+    for name, f in sets.items():
+        v = metrics.quality_intervals_from_features(reference, f, n_boot=n_boot, k=k, seed=seed)
+        q[name] = {**v, "fid_corrected": max(0.0, v["fid"] - v["fid_bias"])}
+    return q
+
+
+def interval(v: Mapping[str, float], metric: str = "fid") -> tuple[float, float]:
+    return v[f"{metric}_low"], v[f"{metric}_high"]
+
+
+def cell(v: Mapping[str, float], metric: str) -> str:
+    """"estimate [low, high]": the FID bias-corrected, as its interval."""
+    value = v["fid_corrected"] if metric == "fid" else v[metric]
+    return with_interval(value, *interval(v, metric), DIGITS[metric])
+
+
+def frame(q: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """One row per scored set: raw FID at N, then every metric as `cell`."""
+    return pd.DataFrame({"FID": {name: f"{v['fid']:.2f}" for name, v in q.items()},
+                         **{col: {name: cell(v, m) for name, v in q.items()} for m, col in COLUMNS.items()}})
+
+
+def best(q: Mapping[str, Mapping[str, float]], candidates: list[str]) -> tuple[str, list[str]]:
+    """The candidate with the lowest bias-corrected FID, and the others whose FID interval overlaps its own
+    (not resolved from it at this N), in order of FID."""
+    ranked = sorted(candidates, key=lambda name: q[name]["fid_corrected"])
+    top = ranked[0]
+    return top, [name for name in ranked[1:] if not separated(interval(q[top]), interval(q[name]))]
+
+
+def best_sentence(q: Mapping[str, Mapping[str, float]], candidates: list[str], words: Mapping[str, str]) -> str:
+    """"<best> (its interval overlaps none / overlaps that of <others>: ... not separated)"; `words` names
+    each candidate in running text."""
+    top, tied = best(q, candidates)
+    if len(candidates) < 2:
+        return words[top]
+    if tied:
+        return (f"{words[top]}, but its interval overlaps that of {join_words([words[n] for n in tied])}: at this "
+                "$N$ the data do not separate them")
+    runner_up = sorted(candidates, key=lambda name: q[name]["fid_corrected"])[1]
+    return f"{words[top]}; its interval does not overlap that of {words[runner_up]}, the next best"
+
+
+def floor_sentence(q: Mapping[str, Mapping[str, float]], name: str, floor: str) -> str:
+    """How row `name` stands against the real-data floor `floor`, by their FID intervals (three branches)."""
+    a, b = interval(q[name]), interval(q[floor])
+    if a[0] > b[1]:
+        return "stays above the floor: its interval lies above the real data's"
+    if a[1] < b[0]:
+        return ("lies below the floor: its interval lies below the real data's, so at this $N$ its samples are closer "
+                "to the test images than unseen real images are (the floor is itself an estimate)")
+    return ("is not separated from the floor: at this $N$ its samples are as close to the test images as unseen "
+            "real images are")
+
+
+def tied_sentence(tied: list[str], kind: str = "row") -> str:
+    """What `best` found about the best row's rivals: the ones its interval overlaps, or none."""
+    if tied:
+        return f"its interval overlaps that of {join_words(tied)}, so at this $N$ the data do not separate them"
+    return f"its interval overlaps no other {kind}'s"
