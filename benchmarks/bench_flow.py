@@ -1,5 +1,5 @@
 """Flow training speed: one Adam step of the study's image flow (20 couplings, hidden 256,
-batch 128) in fp32 vs bf16 autocast, extrapolated to an epoch of 60,000 images, and the
+batch 128) in fp32 vs bf16 autocast, extrapolated to an epoch of the 50,000 "fit" images, and the
 difference the autocast makes to the log-likelihood (bits/dim) of the same weights.
 
 The two precisions step in turn (A, B, A, B, ...) so that a shared, loaded machine slows
@@ -79,7 +79,7 @@ def run(quick: bool = False) -> list[dict]:
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     ratio = statistics.median(a[0] / b[0] for a, b in zip(times[False], times[True]))
-    per_epoch = math.ceil(60_000 / batch)
+    per_epoch = math.ceil(50_000 / batch)
     load = open("/proc/loadavg").read().split()[0] if sys.platform.startswith("linux") else "?"
     note = (f"{n_layers} couplings, hidden {hidden}, batch {batch}; {steps} interleaved step pairs after {warmup}; "
             f"{device.type}, {torch.get_num_threads()} threads, load {load}; median CPU time/step fp32 "

@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, paths, report
+from . import data, paths, report, system
 from .report import site
-from .study import config
+from .study import cache, config
 from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
@@ -78,6 +78,8 @@ def execute(name: str, profile: str, dataset: str = "mnist", params: dict | None
     # No tqdm bars in the kernel: without a terminal every redraw would become a log line. Training
     # prints one line per epoch instead. Cell output is echoed once (stdout_file), not also logged.
     os.environ["GEN_LIB_BARS"] = "0"
+    os.environ["GEN_LIB_NOTEBOOK"] = name  # the recipes note which notebook used each trained model (provenance)
+    cache.forget_uses(profile, name)
     source = SOURCE_NOTEBOOKS / f"{name}.ipynb"
     extra = {k: v for k, v in (params or {}).items() if k in _declared(source)}
     pm.execute_notebook(str(source), str(out), parameters={"profile": profile, "dataset": dataset, **extra},
@@ -129,16 +131,16 @@ def busy_warning(cores: int | None = None) -> str | None:
 
 
 def _estimates(profile: str, dataset: str, runs: dict) -> dict[str, float]:
-    """Expected seconds per notebook: this profile's last recorded run, else the README's measured times
-    (2-core AMD EPYC, one run of every notebook from an empty build folder, 2026-11-28)."""
-    measured = {"smoke": {"01_priors": 24, "02_flow": 12, "03_ddpm": 24, "04_quality": 18, "05_explore": 6},
-                "default": {"01_priors": 768, "02_flow": 348, "03_ddpm": 1182, "04_quality": 210,
-                            "05_explore": 18}}.get(profile, {})
-    return {name: float(runs.get(name, {}).get("seconds", measured.get(name, float("nan")))) for name in NOTEBOOKS}
+    """Expected seconds per notebook: this profile's last recorded run on this machine (the runner records each
+    notebook's seconds with the machine's description); NaN where this machine has no record. Another machine's
+    times are not used: machines differ more than twofold."""
+    here = system.hardware()
+    return {name: float(runs[name]["seconds"]) if runs.get(name, {}).get("hardware") == here and "seconds" in runs[name]
+            else float("nan") for name in NOTEBOOKS}
 
 
 def _minutes(seconds: float) -> str:
-    return "unknown" if seconds != seconds else f"{seconds / 60:.1f} min"
+    return "unknown (no run of it recorded on this machine)" if seconds != seconds else f"{seconds / 60:.1f} min"
 
 
 def _remaining(expected: dict[str, float], names: list[str]) -> str:

@@ -47,3 +47,11 @@ def test_score_and_frame_from_features(seed):
     v = q["shifted"]
     assert table.loc["shifted", "FID"] == f"{v['fid']:.2f}"
     assert table.loc["shifted", quality.COLUMNS["fid"]].startswith(f"{v['fid_corrected']:.2f}")
+
+
+def test_copies_sentence_flags_a_sample_closer_than_every_test_image():
+    test = torch.tensor([[3.0, 4.0], [2.5, 3.0]])
+    far = {"test": test, "m": torch.tensor([[2.6, 3.0], [4.0, 5.0]])}
+    assert quality.copies_sentence(far, "test", {"m": "M"}).startswith("No sample lies closer")
+    near = {"test": test, "m": torch.tensor([[0.1, 3.0], [4.0, 5.0]])}
+    assert "1 of 2 of M; these may be copies" in quality.copies_sentence(near, "test", {"m": "M"})

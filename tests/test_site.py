@@ -7,8 +7,11 @@ import json
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from gen_lib import paths
+import torch
+
+from gen_lib import paths, training
 from gen_lib.report import site
+from gen_lib.study import cache, recipes
 
 PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                                      "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")).decode()
@@ -16,7 +19,7 @@ PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100
 
 def _executed_notebook(folder, name="01_demo", error=False):
     cells = [
-        new_markdown_cell("# Part 9 — A demo notebook\n\nIt shows what the report view keeps. More text."),
+        new_markdown_cell("# Part 9 — A `demo` notebook\n\nIt shows what the report view keeps. More text."),
         new_code_cell("profile = 'smoke'", metadata={"tags": ["parameters"]}),
         new_code_cell("print('training log')", outputs=[new_output("stream", name="stdout", text="training log line\n")]),
         new_code_cell("cfg", outputs=[new_output("execute_result", data={"text/plain": "{'secret_cfg': 1}"},
@@ -52,7 +55,7 @@ def test_report_view_keeps_text_tables_figures_and_errors_only(tmp_path):
     assert "max-width: 1100px" in page
 
 
-def test_index_states_the_run_and_links_every_view(tmp_build):
+def test_index_states_the_run_and_links_every_view(tmp_build, monkeypatch):
     folder = paths.build_dir() / "notebooks"
     _executed_notebook(folder, "01_demo")
     (folder / "01_demo.html").write_text("<html>full</html>")
@@ -60,7 +63,18 @@ def test_index_states_the_run_and_links_every_view(tmp_build):
     runs = {"01_demo": {"seconds": 90.0, "peak_rss_mib": 2048, "hardware": "Test CPU, 2 cores; no GPU"}}
     (paths.build_dir() / "timings-smoke.json").write_text(json.dumps(runs))
 
+    # provenance: the run that trained a model, not the cached re-run that reused it
+    trained = recipes.Trained(torch.nn.Linear(1, 1), training.TrainResult(status="trained", seconds=5400.0),
+                              cache.run_dir("flow", {"demo": 1}), {"profile": "smoke"})
+    monkeypatch.setenv("GEN_LIB_NOTEBOOK", "01_demo")
+    recipes._recorded(trained, "flow", 12)
+    trained.result = training.TrainResult(status="reused", seconds=2.0)
+    monkeypatch.setattr(cache, "hardware", lambda: "another machine")
+    recipes._recorded(trained, "flow", 12)
+
     page = site.write_index("smoke", "fashion", notebooks=("01_demo", "02_other")).read_text()
+    assert "90.0 min" in page and "another machine" not in page  # the training run's time and machine
+    assert "<td>01_demo</td>" in page
     assert page.index("01_demo") < page.index("02_other")
     for text in ("<b>smoke</b>", "Fashion-MNIST", "Test CPU, 2 cores; no GPU", "1.5 min", "2.0 GiB",
                  "Part 9 — A demo notebook", "It shows what the report view keeps.",

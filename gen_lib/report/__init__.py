@@ -7,6 +7,7 @@ tests look for).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -125,4 +126,27 @@ def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: s
               "meta.torch": latex_escape(torch.__version__)}
     for nb, seconds in (timings or {}).items():
         values[f"meta.time.{nb}"] = f"{seconds / 60:.1f}"
+    values["meta.trained"] = trained_sentence(profile)
     return write_macros("meta", values)
+
+
+def trained_sentence(profile: str) -> str:
+    """Who trained the models the profile's notebooks used, from the provenance the training runs recorded
+    (`study.cache.record_training`): per notebook the training minutes, machines and the last finish."""
+    index = paths.build_dir() / f"provenance-{profile}.json"
+    uses = json.loads(index.read_text()) if index.exists() else {}
+    by_notebook: dict[str, list[dict]] = {}
+    for folder, use in uses.items():
+        path = paths.build_dir() / folder / "provenance.json"
+        if path.exists():
+            by_notebook.setdefault(use.get("notebook") or "a session outside the runner", []).append(
+                json.loads(path.read_text()))
+    if not by_notebook:
+        return "no training run is recorded for this profile"
+    parts = []
+    for nb, entries in sorted(by_notebook.items()):
+        machines = sorted({e["machine"] for e in entries})
+        parts.append(f"the {len(entries)} model{'s' if len(entries) > 1 else ''} of {latex_escape(nb)} trained "
+                     f"for {sum(e['train_seconds'] for e in entries) / 60:.1f} minutes on "
+                     f"{latex_escape(' and '.join(machines))}, finished {max(e['finished'] for e in entries)}")
+    return join_words(parts)

@@ -89,3 +89,18 @@ def tied_sentence(tied: list[str], kind: str = "row") -> str:
     if tied:
         return f"its interval overlaps that of {join_words(tied)}, so at this $N$ the data do not separate them"
     return f"its interval overlaps no other {kind}'s"
+
+
+def copies_sentence(nn_dist: Mapping[str, torch.Tensor], reference: str, words: Mapping[str, str]) -> str:
+    """Whether any sample lies closer to its nearest training image than every `reference` image (real test
+    images, which no model saw) does: a memorised sample would. `nn_dist[name]`: (n, k) distances to the
+    nearest training images, column 0 the nearest. A sentence, capitalised, without the full stop."""
+    floor = nn_dist[reference][:, 0].min().item()
+    n_ref = len(nn_dist[reference])
+    close = {name: int((d[:, 0] < floor).sum()) for name, d in nn_dist.items() if name != reference}
+    if not any(close.values()):
+        return (f"No sample lies closer to its nearest training image than the closest of {n_ref} real test images "
+                f"does ({floor:.2f}): by this test, none is a copy")
+    flagged = [f"{c} of {len(nn_dist[name])} of {words[name]}" for name, c in close.items() if c]
+    return (f"Some samples lie closer to their nearest training image than any of {n_ref} real test images does "
+            f"({floor:.2f}): {join_words(flagged)}; these may be copies")

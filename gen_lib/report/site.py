@@ -130,7 +130,7 @@ def _summary(ipynb: Path) -> dict[str, Any]:
             text = " ".join(line for line in lines if line and not line.startswith("#"))
             text = re.sub(r"[*`$]|\\(?=[a-zA-Z])", "", text)  # plain text: no emphasis, code or math markers
             if heads and title == ipynb.stem:
-                title = heads[0]
+                title = re.sub(r"[*`$]|\\(?=[a-zA-Z])", "", heads[0])  # as text, like the introduction
             if text and not intro:
                 intro = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0]  # the first sentence, at most ~180 chars
                 intro = intro if len(intro) <= 180 else intro[:180].rsplit(" ", 1)[0] + " …"
@@ -139,6 +139,25 @@ def _summary(ipynb: Path) -> dict[str, Any]:
     failed = any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     return {"title": title, "intro": intro, "failed": failed,
             "executed": _dt.datetime.fromtimestamp(ipynb.stat().st_mtime).strftime("%Y-%m-%d %H:%M")}
+
+
+def _trained_rows(profile: str) -> list[str]:
+    """One table row per trained model the profile's notebooks used (`build/provenance-<profile>.json`), from the
+    `provenance.json` that the run which trained it wrote beside its checkpoint."""
+    build = paths.build_dir()
+    index = build / f"provenance-{profile}.json"
+    uses = json.loads(index.read_text()) if index.exists() else {}
+    rows = []
+    for folder, use in sorted(uses.items(), key=lambda kv: (kv[1].get("notebook", ""), kv[0])):
+        path = build / folder / "provenance.json"
+        if not path.exists():
+            continue
+        p = json.loads(path.read_text())
+        rows.append(f"<tr><td>{html.escape(p['section'])} <small><code>{html.escape(folder)}</code></small></td>"
+                    f"<td>{html.escape(use.get('notebook', ''))}</td><td class=\"num\">{p['epochs']}</td>"
+                    f"<td class=\"num\">{p['train_seconds'] / 60:.1f} min</td><td><small>{html.escape(p['machine'])}"
+                    f"</small></td><td class=\"num\"><small>{html.escape(p['finished'])}</small></td></tr>")
+    return rows
 
 
 def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, Any]] | None = None,
@@ -184,6 +203,7 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
     total = sum(runs[n]["seconds"] for n in order if "seconds" in runs.get(n, {}))
     hardware = sorted({run["hardware"] for run in runs.values() if isinstance(run, dict) and run.get("hardware")})
 
+    trained = _trained_rows(profile)
     pdf = build / "report.pdf"
     pdf_link = (f'<a class="pdf" href="report.pdf">The report (PDF, {pdf.stat().st_size / 1e6:.1f} MB)</a>'
                 if pdf.exists() else '<p class="missing">No PDF in this build (the runner ran with --no-pdf or LaTeX '
@@ -214,8 +234,16 @@ and its logs).</p>
 <tbody>
 {chr(10).join(rows) if rows else '<tr><td colspan="5" class="missing">no executed notebooks in this build</td></tr>'}
 </tbody></table>
-<p><small>Times: wall clock of each notebook's papermill run, models reused from the cache where they were already
-trained (<code>build/runs/</code>); peak memory: the notebook kernel's peak resident set.</small></p>
+<p><small>Times: wall clock of each notebook's last papermill run, models reused from the cache where they were already
+trained (<code>build/runs/</code>); peak memory: the notebook kernel's peak resident set. Which run trained each model
+is in the next table.</small></p>
+<h2>Trained models</h2>
+<table class="notebooks">
+<thead><tr><th>model</th><th>used by</th><th>epochs</th><th>training time</th><th>machine</th><th>finished</th></tr></thead>
+<tbody>
+{chr(10).join(trained) if trained else '<tr><td colspan="6" class="missing">no trained models recorded for this profile</td></tr>'}
+</tbody></table>
+<p><small>As recorded by the run that trained (or last resumed) each model, whatever run reused it since.</small></p>
 </main></body></html>
 """
     path = build / "index.html"

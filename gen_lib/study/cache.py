@@ -6,8 +6,10 @@ configuration gives another folder, so nothing a user trained is overwritten.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +17,7 @@ import torch
 
 from .. import paths
 from ..data import info
+from ..system import git_commit, hardware
 from ..training import load_safely, save_atomic
 
 
@@ -33,6 +36,44 @@ def run_dir(name: str, config: dict[str, Any]) -> Path:
         tmp.write_text(json.dumps(config, sort_keys=True, indent=1, default=repr))
         tmp.replace(meta)
     return folder
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True, indent=1, default=repr))
+    tmp.replace(path)
+
+
+def record_training(folder: Path, section: str, profile: str, status: str, epochs: int, seconds: float) -> dict:
+    """Which run trained the model in `folder`, on what machine, when and in how long: `provenance.json` there
+    (kept as it is when the model was only reused; a resumed run adds its seconds to the earlier ones), and the
+    folder's entry in `build/provenance-<profile>.json` under the notebook that used it (GEN_LIB_NOTEBOOK, set by
+    the runner). The index page reads both, so that a cached re-run does not pass for the run that trained."""
+    path = folder / "provenance.json"
+    old = json.loads(path.read_text()) if path.exists() else None
+    if status == "reused" and old is not None:
+        entry = old
+    else:
+        earlier = old["train_seconds"] if old is not None and status == "resumed" else 0.0
+        entry = {"section": section, "epochs": epochs, "train_seconds": round(earlier + seconds, 1),
+                 "machine": hardware(), "finished": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                 "commit": git_commit()}
+        _write_json(path, entry)
+    index = paths.build_dir() / f"provenance-{profile}.json"
+    uses = json.loads(index.read_text()) if index.exists() else {}
+    uses[str(folder.relative_to(paths.build_dir()))] = {"notebook": os.environ.get("GEN_LIB_NOTEBOOK", ""),
+                                                       "section": section}
+    _write_json(index, uses)
+    return entry
+
+
+def forget_uses(profile: str, notebook: str) -> None:
+    """Drop `notebook`'s entries from `build/provenance-<profile>.json` before it runs again (its run records
+    the models it uses now; a model of an older configuration is no longer its)."""
+    index = paths.build_dir() / f"provenance-{profile}.json"
+    if index.exists():
+        uses = json.loads(index.read_text())
+        _write_json(index, {k: v for k, v in uses.items() if v.get("notebook") != notebook})
 
 
 def memo(path: str | Path, compute: Callable[[], Any], *, log: Callable[[str], None] = print) -> Any:

@@ -102,6 +102,13 @@ class Trained:
         return self.result.history
 
 
+def _recorded(trained: Trained, section: str, epochs: int) -> Trained:
+    """`trained`, after `cache.record_training` noted which run trained it (machine, date, minutes)."""
+    cache.record_training(trained.folder, section, trained.config.get("profile", ""), trained.result.status, epochs,
+                          trained.result.seconds)
+    return trained
+
+
 def subset(x: torch.Tensor, n: int) -> torch.Tensor:
     """The first n rows of x (all of them when n is 0): the `train_subset` rule of every section."""
     return x[:n] if n else x
@@ -175,7 +182,8 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
         loss_fn=_elbo_per_example, noise_shape=(models[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
         eval_fn=_vae_eval_fn(eval_x) if eval_x is not None else None, device=device, bf16=cfg["bf16"],
         progress=progress, desc=prior, log=log)
-    return [Trained(m, r, f, {**cfg, "prior": prior, "seed": s}) for m, r, f, s in zip(models, results, folders, seeds)]
+    return [_recorded(Trained(m, r, f, {**cfg, "prior": prior, "seed": s}), "priors", cfg["epochs"])
+            for m, r, f, s in zip(models, results, folders, seeds)]
 
 
 def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
@@ -217,7 +225,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
                           batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key, bf16=cfg[keys.bf16],
                           checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
                           desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)
-    return Trained(model, result, folder, cfg)
+    return _recorded(Trained(model, result, folder, cfg), section, cfg[keys.epochs])
 
 
 # ---------------------------------------------------------------- image flow
@@ -255,7 +263,7 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                           progress=progress, desc="flow", log=log)
     for record in result.history:  # the loss is nats/dim of y; bits/dim as in flows.bits_per_dim
         record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
-    return Trained(flow, result, folder, cfg)
+    return _recorded(Trained(flow, result, folder, cfg), "flow", cfg["epochs"])
 
 
 # ---------------------------------------------------------------- DDPM
@@ -298,7 +306,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                           checkpoint=folder / "model.pt", transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
                           eval_fn=eval_fn, device=device, bf16=model_cfg.bf16, channels_last=model_cfg.channels_last,
                           ema_decay=model_cfg.ema_decay, progress=progress, desc="ddpm", log=log)
-    return Trained(ddpm, result, folder, cfg)
+    return _recorded(Trained(ddpm, result, folder, cfg), "ddpm", model_cfg.epochs)
 
 
 # ---------------------------------------------------------------- classifier
@@ -338,7 +346,8 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                           config=key, checkpoint=folder / "model.pt", schedule=_classifier_schedule(cfg),
                           eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, device=device,
                           progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
-    return Trained(model.eval(), result, folder, dict(cfg))
+    return _recorded(Trained(model.eval(), result, folder, dict(cfg)), "classifier",
+                     cfg["classifier_epochs"] + cfg["classifier_decay_epochs"])
 
 
 def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
