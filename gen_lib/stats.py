@@ -29,9 +29,10 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def welch_vs_baseline(groups: Mapping[str, Sequence[float]], baseline: str) -> dict[str, float]:
-    """Holm-adjusted two-sided p-values of Welch's t-test of every group but `baseline` against `baseline`,
-    each group a sequence of per-seed values (at least 2 each)."""
+def welch_vs_baseline(groups: Mapping[str, Sequence[float]], baseline: str, adjust: bool = True) -> dict[str, float]:
+    """Two-sided p-values of Welch's t-test of every group but `baseline` against `baseline`, each group a
+    sequence of per-seed values (at least 2 each); Holm-adjusted over these tests unless `adjust` is False (to
+    adjust them in a larger family with `holm_family`)."""
     from scipy.stats import ttest_ind
 
     if baseline not in groups:
@@ -41,7 +42,18 @@ def welch_vs_baseline(groups: Mapping[str, Sequence[float]], baseline: str) -> d
         raise ValueError(f"Welch's t-test needs at least 2 values per group; {', '.join(small)} have fewer")
     others = [name for name in groups if name != baseline]
     raw = [ttest_ind(groups[name], groups[baseline], equal_var=False).pvalue for name in others]
-    return dict(zip(others, holm(raw)))
+    return dict(zip(others, holm(raw) if adjust else raw))
+
+
+def holm_family(pvalues: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Holm over every p-value of a table at once, one family ({column: {row: p}} -> the same, adjusted):
+    the family-wise error rate then holds for the whole table, not for each column."""
+    keys = [(column, row) for column, rows in pvalues.items() for row in rows]
+    adjusted = holm([pvalues[c][r] for c, r in keys])
+    out: dict[str, dict[str, float]] = {column: {} for column in pvalues}
+    for (column, row), p in zip(keys, adjusted):
+        out[column][row] = p
+    return out
 
 
 def mean_ci(values: torch.Tensor, level: float = 0.95) -> dict[str, float]:

@@ -34,6 +34,13 @@ def test_holm_worked_example():
         stats.holm([0.1, 1.5])
 
 
+def test_holm_family_adjusts_a_whole_table_at_once():
+    table = {"elbo": {"a": 0.01, "b": 0.04}, "iwae": {"a": 0.03, "b": 0.02}}
+    flat = stats.holm([0.01, 0.04, 0.03, 0.02])  # the worked example below: one family of four
+    assert stats.holm_family(table) == {"elbo": {"a": flat[0], "b": flat[1]}, "iwae": {"a": flat[2], "b": flat[3]}}
+    assert stats.holm_family(table)["elbo"]["a"] > stats.holm([0.01, 0.04])[0]  # a larger family: more correction
+
+
 def test_welch_vs_baseline_is_scipy_then_holm():
     from scipy.stats import ttest_ind
 
