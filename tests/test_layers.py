@@ -27,7 +27,8 @@ def imports(path: Path) -> list[tuple[str, bool]]:
     """(imported gen_lib module, whether at module level) for every import of the package in `path`."""
     me = module_name(path).split(".") if path.name != "__init__.py" else module_name(path).split(".") + ["_"]
     tree = ast.parse(path.read_text())
-    top = set(map(id, tree.body))
+    main = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    top = set(map(id, tree.body)) | {id(n) for block in main for n in ast.walk(block)}  # the script's own block
     out = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
