@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The numeric tests (all but notebooks, training and bench) on several numeric paths: torch's thread
+# The numeric tests (all but notebooks, plugins, training and bench) on several numeric paths: torch's thread
 # count, bf16 training of the trained fixtures, the seed of fixtures and probes (tests/conftest.py), and,
 # on x86, the kernels of a CPU without AVX-512 (ATen's and oneDNN's). Every tolerance of the suite is
 # derived from the quantity's own error, so every path must pass; the script fails if any fails.
@@ -11,7 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-TESTS=(tests --ignore=tests/test_notebooks.py --ignore=tests/test_training.py --ignore=tests/test_bench.py)
+TESTS=(tests --ignore=tests/test_notebooks.py --ignore=tests/test_training.py --ignore=tests/test_bench.py
+       --ignore=tests/test_plugin_prior.py --ignore=tests/test_plugin_sampler_dataset.py)  # pipelines, not numerics
 OTHER_CPU=""
 [ "$(uname -m)" = x86_64 ] && OTHER_CPU="ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
 PATHS=(

@@ -82,6 +82,17 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
                         ("quality_vae", "iwae20")):  # the smoke profile's ode_steps, nll_t, quadrature_grid, nll_k
         (result,) = (tmp_path / "build" / "runs" / model).glob(f"*/table3_{name}_*_b*.pt")
         assert f"{torch.load(result).double().mean():.3f} $\\pm$" in table3, (result, table3)
+    # Table 1: each prior's mean test ELBO and IWAE over seeds, as the per-image results the notebook cached
+    table1 = (tmp_path / "report" / "tables" / "priors_table1.tex").read_text()
+    by_prior = {}
+    for folder in (tmp_path / "build" / "runs" / "priors").iterdir():
+        (result,) = folder.glob("eval_*.pt")
+        by_prior.setdefault(json.loads((folder / "config.json").read_text())["prior"], []).append(torch.load(result))
+    assert len(by_prior) == 4, by_prior.keys()
+    for runs in by_prior.values():
+        for key in ("elbo", "iwae"):
+            values = torch.tensor([r[key].mean().item() for r in runs], dtype=torch.float64)  # as 01_priors does
+            assert f"${values.mean():.2f} \\pm {values.std():.2f}$" in table1, (key, values, table1)
     # logs a person can read: one line per epoch, no progress-bar redraws, each notebook's start and end
     log = done.stdout + done.stderr
     assert "it/s]" not in log and "%|" not in log, "tqdm bars were drawn into the log"
