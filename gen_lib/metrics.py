@@ -9,17 +9,21 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
 
       FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2}),
 
-  computed by torchmetrics' `FrechetInceptionDistance` in float64. FID is biased
+  computed in float64 with (n − 1) covariances. FID is biased
   upwards at small N (the covariance estimate's noise adds to the trace), which is
   why Table 2 states N and carries a real-data floor.
 - KID (Bińkowski et al., 2018): the unbiased estimate of the squared MMD with the
-  kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets (mean and std), by
-  torchmetrics' `KernelInceptionDistance` in float64. Unbiased: about 0 for two
+  kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets (mean and std), in
+  float64. Unbiased: about 0 for two
   samples of one distribution, at any N.
 - Precision and recall (Kynkäänniemi et al., 2019): each point of a set gets the
   radius of its k-th nearest neighbour within the set; precision is the fraction of
   generated points inside some real point's ball, recall the fraction of real
   points inside some generated point's ball.
+
+One implementation per metric: the weighted forms (`_fid_weighted`, `_kid_weighted`, `_Balls`) that
+the bootstrap replicates need, with unit weights for the point values; the tests hold them against
+torchmetrics, scipy and brute-force computations.
 
 Uncertainty: `sample_quality_intervals` / `quality_intervals_from_features` give each metric a
 bootstrap interval over both evaluated sets (features computed once; the basic bootstrap, which
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Union
 
@@ -50,17 +53,6 @@ from .study.recipes import load_classifier  # the "mnist" features: the study's 
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
-
-
-class _Given(nn.Module):
-    """Identity 'feature extractor': torchmetrics receives features we computed once."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return f
 
 
 def min_samples(d: int) -> int:
@@ -82,41 +74,31 @@ def _check_features(real: torch.Tensor, fake: torch.Tensor, need_cov: bool = Tru
                          f"feature covariance; FID needs at least {min_samples(d)} (2d) per set")
 
 
+def _ones(n: int) -> torch.Tensor:
+    return torch.ones(1, n, dtype=torch.float64)  # one "replicate" of unit weights: the sets themselves
+
+
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between feature sets real (N, d) and fake (M, d), by torchmetrics in float64.
-
-    FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})  (Heusel et al., 2017).
-    """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
+    """FID between feature sets real (N, d) and fake (M, d), in float64 with (n − 1) covariances:
+    FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})  (Heusel et al., 2017)."""
     _check_features(real, fake)
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1])).set_dtype(torch.float64)
-    metric.update(real.double().cpu(), real=True)
-    metric.update(fake.double().cpu(), real=False)
-    return max(float(metric.compute()), 0.0)  # eigenvalue round-off can give -1e-12 for equal sets
+    return _fid_weighted(real.double().cpu(), _ones(len(real)), fake.double().cpu(), _ones(len(fake)))[0].item()
 
 
 def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000, subsets: int = 100,
                       seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std over `subsets` random subsets of min(subset_size, N/2) samples), float64.
-
-    KID = unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Bińkowski et al., 2018), by torchmetrics.
-    """
-    from torchmetrics.image.kid import KernelInceptionDistance
-
+    """KID (mean, population std over `subsets` random subsets of min(subset_size, N/2) samples of each set),
+    float64: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Bińkowski et al., 2018), as torchmetrics'
+    `KernelInceptionDistance` reports it; subsets drawn by a generator seeded with `seed`."""
     _check_features(real, fake, need_cov=False)
     size = min(subset_size, len(real) // 2, len(fake) // 2)
     if size < 2:
         raise ValueError(f"KID needs at least 4 samples per set; got {len(real)} real and {len(fake)} fake")
-    with warnings.catch_warnings():  # "will save all extracted features": ours are small (N, d)
-        warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
-    metric.update(real.double().cpu(), real=True)
-    metric.update(fake.double().cpu(), real=False)
-    with torch.random.fork_rng(devices=[]):  # torchmetrics draws subsets from the global RNG
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return float(mean), float(std)
+    xr, xf, g = real.double().cpu(), fake.double().cpu(), torch.Generator().manual_seed(seed)
+    values = torch.cat([_kid_weighted(xr[torch.randperm(len(xr), generator=g)[:size]], _ones(size),
+                                      xf[torch.randperm(len(xf), generator=g)[:size]], _ones(size), 1024)
+                        for _ in range(subsets)])
+    return values.mean().item(), values.std(unbiased=False).item()
 
 
 def fid_sizes(d: int, n_max: int, candidates: tuple[int, ...] = (64, 128, 256, 500, 1000, 2000, 5000, 10000)
@@ -153,24 +135,6 @@ def fid_disjoint(real: torch.Tensor, fake: torch.Tensor, n: int, max_subsets: in
     return sum(values) / len(values)
 
 
-def _kth_radius(f: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """Distance of each row of f (N, d) to its k-th nearest other row: (N,)."""
-    out = []
-    for i in range(0, len(f), chunk):
-        d = torch.cdist(f[i:i + chunk], f)  # (c, N); the point itself is at 0, the k+1-th smallest
-        out.append(d.kthvalue(k + 1, dim=1).values)
-    return torch.cat(out)
-
-
-def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Whether each point lies in at least one ball (centre, radius): (P,) bool."""
-    out = []
-    for i in range(0, len(points), chunk):
-        d = torch.cdist(points[i:i + chunk], centres)  # (c, C)
-        out.append((d <= radii[None, :]).any(dim=1))
-    return torch.cat(out)
-
-
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al., 2019) of fake (M, d) against real (N, d).
 
@@ -181,9 +145,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: 
     if not 1 <= k < min(len(real), len(fake)):
         raise ValueError(f"k={k} needs 1 <= k < the smaller set's size ({min(len(real), len(fake))})")
     real, fake = real.double(), fake.double()  # exact self-distances of 0: a set covers itself
-    r_real, r_fake = _kth_radius(real, k, chunk), _kth_radius(fake, k, chunk)
-    precision = _covered(fake, real, r_real, chunk).double().mean().item()
-    recall = _covered(real, fake, r_fake, chunk).double().mean().item()
+    precision = _Balls(real, fake, k, chunk).covered_fraction(_ones(len(real)), _ones(len(fake)))[0].item()
+    recall = _Balls(fake, real, k, chunk).covered_fraction(_ones(len(fake)), _ones(len(real)))[0].item()
     return precision, recall
 
 
@@ -454,7 +417,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     once; a replicate costs only the statistics: weighted means and covariances, kernel sums
     built block by block, and k-NN radii read from precomputed neighbour lists).
 
-    - FID as `fid_from_features` (float64, (n − 1) covariances).
+    - FID as `fid_from_features` (float64, (n − 1) covariances): the same formula, weighted.
     - KID as the unbiased MMD² over *all* pairs, (x.y/d + 1)^3 kernel: the estimator that
       `kid_from_features` averages over random subsets, with the same expectation and less noise.
       Within a set, a replicate leaves out pairs of copies of one point (see `_kid_weighted`).

@@ -40,6 +40,47 @@ def test_fid_matches_independent_scipy_computation(shift):
     assert metrics.fid_from_features(x, y) == pytest.approx(_fid_scipy(x, y), rel=1e-7, abs=1e-9)
 
 
+class _Identity(torch.nn.Module):
+    """torchmetrics' feature hook, handed features we computed: its FID and KID serve as independent references."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.num_features = d
+
+    def forward(self, f):
+        return f
+
+
+def test_fid_and_kid_match_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    x, y = _gauss(400, seed=5), _gauss(300, shift=0.4, seed=6) * 1.2
+    fid = FrechetInceptionDistance(feature=_Identity(D)).set_dtype(torch.float64)
+    kid = KernelInceptionDistance(feature=_Identity(D), subsets=1, subset_size=300)  # every sample: no draw
+    for metric, real in ((fid, x), (kid, x[:300])):
+        metric.update(real, real=True)
+        metric.update(y, real=False)
+    # float64 eigenvalue and square-root forms of one formula: agreement to round-off of sums of ~400 terms
+    assert metrics.fid_from_features(x, y) == pytest.approx(float(fid.compute()), rel=1e-9)
+    # KID's one implementation (the all-pairs unbiased MMD^2 that kid_from_features averages over subsets)
+    ours = metrics.quality_intervals_from_features(x[:300], y, n_boot=2, metrics=("kid",))["kid"]
+    assert ours == pytest.approx(float(kid.compute()[0]), rel=1e-9)
+
+
+def _precision_recall_brute(real, fake, k):
+    """Improved precision and recall by full distance matrices (the definition, nothing shared with gen_lib)."""
+    radius = lambda a: torch.cdist(a, a).sort(1).values[:, k]  # noqa: E731  k-th nearest other point (0 is itself)
+    precision = (torch.cdist(fake, real) <= radius(real)[None, :]).any(1).double().mean().item()
+    recall = (torch.cdist(real, fake) <= radius(fake)[None, :]).any(1).double().mean().item()
+    return precision, recall
+
+
+def test_precision_recall_match_the_definition(seed):
+    real, fake = _gauss(300, seed=10 + seed), _gauss(200, shift=0.3, seed=11 + seed)
+    assert metrics.precision_recall(real, fake, k=3) == _precision_recall_brute(real, fake, 3)
+
+
 def test_fid_is_biased_at_small_n_but_kid_is_not(seed):
     # two samples of one distribution: FID > 0 and shrinks with N (its bias is of order 1/N, here a factor
     # 4000/32 = 125; 10 leaves room for the noise of one draw); KID averages to ~0 at any N
