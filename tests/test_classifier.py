@@ -1,4 +1,5 @@
-"""The feature network of the quality metrics: shapes, caching, and >= 99 % MNIST test accuracy."""
+"""The feature network of the quality metrics: shapes, caching, accuracy against an independent linear model,
+and the real-data floor in its features."""
 
 import math
 import time
@@ -40,7 +41,7 @@ def test_missing_classifier_is_a_clear_error(tmp_build):
 
 
 @pytest.mark.slow
-def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_build, monkeypatch, seed):
+def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_build, monkeypatch, seed):
     if seed:  # the default profile's classifier, its seed shifted by GEN_LIB_TEST_SEED (the whole test sees it)
         load = config._load
 
@@ -56,11 +57,26 @@ def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_bui
     info = run.history[-1]
     seconds = time.perf_counter() - t0
     print(f"classifier: {cfg['classifier_epochs']}+{cfg['classifier_decay_epochs']} epochs in {seconds:.0f} s, accuracy {info['test_accuracy']:.4f}")
-    assert info["test_accuracy"] >= 0.99  # (time is reported, not asserted: CI machines are shared)
+    # (time is reported, not asserted: CI machines are shared.) The CNN against an independent model of the same
+    # data: least squares from pixels to one-hot labels (~86 % on MNIST). On the same test images the CNN must be
+    # right on more of the images where the two disagree, by Z binomial standard errors (a sign test)
+    fit_x, fit_y = data.load_mnist("fit")
+    test_x, test_y = data.load_mnist("test")
+    design = lambda x: torch.cat([x.flatten(1).double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)  # noqa: E731
+    a = design(fit_x)
+    w = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=torch.float64),
+                           a.T @ torch.nn.functional.one_hot(fit_y, 10).double())
+    linear_right = (design(test_x) @ w).argmax(1) == test_y
+    cnn = recipes.load_classifier("mnist", "default")
+    with torch.no_grad():
+        cnn_right = torch.cat([cnn(test_x[i:i + 1000]).argmax(1) for i in range(0, len(test_x), 1000)]) == test_y
+    only_cnn, only_linear = int((cnn_right & ~linear_right).sum()), int((linear_right & ~cnn_right).sum())
+    print(f"test accuracy: CNN {cnn_right.double().mean():.4f}, least squares {linear_right.double().mean():.4f}")
+    assert cnn_right.double().mean().item() == pytest.approx(info["test_accuracy"], abs=1e-6)
+    assert only_cnn - only_linear > Z * math.sqrt(only_cnn + only_linear), (only_cnn, only_linear)
 
     # the cached model is what features="mnist" uses; its features are standardised on real data
-    loaded = recipes.load_classifier("mnist", "default")
-    test_x, test_y = data.load_mnist("test")
+    loaded = cnn
     assert classifier.accuracy(loaded, test_x, test_y) == pytest.approx(info["test_accuracy"], abs=1e-6)
     f = metrics.extract(loaded.features, test_x[:2000])
     assert f.mean(0).abs().mean() < 0.3 and 0.6 < f.std(0).mean() < 1.5
@@ -70,15 +86,18 @@ def test_trained_classifier_reaches_99_percent_and_serves_as_feature_map(tmp_bui
     roundoff = fid_self_roundoff(metrics.extract(loaded.features, real))  # float64 eigenvalues of 128 x 128
     assert same["fid"] <= roundoff and same["precision"] == same["recall"] == 1.0, (same, roundoff)
     floor = metrics.sample_quality(real, other, features="mnist", kid_subsets=10)
-    noisy = metrics.sample_quality(real, (other + 0.3 * torch.rand_like(other)).clamp(0, 1), features="mnist",
-                                   kid_subsets=10)
+    noised = (other + 0.3 * torch.rand(other.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+    noisy = metrics.sample_quality(real, noised, features="mnist", kid_subsets=10)
     print(f"fid: same {same['fid']:.3g} (round-off bound {roundoff:.3g}), floor {floor['fid']:.4g}, "
           f"noisy {noisy['fid']:.4g}; kid: floor {floor['kid_mean']:.4g} +- {floor['kid_std']:.3g}, "
           f"noisy {noisy['kid_mean']:.4g} +- {noisy['kid_std']:.3g}")
-    # noise is seen: KID (unbiased) moves by many times its spread over subsets, and FID by many times the
-    # floor (two samples of one distribution: FID's bias and noise at this N)
+    # noise is seen: KID (unbiased) moves by Z times its spread over subsets, and FID's 95 % interval lies above
+    # the floor's (two samples of one distribution: FID's bias and noise at this N)
     assert noisy["kid_mean"] - floor["kid_mean"] > Z * math.hypot(noisy["kid_std"], floor["kid_std"]), (noisy, floor)
-    assert noisy["fid"] > 5 * floor["fid"], (noisy, floor)
+    f_real, f_other, f_noised = (metrics.extract(loaded.features, x) for x in (real, other, noised))
+    q_floor = metrics.quality_intervals_from_features(f_real, f_other, n_boot=200, seed=seed, metrics=("fid",))
+    q_noisy = metrics.quality_intervals_from_features(f_real, f_noised, n_boot=200, seed=seed, metrics=("fid",))
+    assert q_noisy["fid_low"] > q_floor["fid_high"], (q_noisy, q_floor)
 
     # the bias-corrected FID on unseen real images: held-out training images, which the classifier never saw
     # (the real-data floor's source, SPEC), in five disjoint random pairs of 1,000 against 1,000. The two sets of a

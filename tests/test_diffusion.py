@@ -121,15 +121,16 @@ def _exact_moments(ddpm, mu, s, method, steps=T, variance="beta", start=0.0):
     return m, v
 
 
-def _step_moments(ddpm, mu, s, method, steps=T, **options):
+def _step_moments(ddpm, mu, s, method, steps=T, start=None, **options):
     """Per-pixel mean and variance of a registered sampler's output, propagated exactly through its own step.
 
     With the optimal ε of a Gaussian every step is affine, x ← A x + B + σ z, so three calls of the step
-    (x = 0 or 1, z = 0 or 1) give A, B and σ, and from x_T ~ N(0, 1): m ← A m + B, v ← A² v + σ².
+    (x = 0 or 1, z = 0 or 1) give A, B and σ, and from x_T ~ N(0, 1) (or `start` = (mean, variance)):
+    m ← A m + B, v ← A² v + σ².
     """
     schedule, taus, step = ddpm.schedule(), sampling_timesteps(ddpm.T, steps).tolist(), SAMPLERS[method].step
     zero, one = torch.zeros(1, *mu.shape, dtype=torch.float64), torch.ones(1, *mu.shape, dtype=torch.float64)
-    m, v = torch.zeros_like(mu), torch.ones_like(mu)
+    m, v = (torch.zeros_like(mu), torch.ones_like(mu)) if start is None else start
     for i, t in enumerate(taus):
         t_prev = taus[i + 1] if i + 1 < len(taus) else -1
 
@@ -141,6 +142,26 @@ def _step_moments(ddpm, mu, s, method, steps=T, **options):
         A, sigma = f(one, zero) - B, f(zero, one) - B
         m, v = A * m + B, A ** 2 * v + sigma ** 2
     return m, v
+
+
+def _q_T(ddpm, mu, s):
+    """Mean and variance of q(x_T) = N(√ᾱ_T mu, ᾱ_T s² + 1 − ᾱ_T), where a perfect start would draw x_T."""
+    a_T = ddpm.alphas_cumprod[-1].item()
+    return a_T ** 0.5 * mu, a_T * s ** 2 + 1 - a_T
+
+
+def _true_reverse_variance(ddpm, s, t):
+    """Var[x_{t-1} | x_t] of the forward process itself when x_0 ~ N(mu, s²) (x_{-1} = x_0): x_{t-1} and
+    x_t = √α_t x_{t-1} + √β_t n are jointly Gaussian, so it is V' β_t / (α_t V' + β_t), V' = Var x_{t-1}."""
+    a_prev = ddpm.alphas_cumprod[t - 1].item() if t > 0 else 1.0
+    beta = ddpm.betas[t].item()
+    v_prev = a_prev * s ** 2 + 1 - a_prev
+    return v_prev * beta / ((1 - beta) * v_prev + beta)
+
+
+def _roundoff(steps, scale=1.0):
+    """A float64 bound for S affine steps of a few roundings each on numbers of size `scale`."""
+    return 64 * steps * torch.finfo(torch.float64).eps * scale
 
 
 # every registered sampler (a new one is tested without being named here), and the ancestral one with σ² = β̃
@@ -163,27 +184,50 @@ def test_every_sampler_reproduces_a_gaussian(method, options, seed):
     # (the pixels' exact means differ by < 0.01, a negligible spread against these errors)
     assert abs(mean - exact_mean) < Z * (exact_var / n) ** 0.5, (mean, exact_mean)
     assert abs(var - exact_var) < Z * exact_var * (2 / (n - 1)) ** 0.5, (var, exact_var)
-    # 2) with T = 1000 steps, it reproduces the data's mean and variance. The mean to the floor set by starting
-    # from N(0, I) instead of q(x_T) (√ᾱ_T = 0.006); the variance within 5 %: σ² = β_t is within 1.5 % (measured
-    # +0.7 %), DDIM (η = 0) within 12/S; σ² = β̃_t (the chain of DDIM with η = 1 at S = T) under-disperses pixels
-    # of small variance (s = 0.1) by a few % (measured −3 %)
-    assert ((m - mu) / s).abs().max() < 0.01
-    assert abs(exact_var - 1) < 0.05
+    # 2) the mean is exact: with the optimal ε, E[x_{t-1}] = √ᾱ_{t-1} mu whenever E[x_t] = √ᾱ_t mu (every update
+    # is linear in x_t, x̂_0 and ε̂), so from q(x_T)'s mean it ends at mu up to round-off, and from N(0, I) the error
+    # is the start's offset −√ᾱ_T mu carried through the sampler's affine map (its gain A = m(1) − m(0))
+    m_true, v_true = _step_moments(ddpm, mu, s, method, start=_q_T(ddpm, mu, s), **options)
+    assert ((m_true - mu) / s).abs().max().item() < _roundoff(T, 1 / s.min().item())
+    gain = _step_moments(ddpm, mu, s, method, start=(torch.ones_like(mu), torch.ones_like(mu)))[0] - \
+        _step_moments(ddpm, mu, s, method, start=(torch.zeros_like(mu), torch.ones_like(mu)))[0]
+    offset = gain * (0 - _q_T(ddpm, mu, s)[0])
+    assert ((m - mu - offset) / s).abs().max().item() < _roundoff(T, 1 / s.min().item())
+    # 3) the variance converges with the number of steps: its error at S = T is below that at S = T / 10
+    v_coarse = _step_moments(ddpm, mu, s, method, steps=T // 10, start=_q_T(ddpm, mu, s), **options)[1]
+    assert ((v_true / s ** 2).mean() - 1).abs() < ((v_coarse / s ** 2).mean() - 1).abs()
+    if method == "ancestral":
+        # 4) Ho et al.'s two variances bracket the truth (Sec. 3.2): the reverse step's true variance
+        # Var[x_{t-1} | x_t] lies between β̃_t (its value given x_0) and β_t (s <= 1), and m ← A m + B, v ← A² v + σ²
+        # is monotone in every σ², so from q(x_T) σ² = β̃ ends below s² and σ² = β above s² less the last step's
+        # true variance (Algorithm 2 adds no noise at t = 1)
+        last = _true_reverse_variance(ddpm, s, 0)
+        tol = _roundoff(T)
+        if options.get("variance") == "beta_tilde":
+            assert (v_true - s ** 2).max().item() <= tol
+        else:
+            assert (v_true - (s ** 2 - last)).min().item() >= -tol
 
 
 @pytest.mark.slow
 def test_ddim_discretisation_error_shrinks_with_steps(seed):
     ddpm, mu, s = _gaussian_ddpm()
-    errors = []
-    for steps in (10, 25, 100, 250, 1000):
+    a_T = ddpm.alphas_cumprod[-1].item()
+    all_steps, errors = (10, 25, 50, 100, 250, 500, 1000), []
+    for steps in all_steps:
         m, v = _exact_moments(ddpm, mu, s, "ddim", steps)
-        # DDIM under-disperses: the variance error shrinks like 1/S (measured 6.6/S at S = 10, 12/S at 1000)
-        error = abs((v / s ** 2).mean().item() - 1)
-        errors.append(error)
-        assert error < 15 / steps, (steps, error)
-        # the mean is right to the floor set by starting from N(0, I) instead of q(x_T) (√ᾱ_T = 0.006)
-        assert ((m - mu) / s).abs().max() < 0.01
+        errors.append(abs((v / s ** 2).mean().item() - 1))  # DDIM under-disperses
+        # the mean is exact but for the start: N(0, I) instead of q(x_T) = N(√ᾱ_T mu, ·) offsets it by the
+        # sampler's gain times −√ᾱ_T mu (the map is affine, its gain m(start = 1) − m(start = 0))
+        gain = _exact_moments(ddpm, mu, s, "ddim", steps, start=1.0)[0] - m
+        assert ((m - mu + gain * a_T ** 0.5 * mu) / s).abs().max().item() < _roundoff(steps, 1 / s.min().item())
+    # DDIM is a first-order scheme: the error falls with every refinement, and the observed order
+    # log(e_S / e_S') / log(S' / S) rises towards 1 as S grows (the asymptotic regime)
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    orders = [math.log(e0 / e1) / math.log(s1 / s0)
+              for (s0, e0), (s1, e1) in zip(zip(all_steps, errors), zip(all_steps[1:], errors[1:]))]
+    assert all(a < b for a, b in zip(orders, orders[1:])), orders
+    assert abs(orders[-1] - 1) < abs(orders[0] - 1), orders
     # the sampler is the exact map of its own discretisation: DDIM is deterministic and, here, affine per
     # pixel, x_0 = A x_T + B, so replaying its draw of x_T gives its output up to float64 round-off
     # (S steps of a few roundings each, on numbers of the size of max |x|, with gains of order 1)

@@ -11,11 +11,14 @@ from gen_lib import metrics
 D = 8
 
 
+def _mix(d=D):
+    return torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(99),
+                                                                dtype=torch.float64)
+
+
 def _gauss(n, d=D, shift=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mix = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(99),
-                                                               dtype=torch.float64)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix + shift
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ _mix(d) + shift
 
 
 def _fid_scipy(x, y):
@@ -81,13 +84,22 @@ def test_precision_recall_match_the_definition(seed):
     assert metrics.precision_recall(real, fake, k=3) == _precision_recall_brute(real, fake, 3)
 
 
-def test_fid_is_biased_at_small_n_but_kid_is_not(seed):
-    # two samples of one distribution: FID > 0 and shrinks with N (its bias is of order 1/N, here a factor
-    # 4000/32 = 125; 10 leaves room for the noise of one draw); KID averages to ~0 at any N
-    o = 100 * seed
-    fid_small = metrics.fid_from_features(_gauss(32, seed=3 + o), _gauss(32, seed=4 + o))
-    fid_large = metrics.fid_from_features(_gauss(4000, seed=3 + o), _gauss(4000, seed=4 + o))
-    assert fid_small > 10 * fid_large > 0
+def test_fid_is_biased_at_small_n(seed):
+    # two samples of one distribution (covariance S): FID >= |m1 - m2|², whose expectation is 2 Tr S / N, so FID's
+    # expectation is at least that at N = 32, and it falls with N. Both checked on means over 30 pairs, with
+    # the Student-t multiplier of their standard errors (KID's unbiasedness: the next test)
+    o, repeats = 100 * seed, 30
+    small = [metrics.fid_from_features(_gauss(32, seed=3 + o + 2 * r), _gauss(32, seed=4 + o + 2 * r))
+             for r in range(repeats)]
+    large = [metrics.fid_from_features(_gauss(4000, seed=3 + o + 2 * r), _gauss(4000, seed=4 + o + 2 * r))
+             for r in range(repeats)]
+    cov = _mix().T @ _mix()  # exact: the rows are z @ mix, z ~ N(0, I)
+    t = t_quantile(repeats - 1)
+    mean_small, se_small = np.mean(small), np.std(small, ddof=1) / np.sqrt(repeats)
+    assert mean_small + t * se_small > 2 * cov.trace().item() / 32, (small, cov.trace().item())
+    diff = np.subtract(small, large)
+    assert diff.mean() - t * diff.std(ddof=1) / np.sqrt(repeats) > 0, (small, large)
+    assert min(large) > 0
 
 
 @pytest.mark.parametrize("n,repeats", [(20, 200), (200, 40), (2000, 12)])

@@ -58,8 +58,46 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
         assert code[0] is params[0], f"{name}: the parameters cell must be the first code cell"
 
 
+def _fid_cell(table: str, row: str, column: int = 1) -> float:
+    """The number in `column` of the one table row whose name starts with `row`."""
+    (line,) = [line for line in table.splitlines() if line.startswith(row) and "&" in line]
+    return float(line.split("&")[column].strip())
+
+
+def _check_fid_cells(tmp_path, monkeypatch):
+    import torch
+
+    from gen_lib import data, metrics
+    from gen_lib.study import cache, config, recipes
+    from test_metrics import _fid_scipy
+
+    monkeypatch.setenv("GEN_LIB_BUILD", str(tmp_path / "build"))
+    phi = recipes.load_classifier("mnist", "smoke").features
+    held_x, _ = data.load_mnist("held_out")
+    test_x, _ = data.load_mnist("test")
+    tables = tmp_path / "report" / "tables"
+
+    def check(table, row, ref, images, column=1):  # the cell has 2 decimals: within half a unit of the last one
+        expected = _fid_scipy(metrics.extract(phi, ref).double(), metrics.extract(phi, images).double())
+        assert abs(_fid_cell(table, row, column) - expected) <= 0.005 + 1e-6 * expected, (row, expected, table)
+
+    q = config.resolve("quality", "smoke")  # 04_quality: random test and held-out images, one generator
+    gen = torch.Generator().manual_seed(q["seed"])
+    test_idx, held_idx = torch.randperm(len(test_x), generator=gen), torch.randperm(len(held_x), generator=gen)
+    table2, n = (tables / "quality_table2.tex").read_text(), q["n_eval"]
+    check(table2, "real", test_x[test_idx[:n]], held_x[held_idx[:n]])
+    check(table2, "RealNVP flow", test_x[test_idx[:n]], cache.load_samples("flow", "smoke")["images"][:n])
+    d = config.resolve("ddpm", "smoke")  # 03_ddpm: random test images, the first held-out ones, DDIM's cached samples
+    table, n = (tables / "ddpm_fid_steps.tex").read_text(), d["fid_n"]
+    ref = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(d["seed"]))[:n]]
+    check(table, "real data", ref, held_x[:n], column=2)  # after "ms per sample"
+    steps = int(d["compare_steps"].split(",")[0])
+    (samples,) = (tmp_path / "build" / "runs" / "ddpm").glob(f"*/fid_ddim{steps}_{n}.pt")
+    check(table, f"DDIM-{steps}", ref, torch.load(samples)["images"], column=2)
+
+
 @pytest.mark.slow
-def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
+def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path, monkeypatch):
     done = _run("--profile", "smoke", "--build-dir", str(tmp_path / "build"), "--report-dir", str(tmp_path / "report"))
     text = _check_outputs(tmp_path, done)
     assert "Profile smoke" in text and "MNIST" in text
@@ -82,6 +120,9 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_pdf(tmp_path):
                         ("quality_vae", "iwae20")):  # the smoke profile's ode_steps, nll_t, quadrature_grid, nll_k
         (result,) = (tmp_path / "build" / "runs" / model).glob(f"*/table3_{name}_*_b*.pt")
         assert f"{torch.load(result).double().mean():.3f} $\\pm$" in table3, (result, table3)
+    # Table 2 and the DDPM's FID-against-steps table: raw FID of a model row and of the floor, recomputed here from
+    # the cached samples and classifier by scipy's matrix square root (test_metrics._fid_scipy)
+    _check_fid_cells(tmp_path, monkeypatch)
     # Table 1: each prior's mean test ELBO and IWAE over seeds, as the per-image results the notebook cached
     table1 = (tmp_path / "report" / "tables" / "priors_table1.tex").read_text()
     by_prior = {}

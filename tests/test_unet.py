@@ -1,8 +1,12 @@
 """Contract tests of the U-Net ε-network: shapes, gradients, padding, bad input."""
 
+import re
+
 import pytest
 import torch
 
+from gen_lib import unet
+from gen_lib.study import config
 from gen_lib.unet import UNet, timestep_embedding
 
 
@@ -46,10 +50,37 @@ def test_timestep_embedding():
     assert torch.allclose(emb.square().reshape(3, 2, 8).sum(1), torch.ones(3, 8))  # sin² + cos² = 1
 
 
-def test_parameter_counts_of_profiles():
-    count = lambda net: sum(p.numel() for p in net.parameters())
-    paper = UNet(base_channels=32, channel_mults=(1, 2, 2, 4), n_res=2)
-    assert 2e6 <= count(paper) <= 6e6  # comparable to common MNIST DDPMs
+def _count_by_hand(c0, mults, n_res, c_in=1):
+    """Parameters of the architecture the module docstring describes, by arithmetic (weights + biases)."""
+    conv = lambda i, o, k: i * o * k * k + o  # noqa: E731
+    linear = lambda i, o: i * o + o  # noqa: E731
+    norm = lambda c: 2 * c  # noqa: E731  GroupNorm: scale and shift
+    t_dim = 4 * c0
+
+    def res(i, o):  # norm, 3x3 conv, time projection, norm, 3x3 conv, 1x1 skip where the width changes
+        return norm(i) + conv(i, o, 3) + linear(t_dim, o) + norm(o) + conv(o, o, 3) + (conv(i, o, 1) if i != o else 0)
+
+    total = linear(c0, t_dim) + linear(t_dim, t_dim) + conv(c_in, c0, 3)  # time MLP, conv_in
+    widths, c = [c0 * m for m in mults], c0
+    for w in widths:  # down: n_res blocks, then a stride-2 3x3 conv
+        total += res(c, w) + (n_res - 1) * res(w, w) + conv(w, w, 3)
+        c = w
+    total += 2 * res(c, c) + norm(c) + conv(c, 3 * c, 1) + conv(c, c, 1)  # middle: two blocks, attention
+    for w in reversed(widths):  # up: a 3x3 conv after the upsampling, n_res blocks reading the skips
+        total += conv(c, c, 3) + res(c + w, w) + (n_res - 1) * res(2 * w, w)
+        c = w
+    return total + norm(c) + conv(c, c_in, 3)
+
+
+@pytest.mark.parametrize("profile", config.PROFILES)
+def test_parameter_counts_of_profiles(profile):
+    cfg = config.resolve("ddpm", profile)
+    mults = tuple(int(m) for m in cfg["channel_mults"].split(","))
+    net = UNet(base_channels=cfg["base_channels"], channel_mults=mults, n_res=cfg["n_res"])
+    assert sum(p.numel() for p in net.parameters()) == _count_by_hand(cfg["base_channels"], mults, cfg["n_res"])
+    if profile == "paper":  # the size the module docstring states
+        stated = float(re.search(r"\(([\d.]+) M parameters", unet.__doc__).group(1))
+        assert round(_count_by_hand(cfg["base_channels"], mults, cfg["n_res"]) / 1e6, 1) == stated
 
 
 def test_bad_input():

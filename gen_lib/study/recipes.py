@@ -328,8 +328,7 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                      log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [quality] section) on the
     "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by cross-entropy: Adam at `classifier_lr` for
-    `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs` (the low-lr epoch takes the
-    MNIST test accuracy above 99 % within a few CPU minutes). `test_accuracy` joins the history after
+    `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs`. `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
 
