@@ -16,10 +16,9 @@ Each explorer computes its tensors once, `render(...)` draws one setting as a ma
 `widget` (sliders + an image) re-renders on every change, and `static_figure()` shows several
 settings at once: the fallback that the executed HTML keeps where widgets cannot run.
 
-The loaders (`load_vaes`, `load_flow`, `load_ddpm`) rebuild the run folders exactly as notebooks
-01_priors, 02_flow and 03_ddpm do (`recipes.run_folder` of the same configuration) and load their
-checkpoints with `training.load_checkpoint`; they never train. A missing checkpoint is an error
-that names the notebook to run first.
+The loaders (`load_vaes`, `load_flow`, `load_ddpm`) resolve the profile's configuration and load what
+notebooks 01_priors, 02_flow and 03_ddpm trained with it (`recipes.load`: the same run folder); they
+never train. A missing checkpoint is an error that names the notebook to run first.
 """
 
 from __future__ import annotations
@@ -34,26 +33,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .. import data, flows, priors, training, vae
+from .. import data, flows, priors, vae
 from ..data import dequantize
-from ..diffusion import DDPM, DDPMConfig, build_ddpm, sampling_timesteps
+from ..diffusion import DDPM, sampling_timesteps
 from ..study import config, recipes
 
 
 # ---------------------------------------------------------------- the cached models
-
-
-def _checkpoint(section: str, run_cfg: dict[str, Any], notebook: str, profile: str, epochs: int) -> dict[str, Any]:
-    """The finished checkpoint of `recipes.run_key(section, run_cfg)`, or an error naming the notebook to run."""
-    path = recipes.run_folder(section, run_cfg) / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no cached {section} model for profile {profile!r} at {path}; run notebook {notebook} "
-                                f"first (python -m gen_lib.run --profile {profile} --only {notebook} --no-pdf)")
-    ckpt = training.load_checkpoint(path)
-    if ckpt.get("epoch", epochs) < epochs:
-        raise FileNotFoundError(f"the cached {section} model at {path} has {ckpt['epoch']} of {epochs} epochs "
-                                f"(an interrupted run); run notebook {notebook} again to finish it")
-    return ckpt
 
 
 def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0,
@@ -62,32 +48,18 @@ def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0,
     cfg = config.resolve("priors", profile, dataset=dataset)
     if not 0 <= seed < cfg["seeds"]:
         raise ValueError(f"seed={seed}: profile {profile!r} trains seeds 0..{cfg['seeds'] - 1}")
-    models = {}
-    for name in names or priors.select(cfg.get("priors")):
-        ckpt = _checkpoint("priors", {**cfg, "prior": name, "seed": seed}, "01_priors", profile, cfg["epochs"])
-        model = vae.build_vae(name, image_shape=data.info(dataset).shape, prior_params=priors.params(name, cfg))
-        model.load_state_dict(ckpt["model"])
-        models[name] = model.eval()
-    return models
+    return {name: recipes.load("priors", {**cfg, "prior": name, "seed": seed})
+            for name in names or priors.select(cfg.get("priors"))}
 
 
 def load_flow(profile: str, dataset: str = "mnist", device: torch.device | str = "cpu") -> flows.ImageFlow:
     """The image flow that 02_flow trained under `profile`, in float32 and eval mode."""
-    cfg = config.resolve("flow", profile, dataset=dataset)
-    ckpt = _checkpoint("flow", cfg, "02_flow", profile, cfg["epochs"])
-    flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
-                                  image_shape=data.info(dataset).shape, actnorm=cfg["actnorm"])
-    flow.load_state_dict(ckpt["model"])
-    return flow.float().to(device).eval()
+    return recipes.load("flow", config.resolve("flow", profile, dataset=dataset), device=device)
 
 
 def load_ddpm(profile: str, dataset: str = "mnist", device: torch.device | str = "cpu") -> DDPM:
     """The DDPM that 03_ddpm trained under `profile`, with the EMA weights it samples from, in eval mode."""
-    cfg = config.resolve("ddpm", profile, dataset=dataset)
-    ckpt = _checkpoint("ddpm", cfg, "03_ddpm", profile, cfg["epochs"])
-    ddpm = build_ddpm(config.make(DDPMConfig, cfg), shape=data.info(dataset).shape)
-    ddpm.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    return ddpm.to(device).eval()
+    return recipes.load("ddpm", config.resolve("ddpm", profile, dataset=dataset), device=device)
 
 
 # ---------------------------------------------------------------- drawing helpers

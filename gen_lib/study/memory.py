@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import classifier, data, diffusion
+from .. import data
 from ..vae import IWAE_CHUNK  # decoder evaluations per chunk in `vae.evaluate` (K_c * B <= IWAE_CHUNK)
-from . import config
+from . import config, models
 
 CPU_BUDGET = 8 * 2**30
 GPU_BUDGET = 40 * 2**30
@@ -69,11 +69,11 @@ def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> di
     ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))  # sizes: no timing
     quality = config.resolve("quality", profile, **overrides.get("quality", {}))
     info = data.info(ddpm_cfg["dataset"])
-    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, ddpm_cfg), shape=info.shape)
+    ddpm = models.build("ddpm", ddpm_cfg)
     x = torch.zeros(2, *info.shape)
     unet = activation_bytes_per_example(ddpm.network, x, torch.zeros(2, dtype=torch.long))
     weights = sum(p.numel() * p.element_size() for p in ddpm.parameters())
-    net = classifier.MNISTClassifier(quality["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
+    net = models.build("classifier", quality)
     n = max(quality["n_eval"], quality["fid_curve_max"])
     return {
         "iwae": iwae_chunk_bytes(input_dim=info.dim),

@@ -26,12 +26,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .. import paths
-from ..diffusion import DDPMConfig, build_ddpm
-from ..flows import build_image_flow
 from ..system import hardware
 from ..training import _adam, autocast, default_device
-from ..vae import build_vae
-from . import config
+from . import config, models
 
 MARGIN = 1.10  # a faster setting must win by at least 10 %: within noise, the simpler one (float32, no channels_last)
 SLOW = 2.0  # a setting whose first timed step takes more than SLOW x float32's is dropped from the measurement
@@ -116,22 +113,20 @@ def _candidate(kind: str, cfg: Mapping[str, Any], device: torch.device):
 
         b = int(cfg.get("batch_size", 128))  # [quality] arrives with its vae_ prefixes stripped (settle)
         batch = (torch.rand(b, 784, generator=g) > 0.5).float().to(device)
-        return (f"vae 784-512-512-2 batch {b}", lambda: build_vae("gaussian"), batch,
+        return (f"vae 784-512-512-2 batch {b}", lambda: models.build("priors", {"prior": "gaussian"}), batch,
                 lambda m, x: m.loss(x, check=False), 20)
     if kind == "flow":
 
         b = int(cfg["batch_size"])
         batch = torch.rand(b, 1, 28, 28, generator=g).mul(0.98).add(0.01).to(device)
         return (f"flow {cfg['n_layers']}x{cfg['hidden']} batch {b}",
-                lambda: build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
-                                         actnorm=cfg["actnorm"]), batch, lambda m, x: m.loss(x), 3)
+                lambda: models.build("flow", cfg), batch, lambda m, x: m.loss(x), 3)
     if kind == "unet":
 
         b = int(cfg["batch_size"])
-        model_cfg = config.make(DDPMConfig, {**cfg, "bf16": False, "channels_last": False})
         batch = (torch.rand(b, 1, 28, 28, generator=g) * 2 - 1).to(device)
         return (f"unet c{cfg['base_channels']} m{cfg['channel_mults']} r{cfg['n_res']} batch {b}",
-                lambda: build_ddpm(model_cfg), batch, lambda m, x: m.loss(x), 2)
+                lambda: models.build("ddpm", cfg), batch, lambda m, x: m.loss(x), 2)
     raise ValueError(f"kind={kind!r} is unknown; choose one of vae, flow, unet")
 
 

@@ -30,11 +30,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import data, flows, priors, training, vae
+from .. import data, flows, priors, training
 from .. import seeds as stacking
-from ..classifier import MNISTClassifier, accuracy
-from ..diffusion import DDPMConfig, build_ddpm
-from . import cache, config, precision
+from ..classifier import accuracy
+from ..diffusion import DDPMConfig
+from . import cache, config, models, precision
 
 # What decides the weights of each section's runs (epochs left out: see the module's note).
 IDENTITY: dict[str, tuple[str, ...]] = {
@@ -123,13 +123,11 @@ class _VAEKeys:
     epochs: str
     batch_size: str
     lr: str
-    likelihood: str
     bf16: str
 
 
-_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bernoulli", "bf16"),
-        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "continuous_bernoulli",
-                                "vae_bf16")}
+_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bf16"),
+        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "vae_bf16")}
 
 
 def _unchecked_loss(model, batch):
@@ -161,29 +159,28 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
     if not cfg["stack_seeds"] or len(seeds) < 2:
         return [train_vae(cfg, train_x, prior=prior, seed=s, eval_x=eval_x, device=device, progress=progress, log=log)
                 for s in seeds]
-    keys, models, folders = [], [], []
+    keys, nets, folders = [], [], []
     for seed in seeds:
         c = {**cfg, "prior": prior, "seed": seed}
         keys.append(run_key("priors", c))
         folders.append(cache.run_dir("priors", keys[-1]))
         torch.manual_seed(seed)
-        models.append(vae.build_vae(prior, image_shape=data.info(cfg["dataset"]).shape,
-                                    prior_params=priors.params(prior, cfg)))
+        nets.append(models.build("priors", c))
     train_x = subset(train_x, cfg["train_subset"])
-    models[0].check_data(train_x)  # once here, not in every step
+    nets[0].check_data(train_x)  # once here, not in every step
     per = max(1, min(4, len(train_x) // len(seeds)))  # a few images per seed: does the prior's code run stacked?
     probe = train_x[: per * len(seeds)].reshape(len(seeds), per, -1).float()
-    if not stacking.agrees(models, _elbo_per_example, probe, torch.randn(len(seeds), per, models[0].latent_dim)):
+    if not stacking.agrees(nets, _elbo_per_example, probe, torch.randn(len(seeds), per, nets[0].latent_dim)):
         log(f"{prior}: its code does not run stacked (gen_lib.seeds.agrees); training seed by seed")
         return [train_vae({**cfg, "stack_seeds": False}, train_x, prior=prior, seed=s, eval_x=eval_x, device=device,
                           progress=progress, log=log) for s in seeds]
     results = training.fit_seeds(
-        models, train_x, seeds=seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], configs=keys,
-        loss_fn=_elbo_per_example, noise_shape=(models[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
+        nets, train_x, seeds=seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], configs=keys,
+        loss_fn=_elbo_per_example, noise_shape=(nets[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
         eval_fn=_vae_eval_fn(eval_x) if eval_x is not None else None, device=device, bf16=cfg["bf16"],
         progress=progress, desc=prior, log=log)
     return [_recorded(Trained(m, r, f, {**cfg, "prior": prior, "seed": s}), "priors", cfg["epochs"])
-            for m, r, f, s in zip(models, results, folders, seeds)]
+            for m, r, f, s in zip(nets, results, folders, seeds)]
 
 
 def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "priors", prior: str | None = None,
@@ -210,8 +207,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     key = run_key(section, cfg)
     folder = cache.run_dir(section, key)
     torch.manual_seed(seed)
-    model = vae.build_vae(name, likelihood=keys.likelihood, image_shape=data.info(cfg["dataset"]).shape,
-                          prior_params=priors.params(name, cfg))
+    model = models.build(section, cfg)
     continuous = section == "quality_vae"
     eval_fn = None
     if eval_x is not None:
@@ -247,8 +243,7 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     key = run_key("flow", cfg)
     folder = cache.run_dir("flow", key)
     torch.manual_seed(cfg["seed"])
-    flow = flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
-                                  image_shape=data.info(cfg["dataset"]).shape, actnorm=cfg["actnorm"])
+    flow = models.build("flow", cfg)
     x = subset(train_x, cfg["train_subset"])
     init = data.dequantize(x[:4096].float(), generator=torch.Generator().manual_seed(cfg["seed"]))
     flows.initialize_actnorm(flow, init)
@@ -285,7 +280,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     model_cfg = config.make(DDPMConfig, cfg)
     key = run_key("ddpm", cfg)
     folder = cache.run_dir("ddpm", key)
-    ddpm = build_ddpm(model_cfg, shape=data.info(cfg["dataset"]).shape)
+    ddpm = models.build("ddpm", cfg)
     eval_fn = None
     if eval_x is not None:
         g = torch.Generator().manual_seed(12345)
@@ -332,13 +327,12 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
 
-    info = data.info(cfg["dataset"])
     key = run_key("classifier", cfg)
     folder = cache.run_dir("classifier", key)
     x, y = data.load_mnist("fit", dataset=cfg["dataset"])
     xt, yt = data.load_mnist("test", dataset=cfg["dataset"])
     torch.manual_seed(cfg["classifier_seed"])  # the initial weights
-    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
+    model = models.build("classifier", cfg)
     n = cfg["train_subset"] or len(x)
     result = training.fit(model, (x[:n], y[:n]), epochs=cfg["classifier_epochs"] + cfg["classifier_decay_epochs"],
                           batch_size=cfg["classifier_batch_size"], lr=cfg["classifier_lr"], seed=cfg["classifier_seed"],
@@ -349,26 +343,39 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                      cfg["classifier_epochs"] + cfg["classifier_decay_epochs"])
 
 
-def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
-    """The classifier that notebook 04_quality trained for `dataset` under `profile`, from the cache.
+# the notebook and the recipe that train each section's model (for the errors of `load`)
+WRITER = {"priors": ("01_priors", "train_vaes"), "quality_vae": ("04_quality", "train_vae"),
+          "flow": ("02_flow", "train_flow"), "ddpm": ("03_ddpm", "train_ddpm"), "classifier": ("04_quality", "train_classifier")}
 
-    Raises FileNotFoundError, saying how to train it, when it has not been trained
-    (or its training was interrupted).
+
+def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "cpu", ema: bool = True) -> nn.Module:
+    """The trained model of `section` under the resolved configuration `cfg` (as its recipe trained it: the same
+    run folder), in eval mode on `device` (the weights in the dtypes `models.build` gives them, whatever the
+    training precision); a DDPM with its EMA weights unless `ema=False`.
+
+    Raises FileNotFoundError naming the notebook (and recipe) to run when the model was not trained, or its
+    training stopped before the configured epochs.
     """
-
-    cfg = config.resolve("quality", profile, dataset=dataset)
-    path = run_folder("classifier", cfg) / "model.pt"
-    how = (f"train it with gen_lib.study.recipes.train_classifier(config.resolve('quality', {profile!r}, "
-           f"dataset={dataset!r})) or run notebook 04_quality "
-           f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only 04_quality --no-pdf)")
+    if section not in WRITER:
+        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(WRITER)}")
+    notebook, recipe = WRITER[section]
+    profile, dataset = cfg.get("profile", "default"), cfg.get("dataset", "mnist")
+    what = "classifier" if section == "classifier" else f"{section} model"
+    path = run_folder(section, cfg) / "model.pt"
+    how = (f"train it with gen_lib.study.recipes.{recipe}, or run notebook {notebook} first "
+           f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only {notebook} --no-pdf)")
     if not path.exists():
-        raise FileNotFoundError(f"no trained {dataset} classifier for profile {profile!r} at {path}; {how}")
+        raise FileNotFoundError(f"no trained {dataset} {what} for profile {profile!r} at {path}; {how}")
     ckpt = training.load_checkpoint(path)  # the folder is the configuration's: its hash names it
-    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
-    if ckpt["epoch"] < epochs:
-        raise FileNotFoundError(f"the {dataset} classifier at {path} stopped after {ckpt['epoch']} of "
-                                f"{epochs} epochs; {how}")
-    info = data.info(dataset)
-    model = MNISTClassifier(cfg["feature_dim"], n_classes=len(info.classes), image_shape=info.shape)
-    model.load_state_dict(ckpt["model"])
-    return model.to(training.default_device()).eval()
+    epochs = sum(cfg[k] for k in EPOCHS[section])
+    if ckpt.get("epoch", epochs) < epochs:
+        raise FileNotFoundError(f"the {dataset} {what} at {path} stopped after {ckpt['epoch']} of {epochs} epochs "
+                                f"(an interrupted run); {how}")
+    model = models.build(section, cfg)
+    model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"])
+    return model.to(device).eval()
+
+
+def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
+    """The classifier that notebook 04_quality trained for `dataset` under `profile`, on this process's device."""
+    return load("classifier", config.resolve("quality", profile, dataset=dataset), device=training.default_device())
