@@ -1,6 +1,11 @@
+import dataclasses
+import inspect
+import re
+
 import pytest
 
-from gen_lib.study import config
+from gen_lib.diffusion import DDPMConfig
+from gen_lib.study import config, sections
 
 
 def test_every_profile_has_every_section():
@@ -45,3 +50,25 @@ def test_unknown_dataset():
 
 def test_resolve_leaves_auto_to_the_recipes():
     assert config.resolve("ddpm", "paper")["bf16"] == "auto"
+
+
+def test_every_field_is_typed_documented_and_in_the_profiles():
+    """Each section's dataclass declares exactly the profile's keys, with a comment on every field's line, and
+    refuses a value of the wrong type by name."""
+    for name, cls in sections.SECTIONS.items():
+        source = inspect.getsource(cls).splitlines()
+        for f in dataclasses.fields(cls):
+            lines = [line for line in source if re.match(rf"\s+{f.name}: ", line)] or \
+                [line for line in inspect.getsource(sections.Section).splitlines() if re.match(rf"\s+{f.name}: ", line)]
+            assert lines and "#" in lines[0], (name, f.name)
+        assert {f.name for f in dataclasses.fields(cls)} == set(config.resolve(name, "default"))
+    with pytest.raises(ValueError, match=r"epochs='ten' in \[flow\]: expected int"):
+        config.resolve("flow", "smoke", epochs="ten")
+    with pytest.raises(ValueError, match=r"seeds=True in \[priors\]: expected int"):
+        config.resolve("priors", "smoke", seeds=True)
+
+
+def test_the_ddpm_section_trains_what_the_ddpm_config_holds():
+    # gen_lib.diffusion.DDPMConfig is the model's own dataclass: every field of it but epochs decides a DDPM run
+    assert set(sections.identity("ddpm")) == {"dataset"} | {f.name for f in dataclasses.fields(DDPMConfig)} - {"epochs"}
+    assert sections.epochs("ddpm") == ("epochs",)

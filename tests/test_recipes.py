@@ -1,6 +1,8 @@
 """The training recipes and the one run identity: epochs are not part of it, so a longer run resumes a
 shorter one; every other training parameter is."""
 
+import json
+
 import pytest
 import torch
 
@@ -45,6 +47,10 @@ def test_a_longer_run_resumes_a_shorter_one(tmp_build):
     longer = recipes.train_vae({**cfg, "epochs": 2}, data.binarize(x), prior="gaussian", seed=0, device="cpu",
                                progress=False)
     assert short.result.status == "trained" and longer.result.status == "resumed"
+    # beside the checkpoint: the identity (config.json) and the whole configuration that used it
+    identity = json.loads((short.folder / "config.json").read_text())
+    whole = json.loads((short.folder / "config-smoke.json").read_text())
+    assert "test_subset" not in identity and whole["test_subset"] == cfg["test_subset"] and whole["epochs"] == 2
     assert longer.folder == short.folder and [h["epoch"] for h in longer.history] == [1, 2]
     assert longer.history[0] == short.history[0]  # the first epoch is the shorter run's, not trained again
     again = recipes.train_vae({**cfg, "epochs": 2}, data.binarize(x), prior="gaussian", seed=0, device="cpu",

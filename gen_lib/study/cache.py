@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -44,11 +45,16 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
-def record_training(folder: Path, section: str, profile: str, status: str, epochs: int, seconds: float) -> dict:
+def record_training(folder: Path, section: str, profile: str, status: str, epochs: int, seconds: float,
+                    config: Mapping[str, Any] | None = None) -> dict:
     """Which run trained the model in `folder`, on what machine, when and in how long: `provenance.json` there
     (kept as it is when the model was only reused; a resumed run adds its seconds to the earlier ones), and the
     folder's entry in `build/provenance-<profile>.json` under the notebook that used it (GEN_LIB_NOTEBOOK, set by
-    the runner). The index page reads both, so that a cached re-run does not pass for the run that trained."""
+    the runner). The index page reads both, so that a cached re-run does not pass for the run that trained.
+    `config`, the whole configuration section that used the model (beyond its identity, config.json), is saved
+    beside the checkpoint as `config-<profile>.json`."""
+    if config is not None:
+        _write_json(folder / f"config-{profile or 'none'}.json", dict(config))
     path = folder / "provenance.json"
     old = json.loads(path.read_text()) if path.exists() else None
     if status == "reused" and old is not None:
@@ -114,6 +120,7 @@ def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = 
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"samples of {model} lie in [{images.min():.3g}, {images.max():.3g}]; expected [0, 1]")
     path = samples_path(model, profile, dataset)
+    meta = {k: dict(v) if isinstance(v, Mapping) else v for k, v in meta.items()}  # a config section as a dict
     save_atomic({"images": images.detach().float().cpu(), **meta}, path)
     return path
 

@@ -5,9 +5,9 @@ replace the file's (the tests run the `paper` profile's code paths at tiny sizes
 it may only change parameters that exist.
 
 A notebook's papermill parameters cell is a block of scalars (`profile`, `dataset`,
-and overrides left at None); `resolve` fills the rest from the profile and refuses
-unknown names. The resolved dict is what part modules turn into their config
-dataclasses and what is saved beside every checkpoint and result.
+and overrides left at None); `resolve` fills the rest from the profile, refuses unknown
+names and returns the section's typed dataclass (`gen_lib.study.sections`, where each
+field is documented and its role in a run's identity declared).
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import data  # the dataset registry, data.INFO
+from .sections import SECTIONS, Section, precision_keys
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 PROFILES = ("smoke", "default", "paper")
 AUTO = "auto"
 # the parameters that may be "auto" (settled at training time by `precision.settle`), per section, and the model
-# whose timing decides each
-PRECISION_KEYS: dict[str, dict[str, str]] = {
-    "priors": {"bf16": "vae"},
-    "quality": {"vae_bf16": "vae"},
-    "flow": {"bf16": "flow"},
-    "ddpm": {"bf16": "unet", "channels_last": "unet"},
-}
+# whose timing decides each: read from the sections' dataclasses
+PRECISION_KEYS: dict[str, dict[str, str]] = {name: keys for name in SECTIONS if (keys := precision_keys(name))}
 
 
 def _read(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -73,7 +69,7 @@ def sections() -> tuple[str, ...]:
     return tuple(_load()["default"])
 
 
-def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
+def resolve(section: str, profile: str, **overrides: Any) -> Section:
     """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides. Nothing runs:
     an "auto" precision stays "auto" until a training recipe settles it (`precision.settle`).
 
@@ -95,7 +91,13 @@ def resolve(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
     for k in PRECISION_KEYS.get(section, {}):
         if k in params and not (isinstance(params[k], bool) or params[k] == AUTO):
             raise ValueError(f"{k}={params[k]!r} in [{section}]: choose true, false or \"auto\"")
-    return params
+    cls = SECTIONS[section]
+    declared = {f.name for f in dataclasses.fields(cls)}
+    if declared != set(params):
+        raise ValueError(f"[{section}] of {PROFILES_FILE} and {cls.__name__} (gen_lib/study/sections.py) disagree: "
+                         f"only in the file: {sorted(set(params) - declared)}; only in the class: "
+                         f"{sorted(declared - set(params))}")
+    return cls(**params)
 
 
 def make(cls: type, params: dict[str, Any]):

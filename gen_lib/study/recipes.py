@@ -10,9 +10,10 @@ its run folder. The notebooks call these; nothing else trains a model.
 - `train_ddpm`:       the DDPM on dequantized images in [-1, 1]
 - `train_classifier`: the CNN whose penultimate layer gives the FID/KID features
 
-Run identity: `run_key(section, cfg)` is the one place that says which parameters decide a run's
-weights. Its hash names the run folder `build/runs/<section>/<hash>/` and it is the configuration
-`fit` stores in and checks against every checkpoint. The number of epochs is left out, so a longer
+Run identity: `run_key(section, cfg)` says which parameters decide a run's weights, read from the fields'
+roles in `gen_lib.study.sections` (`trains`, `extends`). Its hash names the run folder
+`build/runs/<section>/<hash>/` and it is the configuration `fit` stores in and checks against every
+checkpoint; the whole configuration is saved beside it. The number of epochs is left out, so a longer
 run resumes a shorter one from its last checkpoint (`fit` continues from the saved epoch). A
 learning-rate schedule whose horizon is the requested epochs (the flow's cosine, the classifier's
 step) then continues with the longer horizon: the resumed run is not the run that would have been
@@ -34,22 +35,14 @@ from .. import data, flows, priors, training
 from .. import seeds as stacking
 from ..classifier import accuracy
 from ..diffusion import DDPMConfig
-from . import cache, config, models, precision
+from . import cache, config, models, precision, sections
 
-# What decides the weights of each section's runs (epochs left out: see the module's note).
-IDENTITY: dict[str, tuple[str, ...]] = {
-    "priors": ("dataset", "prior", "seed", "batch_size", "lr", "bf16", "train_subset", "stack_seeds"),  # + the prior's sizes
-    "quality_vae": ("dataset", "vae_prior", "seed", "vae_batch_size", "vae_lr", "vae_bf16", "train_subset"),  # + the same
-    "flow": ("dataset", "n_layers", "hidden", "logit_alpha", "actnorm", "batch_size", "lr", "schedule", "grad_clip",
-             "bf16", "seed", "train_subset", "eval_subset"),
-    "ddpm": ("dataset", *(f for f in DDPMConfig.__dataclass_fields__ if f != "epochs")),
-    "classifier": ("dataset", "classifier_batch_size", "classifier_lr", "feature_dim", "train_subset",
-                   "classifier_seed"),
-}
-EPOCHS: dict[str, tuple[str, ...]] = {  # the parameters left out of the identity on purpose
-    "priors": ("epochs",), "quality_vae": ("vae_epochs",), "flow": ("epochs",), "ddpm": ("epochs",),
-    "classifier": ("classifier_epochs", "classifier_decay_epochs"),
-}
+# What decides the weights of each recipe's runs, and what only extends them (epochs: see the module's note),
+# read from the fields' roles in gen_lib.study.sections; Part 1's runs add the prior and seed of one run.
+_PER_RUN = {"priors": ("prior", "seed")}
+IDENTITY: dict[str, tuple[str, ...]] = {run: (*sections.identity(run), *_PER_RUN.get(run, ()))
+                                        for run in sections.RUN_SECTION}
+EPOCHS: dict[str, tuple[str, ...]] = {run: sections.epochs(run) for run in sections.RUN_SECTION}
 _PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}
 # What a section's runs always do, recorded in their identity (a change of it moves the run folder).
 _FIT = {"train_images": f"the 'fit' split: the training split less its last {data.HELD_OUT} images"}
@@ -105,7 +98,7 @@ class Trained:
 def _recorded(trained: Trained, section: str, epochs: int) -> Trained:
     """`trained`, after `cache.record_training` noted which run trained it (machine, date, minutes)."""
     cache.record_training(trained.folder, section, trained.config.get("profile", ""), trained.result.status, epochs,
-                          trained.result.seconds)
+                          trained.result.seconds, config=trained.config)
     return trained
 
 

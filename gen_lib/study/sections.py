@@ -1,0 +1,239 @@
+"""The configuration: one frozen dataclass per section of `profiles.toml`, a comment per field (as nanoGPT's
+`GPTConfig`). `config.resolve` fills one from a profile; the values live in the TOML file, the meaning here.
+
+A field's role decides what a run's identity is (`identity`), so that no list of keys is kept by hand:
+- `trains(...)`: it decides the weights of the section's runs (all of them, or those named), so it is part of
+  their identity: a change trains a new run in a new folder;
+- `extends(...)`: it only extends a run (epochs): a larger value resumes the run from its last checkpoint;
+- `prior_size()`: a prior's size, `<prior>_<param>`, part of the identity of that prior's runs only;
+- no role: what the notebook does with the trained models (evaluation sizes, samples, seeds of draws).
+A field with `precision=` may be "auto", settled by `precision.settle` at training time.
+
+A section is also a read-only mapping (`cfg["epochs"]`, `{**cfg, "seed": 1}`), as the notebooks use it.
+"""
+
+import dataclasses
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+ALL = "*"
+
+
+def trains(*runs: str, precision: str | None = None) -> Any:
+    """A field that decides the weights of `runs` (default: every run of its section)."""
+    return field(metadata={"runs": runs or (ALL,), "precision": precision})
+
+
+def extends(*runs: str) -> Any:
+    """A field that only extends `runs` (default: every run of its section): epochs."""
+    return field(metadata={"extends": runs or (ALL,)})
+
+
+def prior_size() -> Any:
+    """A VAE prior's size parameter `<prior>_<param>` (gen_lib.priors.register)."""
+    return field(metadata={"prior_size": True})
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    if isinstance(kind, types.UnionType):
+        return any(_accepts(k, value) for k in kind.__args__)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+@dataclass(frozen=True)
+class Section(Mapping):
+    """What every section has: where its values came from and the dataset."""
+
+    RUNS: ClassVar[tuple[str, ...]] = ()  # the recipes (gen_lib.study.recipes) whose runs this section configures
+    profile: str  # the profile the values came from: smoke | default | paper
+    dataset: str = trains()  # mnist | fashion (gen_lib.data.INFO)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _accepts(f.type, value):
+                name = getattr(f.type, "__name__", str(f.type))
+                raise ValueError(f"{f.name}={value!r} in [{section_name(type(self))}]: expected {name}")
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+@dataclass(frozen=True)
+class CommonSection(Section):
+    """[common]: shared by every section (its fields are those of `Section`)."""
+
+
+@dataclass(frozen=True)
+class PriorsSection(Section):
+    """[priors], notebook 01_priors: Part 1, VAEs with a 2-D latent on binarized images, one run per prior and seed."""
+
+    RUNS: ClassVar[tuple[str, ...]] = ("priors",)
+    seeds: int  # seeds per prior (0 .. seeds-1): the spread of every Table 1 entry
+    epochs: int = extends()  # passes over the training images
+    batch_size: int = trains()  # images per Adam step
+    lr: float = trains()  # Adam's learning rate
+    bf16: bool | str = trains(precision="vae")  # bf16 autocast for the networks (the bound in fp32): true | false | "auto"
+    stack_seeds: bool = trains()  # train a prior's seeds together as one stacked model (gen_lib.seeds); each seed keeps
+    # its own initial weights, data order and noise, from its own generator (so this is part of the identity)
+    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+    test_subset: int  # test images of Table 1; 0 = all 10,000
+    iwae_k: int  # K of the IWAE bound in Table 1 (every seed, every test image)
+    quadrature_subset: int  # first test images whose log p(x) is integrated numerically (every seed)
+    quadrature_grid: int  # n x n midpoint grid of the zoomed box (gen_lib.vae.log_likelihood_quadrature)
+    k_table: str  # K of the IWAE-vs-K table, comma-separated (seed 0 of each prior, on the quadrature subset)
+    brute_grid: int  # global n x n grid of the brute-force check of the largest IWAE overshoot (and n/2); 0 = none
+    priors: str  # the priors compared, comma-separated ("gaussian,flow"); "" = every registered one; the first is
+    # the baseline of the t-tests (gen_lib.priors.REGISTRY)
+    mog_n_components: int = prior_size()  # mixture components
+    flow_n_layers: int = prior_size()  # coupling layers of the flow prior
+    flow_hidden: int = prior_size()  # hidden width of each coupling's networks
+    vamp_n_pseudo: int = prior_size()  # VampPrior pseudo-inputs
+
+
+@dataclass(frozen=True)
+class FlowSection(Section):
+    """[flow], notebook 02_flow: the RealNVP image flow on dequantized images."""
+
+    RUNS: ClassVar[tuple[str, ...]] = ("flow",)
+    n_layers: int = trains()  # affine couplings, alternating checkerboard masks
+    hidden: int = trains()  # hidden ReLU units of each scale / translation net
+    logit_alpha: float = trains()  # logit pre-transform logit(a + (1 - 2a) y); 0 = none
+    actnorm: bool = trains()  # centre every pixel after the logit (gen_lib.flows explains why: stability)
+    epochs: int = extends()  # passes over the training images
+    batch_size: int = trains()  # images per Adam step
+    lr: float = trains()  # Adam's learning rate
+    schedule: str = trains()  # learning rate: constant | cosine (to 0 over the epochs)
+    grad_clip: float = trains()  # max gradient norm; 0 = no clipping (gen_lib.flows explains why)
+    bf16: bool | str = trains(precision="flow")  # bf16 autocast for training (evaluation is fp32): true | false | "auto"
+    seed: int = trains()  # initial weights, data order, dequantization noise
+    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+    eval_subset: int = trains()  # test images scored after every epoch (the learning curve in the checkpoint)
+    test_subset: int  # test images of the final bits/dim; 0 = all 10,000
+    n_samples: int  # samples written for 04_quality
+
+
+@dataclass(frozen=True)
+class DDPMSection(Section):
+    """[ddpm], notebook 03_ddpm: the DDPM (its trained part is gen_lib.diffusion.DDPMConfig), its samplers."""
+
+    RUNS: ClassVar[tuple[str, ...]] = ("ddpm",)
+    epochs: int = extends()  # passes over the training images
+    batch_size: int = trains()  # images per Adam step
+    lr: float = trains()  # Adam, constant
+    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+    base_channels: int = trains()  # U-Net width c0 of the 32x32 level
+    channel_mults: str = trains()  # widths of the four levels, c0 * mult, comma-separated
+    n_res: int = trains()  # residual blocks per level and side
+    dropout: float = trains()  # in every residual block
+    T: int = trains()  # diffusion steps
+    ema_decay: float = trains()  # EMA of the weights, used for sampling
+    bf16: bool | str = trains(precision="unet")  # bf16 autocast for the U-Net (loss in fp32): true | false | "auto"
+    channels_last: bool | str = trains(precision="unet")  # channels_last memory format: true | false | "auto"
+    seed: int = trains()  # initial weights, data order, noise
+    n_samples: int  # samples written for 04_quality
+    sample_method: str  # a sampler of gen_lib.diffusion.SAMPLERS: ancestral | ddim | ddim_eta
+    sample_steps: int  # steps for those samples
+    sample_batch: int  # images per sampling batch (bounds memory: the activations of one batch)
+    compare_steps: str  # DDIM step counts compared (time per sample and grids), comma-separated
+    compare_n: int  # samples per step count in the comparison
+    compare_ancestral: int  # also T-step ancestral in the comparison on this many samples (0 = no)
+    fid_n: int  # FID against sampling steps: samples per DDIM step count, with intervals (0 = no); >= 2 x feature_dim
+    fid_ancestral: bool  # ... and for the T-step ancestral sampler, at the same fid_n
+    n_boot: int  # bootstrap replicates of every interval (gen_lib.metrics.quality_intervals_from_features)
+
+
+@dataclass(frozen=True)
+class QualitySection(Section):
+    """[quality], notebook 04_quality: Part 2's VAE, the feature classifier, Table 2 (samples) and Table 3
+    (likelihoods)."""
+
+    RUNS: ClassVar[tuple[str, ...]] = ("quality_vae", "classifier")
+    vae_prior: str = trains("quality_vae")  # the VAE of Part 2: this prior (its own default sizes), continuous
+    # Bernoulli decoder
+    vae_epochs: int = extends("quality_vae")  # passes over the training images
+    vae_batch_size: int = trains("quality_vae")  # images per Adam step
+    vae_lr: float = trains("quality_vae")  # Adam's learning rate
+    vae_bf16: bool | str = trains("quality_vae", precision="vae")  # as [priors] bf16
+    train_subset: int = trains()  # training images of the VAE and the classifier; 0 = all 50,000 of the "fit" split
+    classifier_epochs: int = extends("classifier")  # CNN whose penultimate layer gives the FID/KID features
+    classifier_decay_epochs: int = extends("classifier")  # then epochs at classifier_lr / 10
+    classifier_batch_size: int = trains("classifier")  # images per Adam step
+    classifier_lr: float = trains("classifier")  # Adam's learning rate (a tenth of it in the decay epochs)
+    classifier_seed: int = trains("classifier")  # initial weights and data order
+    feature_dim: int = trains("classifier")  # feature dimension d; FID needs N >= 2d samples per set
+    n_eval: int  # N for Table 2 (generated vs test, held-out vs test)
+    n_boot: int  # bootstrap replicates of every Table 2 interval (95 %, basic bootstrap)
+    pr_k: int  # precision/recall: k-th neighbour radius (Kynkaanniemi et al., 2019)
+    fid_curve_max: int  # largest N of the FID-vs-N figure
+    n_grid: int  # samples per model in Figure 2 (8 x 8)
+    n_neighbours: int  # samples per model shown with their nearest training images
+    nll_n: int  # Table 3: a fixed random sample of this many test images, the same y for every model
+    nll_t: int  # ... the DDPM's variational bound summed over t by stratified sampling, this many strata (0 = all T)
+    nll_k: int  # ... the VAE's IWAE bound with this K
+    ode_steps: int  # ... the DDPM's probability-flow ODE likelihood: Heun on this many of the T noise levels
+    check_n: int  # ... solver and quadrature errors shown on the first this many (grid twice as fine); also the
+    # batch of Table 3's dequantization, so these images get the same y
+    quadrature_grid: int  # ... the VAE's near-exact log p(y): n x n grid (gen_lib.vae.log_likelihood_quadrature)
+    ode_sample_steps: int  # Table 2's DDPM row of the ODE's own sampler: DDIM (eta = 0) without clipping, this many steps
+    seed: int = trains("quality_vae")  # the Part-2 VAE's initial weights and data order; the evaluation's draws
+
+
+@dataclass(frozen=True)
+class ExploreSection(Section):
+    """[explore], notebook 05_explore: widgets over the cached models (it trains nothing)."""
+
+    seed: int  # whose VAEs (01_priors seed) the latent-plane explorer shows
+    test_images: int  # test images encoded for the nearest-encoding search and the scatter
+    n_trajectory: int  # DDPM samples followed through the reverse process (T-step ancestral + DDIM)
+    ancestral_steps: int  # steps of the ancestral sampler (T = 1000 = Ho et al.'s; fewer: respaced betas)
+    ddim_steps: int  # DDIM steps beside the ancestral sampler
+
+
+SECTIONS: dict[str, type[Section]] = {"common": CommonSection, "priors": PriorsSection, "flow": FlowSection,
+                                      "ddpm": DDPMSection, "quality": QualitySection, "explore": ExploreSection}
+# each recipe's run -> the section that configures it
+RUN_SECTION = {run: name for name, cls in SECTIONS.items() for run in cls.RUNS}
+
+
+def section_name(cls: type[Section]) -> str:
+    return next(name for name, c in SECTIONS.items() if c is cls)
+
+
+def _role(cls: type[Section], run: str, role: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if ALL in f.metadata.get(role, ()) or run in f.metadata.get(role, ()))
+
+
+def identity(run: str) -> tuple[str, ...]:
+    """The fields that decide the weights of `run` (a recipe's section: "priors", "quality_vae", "flow", "ddpm",
+    "classifier"); prior sizes aside (`prior_sizes`)."""
+    return _role(SECTIONS[RUN_SECTION[run]], run, "runs")
+
+
+def epochs(run: str) -> tuple[str, ...]:
+    """The fields that only extend `run`: left out of its identity so that a longer run resumes a shorter one."""
+    return _role(SECTIONS[RUN_SECTION[run]], run, "extends")
+
+
+def precision_keys(section: str) -> dict[str, str]:
+    """{field: the model whose timing settles it} for the fields of `section` that may be "auto"."""
+    return {f.name: f.metadata["precision"] for f in dataclasses.fields(SECTIONS[section])
+            if f.metadata.get("precision")}
