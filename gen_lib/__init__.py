@@ -2,7 +2,7 @@
 
 Floors, imports pointing down only (CONTRIBUTING.md, tests/test_layers.py): `paths`, `system`, `stats`;
 the models and their numerical methods (`data`, `seeds`, `priors`, `flows`, `unet`, `diffusion`, `vae`,
-`classifier`, `sampling`) and `training`; `study` (profiles, precision, run identity, recipes, cache);
+`quadrature`, `vae_eval`, `classifier`, `sampling`), `training` and its `checkpoints`; `study` (profiles, precision, run identity, recipes, cache);
 `metrics` and `report` (scores, the report's sentences, tables, plots, pages, explorers); the runner
 (`run`, `chunks`).
 

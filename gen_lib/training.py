@@ -26,7 +26,6 @@ weights as an uninterrupted one (on the same device).
 from __future__ import annotations
 
 import copy
-import pickle
 import math
 import os
 import random
@@ -41,19 +40,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoints import CheckpointError, jsonable, load_checkpoint, save
 from .seeds import stack, unstack
 
-CHECKPOINT_FORMAT = 1
 SCHEDULES = ("constant", "cosine")
 _CHECK_EVERY = 50  # steps between reads of the device-side loss sum (a host sync on a GPU)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is corrupt, truncated, or from another configuration."""
 
 
 def default_device() -> torch.device:
@@ -129,64 +124,6 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in config.items()}
-
-
-def config_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two configurations."""
-    keys = sorted(set(saved) | set(wanted))
-    return [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs requested {wanted.get(k, '<absent>')!r}"
-            for k in keys if saved.get(k, "<absent>") != wanted.get(k, "<absent>")]
-
-
-def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by `fit`, refusing a corrupt one or one from another configuration."""
-    path = Path(path)
-    ckpt = load_safely(path, CheckpointError)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not a gen_lib checkpoint (format {CHECKPOINT_FORMAT}); "
-                              "delete it to retrain")
-    if config is not None:
-        diff = config_diff(ckpt["config"], _jsonable(config))
-        if diff:
-            raise CheckpointError(f"checkpoint {path} was trained with another configuration: "
-                                  + "; ".join(diff) + ". Delete it or use another folder to retrain")
-    return ckpt
-
-
-def load_safely(path: str | Path, error: type[Exception] = RuntimeError) -> Any:
-    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only.
-
-    A file that would need to run code to unpickle (a crafted pickle, a pickled class) is refused
-    with `error`, as is a corrupt or truncated one: loading a checkpoint someone sent you executes nothing.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
-        if "GLOBAL" not in detail:  # not a refused object: broken bytes
-            raise error(f"{path} is corrupt or truncated ({detail[:200]}); delete it to recompute") from None
-        raise error(f"refusing to load {path}: it holds objects other than tensors, numbers and strings, and "
-                    "unpickling them could run code (gen_lib loads with torch.load(weights_only=True)): "
-                    f"{detail[:300]}. Delete it to recompute") from None
-    except Exception as err:  # truncated zip, garbage bytes, ...
-        raise error(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); delete it to recompute") from None
-
-
 @dataclass
 class TrainResult:
     """What `fit` returns: the per-epoch history and how the run started."""
@@ -222,7 +159,7 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def _identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run's configuration with the loop's own fields, and its identity (without `epochs_total`, which may grow
     on resume): what a checkpoint must match."""
-    config = _jsonable({**config, **fields})
+    config = jsonable({**config, **fields})
     return config, {k: v for k, v in config.items() if k != "epochs_total"}
 
 
@@ -243,13 +180,6 @@ def _resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epoch
     result.status = "reused" if epoch >= epochs else "resumed"
     log(f"{label}: {'reusing' if epoch >= epochs else 'resuming'} {path} (epoch {epoch} of {epochs})")
     return ckpt, epoch
-
-
-def _save(path: Path, identity: dict[str, Any], epoch: int, model: nn.Module, optimizer_state: dict[str, Any],
-          ema: nn.Module | None, history: list[dict[str, Any]]) -> None:
-    save_atomic({"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None,
-                 "history": history}, path)
 
 
 def _epoch_line(label: str, epoch: int, epochs: int, metrics: str, took: float, t0: float, first: int) -> str:
@@ -384,7 +314,7 @@ def fit(
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
             log(_epoch_line(desc, epoch, epochs, f": {metrics}", time.perf_counter() - t_epoch, t0, start_epoch))
         if ckpt_path is not None:
-            _save(ckpt_path, identity, epoch + 1, model, optimizer.state_dict(), ema, result.history)
+            save(ckpt_path, identity, epoch + 1, model, optimizer.state_dict(), ema, result.history)
     result.seconds = time.perf_counter() - t0
     model.eval()
     if ema is not None:
@@ -477,7 +407,7 @@ def fit_seeds(
                 if checkpoints[s] is not None:  # seed k's Adam state, as torch's Adam over its own model keeps it
                     own = {i: {key: (v if key == "step" else v[k]).cpu().clone() for key, v in st.items()}
                            for i, st in state["state"].items()}  # clones: a view would save every seed's moments
-                    _save(checkpoints[s], identities[s], epoch + 1, models[s],
+                    save(checkpoints[s], identities[s], epoch + 1, models[s],
                           {"state": own, "param_groups": state["param_groups"]}, None, results[s].history)
             if progress:
                 metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]

@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 
 from _bounds import Z  # noqa: E402
-from gen_lib import metrics, report, run, sampling, stats, vae
+from gen_lib import metrics, report, run, sampling, stats, vae, vae_eval
 from gen_lib.report import plots  # noqa: E402
 
 
@@ -104,15 +104,15 @@ def test_iwae_by_k_is_seeded_and_rises_with_k_on_average(small_vae):
     """Seeded: the same seed gives the same values. E[IWAE_50] >= E[IWAE_1] (Burda et al., Theorem 1): the mean
     gain over 8 independent draws lies above zero by more than Z standard errors of that mean."""
     model, x = small_vae
-    a, b = vae.iwae_by_k(model, x, (1, 50), seed=1), vae.iwae_by_k(model, x, (1, 50), seed=1)
+    a, b = vae_eval.iwae_by_k(model, x, (1, 50), seed=1), vae_eval.iwae_by_k(model, x, (1, 50), seed=1)
     assert a == b
-    gains = torch.tensor([(lambda v: v[50] - v[1])(vae.iwae_by_k(model, x, (1, 50), seed=s)) for s in range(8)])
+    gains = torch.tensor([(lambda v: v[50] - v[1])(vae_eval.iwae_by_k(model, x, (1, 50), seed=s)) for s in range(8)])
     assert gains.mean() - Z * gains.std() / 8 ** 0.5 > 0, gains
 
 
 def test_latent_view_and_decoded_plane(small_vae):
     model, x = small_vae
-    view = vae.latent_view(model, x, n_grid=30, n_prior=500)
+    view = vae_eval.latent_view(model, x, n_grid=30, n_prior=500)
     lo1, hi1, lo2, hi2 = view["extent"].tolist()
     assert view["logp"].shape == (30, 30) and view["mu"].shape == (40, 2)
     assert lo1 < view["mu"][:, 0].min() and view["mu"][:, 0].max() < hi1  # the box holds the encodings (+ 10 %)
@@ -122,7 +122,7 @@ def test_latent_view_and_decoded_plane(small_vae):
         corners = model.prior().log_prob(z)
     assert view["logp"][0, 0] == pytest.approx(corners[0].item(), abs=1e-4)
     assert view["logp"][-1, -1] == pytest.approx(corners[1].item(), abs=1e-4)
-    assert vae.decoded_plane(model, x, n=5).shape == (25, 1, 28, 28)
+    assert vae_eval.decoded_plane(model, x, n=5).shape == (25, 1, 28, 28)
 
 
 # ---------------------------------------------------------------- figures adapt to the number of models
@@ -131,7 +131,7 @@ def test_latent_view_and_decoded_plane(small_vae):
 @pytest.mark.parametrize("n", [1, 4, 5, 7])
 def test_figures_have_one_panel_per_model(n, small_vae):
     model, x = small_vae
-    view = vae.latent_view(model, x, n_grid=10, n_prior=100)
+    view = vae_eval.latent_view(model, x, n_grid=10, n_prior=100)
     labels = [f"prior {i}" for i in range(n)]
     fig = plots.latent_densities({t: view for t in labels}, torch.randint(0, 10, (40,)), tuple("0123456789"))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]

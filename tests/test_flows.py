@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _bounds import Z
-from gen_lib import data, training
+from gen_lib import checkpoints, data, training
 from gen_lib.study import recipes
 from gen_lib.flows import (AffineCoupling, Flow, ImageFlow, LogitTransform, bits_per_dim, build_image_flow,
                            checkerboard_mask, dataset_bits_per_dim, mean_and_stderr)
@@ -215,13 +215,13 @@ def _cfg(**kw):
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_build):
     x = torch.randint(0, 256, (128, 1, 28, 28)).float() / 255
     ckpt = recipes.train_flow(_cfg(), x, progress=False).folder / "model.pt"
-    good = training.load_checkpoint(ckpt)
+    good = checkpoints.load_checkpoint(ckpt)
     flow = build_image_flow(4, 32)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint"):
         training.fit(flow, x, epochs=2, batch_size=64, lr=1e-3, seed=0, config=recipes.run_key("flow", _cfg()), checkpoint=ckpt,
                      loss_fn=lambda m, b: m.loss(b) * float("nan"),
                      transform=lambda b, g: data.dequantize(b, generator=g), progress=False)
-    kept = training.load_checkpoint(ckpt)
+    kept = checkpoints.load_checkpoint(ckpt)
     assert kept["epoch"] == 1 == good["epoch"]
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 

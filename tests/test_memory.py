@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gen_lib.study import memory
-from gen_lib import vae
+from gen_lib import vae, vae_eval
 
 
 @pytest.mark.parametrize("profile", ["default", "paper"])
@@ -58,5 +58,5 @@ def test_iwae_uses_the_planned_chunk():
     original = model.log_weights
     model.log_weights = lambda x, z, *a: calls.append(z.shape[0] * z.shape[1]) or original(x, z, *a)
     with torch.no_grad():
-        vae.evaluate(model, x, k=memory.IWAE_CHUNK)  # K * B = 4 chunks
+        vae_eval.evaluate(model, x, k=memory.IWAE_CHUNK)  # K * B = 4 chunks
     assert max(calls) <= memory.IWAE_CHUNK and sum(calls) == memory.IWAE_CHUNK * 4

@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from _bounds import Z, t_quantile
-from gen_lib import data, flows
+from gen_lib import data, flows, vae_eval
 from gen_lib import vae as V
 from gen_lib.diffusion import DDPM, alphas_cumprod, bound_bits_per_dim, dataset_bits_per_dim, linear_beta_schedule
 from gen_lib.unet import UNet
@@ -216,7 +216,7 @@ def test_vae_bits_per_dim_is_exact_when_the_encoder_is_the_prior_and_the_decoder
         model.encoder.net[-1].weight.zero_()
         model.encoder.net[-1].bias.copy_(torch.tensor([0.0, 0.0] + [math.log(math.expm1(1 - 1e-5))] * 2))  # N(0, I)
     images = _images(6)
-    out = V.dataset_bits_per_dim(model, images, k=3, seed=2, batch_size=4)
+    out = vae_eval.dataset_bits_per_dim(model, images, k=3, seed=2, batch_size=4)
     gen = torch.Generator().manual_seed(2)  # the flows' dequantization, batch by batch
     y = torch.cat([data.dequantize(images[i:i + 4].float(), generator=gen) for i in (0, 4)]).double().flatten(1)
     lam = torch.sigmoid(model.decoder.net[-1].bias.detach())  # (784,)
@@ -231,7 +231,7 @@ def test_vae_bits_per_dim_bounds_the_quadrature_value_from_above():
     with torch.no_grad():
         model.encoder.net[-1].bias[2:].fill_(-2.0)  # posteriors of std ~0.13, narrower than the true ones: a real gap
     images = _images(6, seed=1)
-    exact = V.dataset_bits_per_dim(model, images, method="quadrature")  # near-exact log p(y), 2-D latent
+    exact = vae_eval.dataset_bits_per_dim(model, images, method="quadrature")  # near-exact log p(y), 2-D latent
     y = data.dequantize(images.float(), generator=torch.Generator().manual_seed(0)).double()  # the same y
     finer = flows.bits_per_dim(V.log_likelihood_quadrature(model, y, n_grid=48), dim=784)
     grid_error = (exact - finer).abs().max().item()  # the quadrature's own error, from a finer grid
@@ -255,6 +255,6 @@ def test_vae_bits_per_dim_bad_input():
     torch.manual_seed(0)
     binary = V.build_vae("gaussian", hidden=32)
     with pytest.raises(ValueError, match="likelihood='continuous_bernoulli'"):
-        V.dataset_bits_per_dim(binary, _images(2))
+        vae_eval.dataset_bits_per_dim(binary, _images(2))
     with pytest.raises(ValueError, match="method='exact' is unknown"):
-        V.dataset_bits_per_dim(_cb_vae(), _images(2), method="exact")
+        vae_eval.dataset_bits_per_dim(_cb_vae(), _images(2), method="exact")

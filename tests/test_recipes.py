@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gen_lib.study import config, recipes
-from gen_lib import data, priors, training
+from gen_lib import checkpoints, data, priors, training
 
 
 @pytest.mark.parametrize("section, profile_section", [("priors", "priors"), ("quality_vae", "quality"),
@@ -86,7 +86,7 @@ def test_fit_takes_a_schedule_function_and_records_its_name(tmp_path):
                  loss_fn=lambda m, b: m(b).pow(2).mean(), schedule=halve_after_first_epoch,
                  checkpoint=tmp_path / "c.pt")
     assert rates == [1.0] * 4 + [0.5] * 4
-    assert training.load_checkpoint(tmp_path / "c.pt")["config"]["schedule"] == "halve_after_first_epoch"
+    assert checkpoints.load_checkpoint(tmp_path / "c.pt")["config"]["schedule"] == "halve_after_first_epoch"
 
 
 def test_part2_vae_trains_on_dequantized_images(tmp_build, monkeypatch):

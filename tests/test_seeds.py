@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from gen_lib import priors, seeds, training, vae
+from gen_lib import checkpoints, priors, seeds, training, vae
 
 U = torch.finfo(torch.float64).eps / 2  # float64 unit round-off, 2^-53
 
@@ -136,7 +136,7 @@ def test_fit_seeds_resumes_exactly_and_writes_fits_checkpoints(tmp_path):
     for a, b in zip(straight, again):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name  # the same operations on the same numbers
-    ckpt = training.load_checkpoint(tmp_path / "b" / "seed1.pt", {"test": "seeds", "seed": 1, "batch_size": 32, "lr": 1e-2})
+    ckpt = checkpoints.load_checkpoint(tmp_path / "b" / "seed1.pt", {"test": "seeds", "seed": 1, "batch_size": 32, "lr": 1e-2})
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
     plain = vae.build_vae("mog", hidden=32)
     plain.load_state_dict(ckpt["model"])  # the model's own state dict

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from gen_lib import training
-from gen_lib.training import CheckpointError, NonFiniteLossError, fit
+from gen_lib import checkpoints, training
+from gen_lib.checkpoints import CheckpointError
+from gen_lib.training import NonFiniteLossError, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import Noisy, make_data  # noqa: E402
@@ -84,7 +85,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     path = tmp_path / "e.pt"
     with pytest.raises(NonFiniteLossError, match=r"loss became nan or inf at epoch 2, step 5.*last good checkpoint kept"):
         fit(Explodes(), make_data(), epochs=3, checkpoint=path, **KW)
-    ckpt = training.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
@@ -94,7 +95,7 @@ def test_bad_arguments():
 
 
 def test_atomic_save_leaves_no_temporary(tmp_path):
-    training.save_atomic({"a": 1}, tmp_path / "x.pt")
+    checkpoints.save_atomic({"a": 1}, tmp_path / "x.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
@@ -118,7 +119,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL and not out.exists()
-    epoch_at_kill = training.load_checkpoint(ckpt)["epoch"]
+    epoch_at_kill = checkpoints.load_checkpoint(ckpt)["epoch"]
     assert 1 <= epoch_at_kill < epochs
 
     done = subprocess.run([sys.executable, SCRIPT, ckpt, out, str(epochs), str(sleep)], env=env, check=True,
@@ -148,7 +149,7 @@ def test_loading_refuses_a_crafted_pickle_and_runs_nothing(tmp_path):
     for name in ("model.pt", "cached.pt"):
         torch.save({"format": 1, "model": {}, "config": {}, "payload": _Payload(marker)}, tmp_path / name)
     with pytest.raises(CheckpointError, match=r"refusing to load .*model.pt.*could run code"):
-        training.load_checkpoint(tmp_path / "model.pt")
+        checkpoints.load_checkpoint(tmp_path / "model.pt")
     # the results cache recomputes instead of loading it, and says so
     said = []
     assert cache.memo(tmp_path / "cached.pt", lambda: {"value": torch.ones(2)}, log=said.append)["value"].sum() == 2
@@ -195,7 +196,7 @@ def test_tuple_data_and_schedule_are_trained_and_resumed(tmp_path):
     first = Regression()
 
     def interrupt(model):  # Ctrl-C during epoch 3: the checkpoint of epoch 2 is on disk
-        if len(list(tmp_path.glob("r.pt"))) and training.load_checkpoint(tmp_path / "r.pt")["epoch"] == 2:
+        if len(list(tmp_path.glob("r.pt"))) and checkpoints.load_checkpoint(tmp_path / "r.pt")["epoch"] == 2:
             raise KeyboardInterrupt
         return {}
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from _bounds import Z, t_quantile
-from gen_lib import data, priors, vae as V
+from gen_lib import data, priors, quadrature
+from gen_lib import vae as V
 from gen_lib.training import fit
 
 NAMES = priors.names()  # the registry: a prior registered anywhere (a plugin too) is tested
@@ -218,7 +219,7 @@ def test_quadrature_converges_as_grid_is_refined(trained):
     against independent estimates above."""
     models, x = trained
     model = copy.deepcopy(models["flow"]).double()
-    est = V.quadrature_convergence(model, x[:6].double(), grids=(16, 32, 64, 128))
+    est = quadrature.quadrature_convergence(model, x[:6].double(), grids=(16, 32, 64, 128))
     error = {n: (est[n] - est[128]).abs().max().item() for n in (16, 32, 64)}
     assert error[16] > error[32] > error[64], error  # coarser is worse
     change = (est[16] - est[32]).abs().max().item()
@@ -249,10 +250,10 @@ def test_brute_force_integration_is_exact_when_decoder_ignores_z():
     with torch.no_grad():
         model.decoder.net[-1].weight.zero_()
         exact = model.decoder(torch.zeros(1, 2, dtype=torch.float64)).log_prob(x.view(1, 784)).item()
-    value, h = V.brute_force_log_px(model, x, n_grid=400)
+    value, h = quadrature.brute_force_log_px(model, x, n_grid=400)
     assert h > 4 and abs(value - exact) < 1e-6, (value, exact, h)
     with pytest.raises(ValueError, match="one image"):
-        V.brute_force_log_px(model, _binary(2))
+        quadrature.brute_force_log_px(model, _binary(2))
 
 
 @pytest.mark.slow
@@ -265,8 +266,8 @@ def test_brute_force_agrees_with_the_quadrature_on_trained_models(trained):
         model = models[name]
         quad64 = V.log_likelihood_quadrature(model, x[:1], n_grid=64).item()
         quad32 = V.log_likelihood_quadrature(model, x[:1], n_grid=32).item()
-        fine, h = V.brute_force_log_px(model, x[:1], n_grid=600)
-        coarse, _ = V.brute_force_log_px(model, x[:1], n_grid=300, half_width=h)
+        fine, h = quadrature.brute_force_log_px(model, x[:1], n_grid=600)
+        coarse, _ = quadrature.brute_force_log_px(model, x[:1], n_grid=300, half_width=h)
         roundoff = 2 * 784 * torch.finfo(torch.float32).eps * abs(quad64)
         assert abs(fine - quad64) <= abs(fine - coarse) + abs(quad64 - quad32) + roundoff, (name, fine, coarse, quad64)
 

@@ -78,7 +78,7 @@ def panels(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 4.0), **kwa
 
 def latent_densities(views: dict[str, dict], labels: torch.Tensor, classes: tuple[str, ...], n_points: int = 5000,
                      ncols: int = 3, span: float = 12.0):
-    """Figure 1: per model (label -> `vae.latent_view`), log p(z) of its prior as an image (the lowest `span`
+    """Figure 1: per model (label -> `vae_eval.latent_view`), log p(z) of its prior as an image (the lowest `span`
     nats below the peak shaded alike) with the encoder means on top, coloured by class `labels` (N,)."""
     fig, axes = panels(len(views), ncols, size=(4.6, 4.1))
     for ax, (title, view) in zip(axes, views.items()):

@@ -19,7 +19,7 @@ import torch
 from .. import paths
 from ..data import info
 from ..system import git_commit, hardware
-from ..training import load_safely, save_atomic
+from ..checkpoints import load_safely, save_atomic
 
 
 def config_hash(config: dict[str, Any]) -> str:

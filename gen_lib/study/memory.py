@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import data
-from ..vae import IWAE_CHUNK  # decoder evaluations per chunk in `vae.evaluate` (K_c * B <= IWAE_CHUNK)
+from ..vae import IWAE_CHUNK  # decoder evaluations per chunk in `vae_eval.evaluate` (K_c * B <= IWAE_CHUNK)
 from . import config, models
 
 CPU_BUDGET = 8 * 2**30

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import data, flows, priors, training
+from .. import checkpoints, data, flows, priors, training
 from .. import seeds as stacking
 from ..classifier import accuracy
 from ..diffusion import DDPMConfig
@@ -359,7 +359,7 @@ def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "
            f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only {notebook} --no-pdf)")
     if not path.exists():
         raise FileNotFoundError(f"no trained {dataset} {what} for profile {profile!r} at {path}; {how}")
-    ckpt = training.load_checkpoint(path)  # the folder is the configuration's: its hash names it
+    ckpt = checkpoints.load_checkpoint(path)  # the folder is the configuration's: its hash names it
     epochs = sum(cfg[k] for k in EPOCHS[section])
     if ckpt.get("epoch", epochs) < epochs:
         raise FileNotFoundError(f"the {dataset} {what} at {path} stopped after {ckpt['epoch']} of {epochs} epochs "
