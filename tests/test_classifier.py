@@ -76,14 +76,13 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     assert only_cnn - only_linear > Z * math.sqrt(only_cnn + only_linear), (only_cnn, only_linear)
 
     # the cached model is what features="mnist" uses; its features are standardised on real data
-    loaded = cnn
-    assert classifier.accuracy(loaded, test_x, test_y) == pytest.approx(info["test_accuracy"], abs=1e-6)
-    f = metrics.extract(loaded.features, test_x[:2000])
+    assert classifier.accuracy(cnn, test_x, test_y) == pytest.approx(info["test_accuracy"], abs=1e-6)
+    f = metrics.extract(cnn.features, test_x[:2000])
     assert f.mean(0).abs().mean() < 0.3 and 0.6 < f.std(0).mean() < 1.5
 
     real, other = test_x[:1000], test_x[1000:2000]
     same = metrics.sample_quality(real, real, features="mnist", kid_subsets=10)
-    roundoff = fid_self_roundoff(metrics.extract(loaded.features, real))  # float64 eigenvalues of 128 x 128
+    roundoff = fid_self_roundoff(metrics.extract(cnn.features, real))  # float64 eigenvalues of 128 x 128
     assert same["fid"] <= roundoff and same["precision"] == same["recall"] == 1.0, (same, roundoff)
     floor = metrics.sample_quality(real, other, features="mnist", kid_subsets=10)
     noised = (other + 0.3 * torch.rand(other.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
@@ -94,7 +93,7 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     # noise is seen: KID (unbiased) moves by Z times its spread over subsets, and FID's 95 % interval lies above
     # the floor's (two samples of one distribution: FID's bias and noise at this N)
     assert noisy["kid_mean"] - floor["kid_mean"] > Z * math.hypot(noisy["kid_std"], floor["kid_std"]), (noisy, floor)
-    f_real, f_other, f_noised = (metrics.extract(loaded.features, x) for x in (real, other, noised))
+    f_real, f_other, f_noised = (metrics.extract(cnn.features, x) for x in (real, other, noised))
     q_floor = metrics.quality_intervals_from_features(f_real, f_other, n_boot=200, seed=seed, metrics=("fid",))
     q_noisy = metrics.quality_intervals_from_features(f_real, f_noised, n_boot=200, seed=seed, metrics=("fid",))
     assert q_noisy["fid_low"] > q_floor["fid_high"], (q_noisy, q_floor)
@@ -105,7 +104,7 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     # P(fewer than 3 of 5 cover) = P(Bin(5, 0.05) >= 3) < 0.0012. (Held-out against *test* images need not cover 0:
     # MNIST's training and test splits come from different mixes of writers.)
     held_x, _ = data.load_mnist("held_out")
-    f_held = metrics.extract(loaded.features, held_x[torch.randperm(len(held_x), generator=torch.Generator().manual_seed(seed))])
+    f_held = metrics.extract(cnn.features, held_x[torch.randperm(len(held_x), generator=torch.Generator().manual_seed(seed))])
     covers = []
     for i in range(5):
         q = metrics.quality_intervals_from_features(f_held[2000 * i:2000 * i + 1000], f_held[2000 * i + 1000:2000 * (i + 1)],

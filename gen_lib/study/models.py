@@ -24,7 +24,8 @@ from ..diffusion import DDPMConfig, build_ddpm
 from . import config
 
 SECTIONS = ("priors", "quality_vae", "flow", "ddpm", "classifier")
-_VAE = {"priors": ("prior", "bernoulli"), "quality_vae": ("vae_prior", "continuous_bernoulli")}  # prior key, decoder
+PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}  # the VAEs' sections -> the key naming their prior
+_DECODER = {"priors": "bernoulli", "quality_vae": "continuous_bernoulli"}
 
 
 def build(section: str, cfg: Mapping[str, Any]) -> nn.Module:
@@ -32,12 +33,13 @@ def build(section: str, cfg: Mapping[str, Any]) -> nn.Module:
     if section not in SECTIONS:
         raise ValueError(f"section={section!r} has no model; choose one of {', '.join(SECTIONS)}")
     info = data.info(cfg.get("dataset", "mnist"))
-    if section in _VAE:
-        key, likelihood = _VAE[section]
+    if section in PRIOR_KEY:
+        key = PRIOR_KEY[section]
         if key not in cfg:
             raise ValueError(f"a {section} VAE needs cfg[{key!r}], the prior's name (gen_lib.priors.REGISTRY)")
         name = cfg[key]
-        return vae.build_vae(name, likelihood=likelihood, image_shape=info.shape, prior_params=priors.params(name, cfg))
+        return vae.build_vae(name, likelihood=_DECODER[section], image_shape=info.shape,
+                             prior_params=priors.params(name, cfg))
     if section == "flow":
         return flows.build_image_flow(cfg["n_layers"], cfg["hidden"], cfg["logit_alpha"] or None,
                                       image_shape=info.shape, actnorm=cfg["actnorm"])

@@ -43,7 +43,6 @@ _PER_RUN = {"priors": ("prior", "seed")}
 IDENTITY: dict[str, tuple[str, ...]] = {run: (*sections.identity(run), *_PER_RUN.get(run, ()))
                                         for run in sections.RUN_SECTION}
 EPOCHS: dict[str, tuple[str, ...]] = {run: sections.epochs(run) for run in sections.RUN_SECTION}
-_PRIOR_KEY = {"priors": "prior", "quality_vae": "vae_prior"}
 # What a section's runs always do, recorded in their identity (a change of it moves the run folder).
 _FIT = {"train_images": f"the 'fit' split: the training split less its last {data.HELD_OUT} images"}
 FIXED: dict[str, dict[str, Any]] = {section: dict(_FIT) for section in IDENTITY}
@@ -70,8 +69,8 @@ def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
                          f"a {section} run needs {', '.join(IDENTITY[section])}")
     key = {"run": section, **{k: cfg[k] for k in IDENTITY[section]}, **FIXED.get(section, {})}
-    if section in _PRIOR_KEY:
-        name = cfg[_PRIOR_KEY[section]]
+    if section in models.PRIOR_KEY:
+        name = cfg[models.PRIOR_KEY[section]]
         key.update({f"{name}_{p}": v for p, v in priors.params(name, cfg).items()})
     return key
 
@@ -112,15 +111,14 @@ def subset(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _VAEKeys:
-    prior: str
     epochs: str
     batch_size: str
     lr: str
     bf16: str
 
 
-_VAE = {"priors": _VAEKeys("prior", "epochs", "batch_size", "lr", "bf16"),
-        "quality_vae": _VAEKeys("vae_prior", "vae_epochs", "vae_batch_size", "vae_lr", "vae_bf16")}
+_VAE = {"priors": _VAEKeys("epochs", "batch_size", "lr", "bf16"),
+        "quality_vae": _VAEKeys("vae_epochs", "vae_batch_size", "vae_lr", "vae_bf16")}
 
 
 def _unchecked_loss(model, batch):
@@ -193,10 +191,10 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
 
     if section not in _VAE:
         raise ValueError(f"section={section!r}: a VAE trains for one of {', '.join(_VAE)}")
-    keys = _VAE[section]
-    cfg = {**cfg, **({keys.prior: prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
+    keys, prior_key = _VAE[section], models.PRIOR_KEY[section]
+    cfg = {**cfg, **({prior_key: prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
     cfg = settled(section, cfg, log)
-    name, seed = cfg[keys.prior], cfg["seed"]
+    name, seed = cfg[prior_key], cfg["seed"]
     key = run_key(section, cfg)
     folder = cache.run_dir(section, key)
     torch.manual_seed(seed)

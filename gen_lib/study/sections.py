@@ -224,7 +224,8 @@ def _role(cls: type[Section], run: str, role: str) -> tuple[str, ...]:
 
 def identity(run: str) -> tuple[str, ...]:
     """The fields that decide the weights of `run` (a recipe's section: "priors", "quality_vae", "flow", "ddpm",
-    "classifier"); prior sizes aside (`prior_sizes`)."""
+    "classifier"). A VAE's run adds the sizes of its own prior only (`prior_size()` fields, read by
+    `gen_lib.priors.params` in `recipes.run_key`)."""
     return _role(SECTIONS[RUN_SECTION[run]], run, "runs")
 
 
