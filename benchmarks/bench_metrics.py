@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from gen_lib import classifier, data, metrics
+from gen_lib import classifier, data, features, metrics
 
 
 def _baseline(real, fake, net, subsets, k):
@@ -38,7 +38,7 @@ def _baseline(real, fake, net, subsets, k):
                 m.update(real[i:i + 1000], real=True)
                 m.update(fake[i:i + 1000], real=False)
         fid.compute(), kid.compute()
-        metrics.precision_recall(metrics.extract(net.features, real), metrics.extract(net.features, fake), k)
+        metrics.precision_recall(features.extract(net.features, real), features.extract(net.features, fake), k)
 
 
 def _fid_scipy(x, y):
@@ -76,7 +76,7 @@ def run(quick: bool = False) -> list[dict]:
              "ratio": t_base / t_ours, "unit": "s",
              "note": f"{threads} torch threads; budget: under 60 s on 2 cores"}]
 
-    f_real, f_fake = metrics.extract(phi, real), metrics.extract(phi, fake)
+    f_real, f_fake = features.extract(phi, real), features.extract(phi, fake)
     t_sq = _time(lambda: _fid_scipy(f_real, f_fake), repeat=3)
     t_tm = _time(lambda: metrics.fid_from_features(f_real, f_fake), repeat=3)
     diff = abs(_fid_scipy(f_real, f_fake) - metrics.fid_from_features(f_real, f_fake))

@@ -1,9 +1,10 @@
 """gen_lib: deep generative models for MNIST (VAE priors, RealNVP, DDPM) and their metrics.
 
 Floors, imports pointing down only (CONTRIBUTING.md, tests/test_layers.py): `paths`, `system`, `stats`;
-the models and their numerical methods (`data`, `seeds`, `priors`, `flows`, `unet`, `diffusion`, `vae`,
-`quadrature`, `vae_eval`, `classifier`, `sampling`), `training` and its `checkpoints`; `study` (profiles, precision, run identity, recipes, cache);
-`metrics` and `report` (scores, the report's sentences, tables, plots, pages, explorers); the runner
+the models and their numerical methods (`data`, `priors`, `flows`, `unet`, `samplers`, `diffusion`, `diffusion_nll`,
+`vae`, `quadrature`, `vae_eval`, `classifier`, `sampling`), `training`, its `checkpoints` and stacked `seeds`;
+`study` (profiles, precision, run identity, recipes, cache); `features`, `metrics`, `intervals` and `report`
+(feature maps, scores and their intervals, the report's sentences, tables, plots, pages, explorers); the runner
 (`run`, `chunks`).
 
 Plugins: GEN_LIB_PLUGINS may name modules (comma-separated, importable from PYTHONPATH) that are

@@ -1,5 +1,5 @@
 """A small CNN classifier of MNIST digits (or Fashion-MNIST items) whose penultimate
-layer is the feature space of FID, KID and precision/recall (`gen_lib.metrics`).
+layer is the feature space of FID, KID and precision/recall (`gen_lib.features`, `gen_lib.metrics`).
 
 Inception-v3 features cannot be downloaded here, and they describe ImageNet photos,
 not 28x28 digits. As is common for MNIST, a network trained on the data itself

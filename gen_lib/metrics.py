@@ -1,8 +1,8 @@
 """Sample-quality metrics: FID, KID and precision/recall in a feature space.
 
 Every metric compares a set of real images with a set of generated ones through a
-feature map phi: images (N, 1, 28, 28) in [0, 1] -> (N, d). The feature network runs
-once per set; FID, KID and precision/recall are then pure functions of the two
+feature map phi: images (N, 1, 28, 28) in [0, 1] -> (N, d) (`gen_lib.features`). The feature
+network runs once per set; FID, KID and precision/recall are then pure functions of the two
 feature matrices (so the FID-vs-N curve of a notebook costs no extra network pass).
 
 - FID (Heusel et al., 2017): with means mu and covariances S of the two feature sets,
@@ -21,38 +21,19 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
   generated points inside some real point's ball, recall the fraction of real
   points inside some generated point's ball.
 
-One implementation per metric: the weighted forms (`_fid_weighted`, `_kid_weighted`, `_Balls`) that
-the bootstrap replicates need, with unit weights for the point values; the tests hold them against
-torchmetrics, scipy and brute-force computations.
-
-Uncertainty: `sample_quality_intervals` / `quality_intervals_from_features` give each metric a
-bootstrap interval over both evaluated sets (features computed once; the basic bootstrap, which
-removes FID's small-sample bias to first order), and `mean_ci` a Student-t interval on the mean
-of per-image values such as bits/dim.
-
-Feature maps (`features=`), a registry: the name of any registered dataset ("mnist",
-"fashion": the classifier that notebook 04_quality trained on it, `gen_lib.classifier`), the
-names in `FEATURES` ("inception": Inception-v3 pool features, only where torch-fidelity and
-its weights are on disk; `register_features` adds one), or any callable mapping images to an
-(N, d) float tensor. `feature_names()` lists them.
+One implementation per metric: the weighted forms (`_fid_weighted`, `_kid_weighted`, `_Balls`, at the
+end) that the bootstrap replicates of `gen_lib.intervals` need, with unit weights for the point values;
+the tests hold them against torchmetrics, scipy and brute-force computations.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import torch
-from torch import nn
 
-from .data import INFO
-from .stats import mean_ci  # noqa: F401  (users find it here beside the quality metrics)
-from .study.recipes import load_classifier  # the "mnist" features: the study's trained classifier
-
-FeatureMap = Callable[[torch.Tensor], torch.Tensor]
-INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
+from .features import FeatureMap, extract, feature_map
 
 
 def min_samples(d: int) -> int:
@@ -176,89 +157,6 @@ def _check_images(real: torch.Tensor, fake: torch.Tensor) -> None:
                          "they must match")
 
 
-@torch.no_grad()
-def extract(feature_map: FeatureMap, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Features (N, d) of images (N, ...) in batches, on the feature map's device, returned float32 on CPU."""
-    device = None
-    if isinstance(feature_map, nn.Module) or hasattr(feature_map, "__self__"):
-        module = feature_map if isinstance(feature_map, nn.Module) else feature_map.__self__
-        if isinstance(module, nn.Module):
-            module.eval()
-            device = next(module.parameters(), torch.empty(0)).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        f = feature_map(x.to(device) if device is not None else x)
-        if not isinstance(f, torch.Tensor) or f.dim() != 2 or len(f) != len(x):
-            raise ValueError(f"the feature map returned {tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}"
-                             f" for {len(x)} images; expected an (N, d) tensor")
-        out.append(f.float().cpu())
-    return torch.cat(out)
-
-
-def _inception_weights() -> Path | None:
-    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    path = home / "hub" / "checkpoints" / INCEPTION_WEIGHTS
-    return path if path.is_file() else None
-
-
-def inception_features() -> FeatureMap:
-    """Inception-v3 pool features (2048-d, torch-fidelity's FID network), only from weights on disk.
-
-    Raises RuntimeError when torch-fidelity or its weights file is absent: this machine
-    cannot download them.
-    """
-    path = _inception_weights()
-    try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        path = None
-    if path is None:
-        raise RuntimeError(f'features="inception" needs torch-fidelity and its weights file {INCEPTION_WEIGHTS} '
-                           "under $TORCH_HOME/hub/checkpoints, and they cannot be downloaded here. "
-                           'Use features="mnist" (this project\'s classifier) or a callable')
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                             feature_extractor_weights_path=str(path))
-
-    def phi(x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28) in [0, 1] -> (B, 2048); resized inside
-        return net((x.expand(-1, 3, -1, -1) * 255).round().to(torch.uint8))
-
-    return phi
-
-
-# The feature-map registry beyond the datasets' own classifiers: name -> a function that builds the map.
-FEATURES: dict[str, Callable[[], FeatureMap]] = {"inception": inception_features}
-
-
-def register_features(name: str, build: Callable[[], FeatureMap]) -> None:
-    """Add the feature map `name`: `build()` returns a callable images (N, C, H, W) in [0, 1] -> (N, d)."""
-
-    if name in FEATURES or name in INFO:
-        raise ValueError(f"feature map {name!r} is already registered; registered: {', '.join(feature_names())}")
-    FEATURES[name] = build
-
-
-def feature_names() -> tuple[str, ...]:
-    """Every feature map by name: each registered dataset's classifier, then `FEATURES`."""
-
-    return (*INFO, *FEATURES)
-
-
-def feature_map(features: Union[str, FeatureMap] = "mnist", profile: str = "default") -> FeatureMap:
-    """The feature map called `features` (`feature_names()`: a dataset's classifier, trained by 04_quality
-    under `profile`, or a name of `FEATURES`), or a callable (returned as is)."""
-
-    if callable(features):
-        return features
-    if features in INFO:
-
-        return load_classifier(features, profile).features
-    if features in FEATURES:
-        return FEATURES[features]()
-    raise ValueError(f"features={features!r} is unknown; choose one of {', '.join(feature_names())} or pass a "
-                     "callable mapping images to an (N, d) tensor")
-
 
 def sample_quality(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,
                    profile: str = "default", k: int = 3, kid_subset_size: int = 1000, kid_subsets: int = 100,
@@ -297,23 +195,8 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
     return torch.cat(dists), torch.cat(idx)
 
 
-# ---------------------------------------------------------------- uncertainty
-INTERVALS = ("basic", "percentile")
-QUALITY_METRICS = ("fid", "kid", "precision", "recall")
-_RANGE = {"fid": (0.0, math.inf), "kid": (-math.inf, math.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
-
-
-def _check_level(level: float) -> None:
-    if not 0 < level < 1:
-        raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
-
-
-def _weights(n: int, n_boot: int, gen: torch.Generator) -> torch.Tensor:
-    """Bootstrap counts (R, n): how often each point is drawn in each of R resamples of size n."""
-    idx = torch.randint(n, (n_boot, n), generator=gen)
-    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
-
-
+# ---------------------------------------------------------------- weighted forms
+# Unit weights give the point values above; bootstrap counts give the replicates of gen_lib.intervals.
 def _fid_weighted(xr, wr, xf, wf):
     """FID (R,) of the weighted sets (counts w (R, n), (R, m)), with torchmetrics' (n − 1) covariance."""
     def moments(x, w):
@@ -405,89 +288,3 @@ class _Balls:
                                                                                   accumulate=True) > 0
             out[r] = (wq * covered).sum() / wq.sum()
         return out
-
-
-def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_boot: int = 200, level: float = 0.95,
-                                    seed: int = 0, k: int = 3, interval: str = "basic",
-                                    metrics: tuple[str, ...] = QUALITY_METRICS, chunk: int = 1024) -> dict:
-    """FID, KID, precision and recall of feature sets real (N, d) and fake (M, d), each with a bootstrap interval.
-
-    Bootstrap over both evaluated sets: each of `n_boot` replicates redraws N real and M fake
-    feature vectors with replacement and recomputes every metric from the features (computed
-    once; a replicate costs only the statistics: weighted means and covariances, kernel sums
-    built block by block, and k-NN radii read from precomputed neighbour lists).
-
-    - FID as `fid_from_features` (float64, (n − 1) covariances): the same formula, weighted.
-    - KID as the unbiased MMD² over *all* pairs, (x.y/d + 1)^3 kernel: the estimator that
-      `kid_from_features` averages over random subsets, with the same expectation and less noise.
-      Within a set, a replicate leaves out pairs of copies of one point (see `_kid_weighted`).
-    - precision and recall as `precision_recall`; in a replicate a point's k-NN radius counts only
-      distinct drawn points (a copy of itself would give radius 0).
-
-    `interval`: "basic" (default) returns [2θ̂ − q_{(1+level)/2}, 2θ̂ − q_{(1−level)/2}] of the
-    replicates θ*, "percentile" returns [q_{(1−level)/2}, q_{(1+level)/2}]. FID is biased upwards
-    by the noise of the covariance estimates (about d/N); a resample, with its duplicates, is a
-    noisier set of about 0.63 N distinct points, so the replicates sit higher again by about that
-    bias. The percentile interval therefore lies about one bias above θ̂ (two above the true FID);
-    the basic interval reflects the replicates' deviations around θ̂, which removes the bias to
-    first order: it is the interval for the FID of the two distributions (N → ∞). When the bias is
-    larger than the spread (two nearly equal distributions), it lies below θ̂, as it should. Bounds
-    are clipped to each metric's range (FID ≥ 0, precision and recall in [0, 1]); KID is not.
-
-    Returns a flat dict: for each metric m in `metrics`, m (the estimate on the given sets),
-    m_low, m_high, m_se (std of the replicates) and m_bias (their mean − the estimate); and
-    n_real, n_fake, n_boot, level, interval.
-    """
-    _check_features(real, fake, need_cov="fid" in metrics)
-    _check_level(level)
-    if interval not in INTERVALS:
-        raise ValueError(f"interval={interval!r} is unknown; choose one of {', '.join(INTERVALS)}")
-    unknown = [m for m in metrics if m not in QUALITY_METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics={metrics!r}: choose one or more of {', '.join(QUALITY_METRICS)}")
-    if not isinstance(n_boot, int) or n_boot < 2:
-        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 2 (200 or more for a 95 % interval)")
-    if ("precision" in metrics or "recall" in metrics) and not 1 <= k < min(len(real), len(fake)):
-        raise ValueError(f"k={k} needs 1 <= k < the smaller set's size ({min(len(real), len(fake))})")
-    xr, xf = real.double().cpu(), fake.double().cpu()
-    gen = torch.Generator().manual_seed(seed)
-    wr, wf = _weights(len(xr), n_boot, gen), _weights(len(xf), n_boot, gen)  # (R, N), (R, M)
-    # row 0: unit weights, the estimate itself; rows 1..R: the replicates
-    wr = torch.cat([torch.ones(1, len(xr), dtype=torch.float64), wr])
-    wf = torch.cat([torch.ones(1, len(xf), dtype=torch.float64), wf])
-    values = {}
-    if "fid" in metrics:
-        values["fid"] = _fid_weighted(xr, wr, xf, wf)
-    if "kid" in metrics:
-        values["kid"] = _kid_weighted(xr, wr, xf, wf, chunk)
-    if "precision" in metrics:
-        values["precision"] = _Balls(xr, xf, k, chunk).covered_fraction(wr, wf)
-    if "recall" in metrics:
-        values["recall"] = _Balls(xf, xr, k, chunk).covered_fraction(wf, wr)
-
-    out: dict = {}
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    for name, v in values.items():
-        est, boot = v[0].item(), v[1:]
-        lo, hi = torch.quantile(boot, q).tolist()
-        if interval == "basic":
-            lo, hi = 2 * est - hi, 2 * est - lo
-        floor, ceil = _RANGE[name]
-        out[name] = est
-        out[f"{name}_low"], out[f"{name}_high"] = max(lo, floor), min(hi, ceil)
-        out[f"{name}_se"], out[f"{name}_bias"] = boot.std().item(), boot.mean().item() - est
-    out.update(n_real=len(xr), n_fake=len(xf), n_boot=n_boot, level=level, interval=interval)
-    return out
-
-
-def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,
-                             profile: str = "default", n_boot: int = 200, level: float = 0.95, seed: int = 0,
-                             k: int = 3, interval: str = "basic",
-                             metrics: tuple[str, ...] = QUALITY_METRICS) -> dict:
-    """`sample_quality` with a bootstrap interval on every metric: images (N, 1, 28, 28) and (M, 1, 28, 28)
-    in [0, 1], features computed once, then `quality_intervals_from_features` (see there for the
-    interval and why it is the basic bootstrap by default)."""
-    _check_images(real, fake)
-    phi = feature_map(features, profile)
-    return quality_intervals_from_features(extract(phi, real), extract(phi, fake), n_boot=n_boot, level=level,
-                                           seed=seed, k=k, interval=interval, metrics=metrics)

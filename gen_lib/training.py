@@ -14,10 +14,6 @@ training is complete); a checkpoint from another configuration is refused, namin
 the differing fields; a non-finite loss stops training with the last good checkpoint
 kept on disk.
 
-`fit_seeds(models, data, seeds=...)` is the same loop for several seeds of one model trained together as one
-stacked model (`gen_lib.seeds`): one batched step for all of them, each seed's data order, noise, Adam
-state, checkpoint and history its own.
-
 Determinism: the data order and every random draw of epoch `e` depend only on
 `(seed, e)` and the weights, so an interrupted-then-resumed run ends with the same
 weights as an uninterrupted one (on the same device).
@@ -41,10 +37,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoints import CheckpointError, jsonable, load_checkpoint, save
-from .seeds import stack, unstack
 
 SCHEDULES = ("constant", "cosine")
-_CHECK_EVERY = 50  # steps between reads of the device-side loss sum (a host sync on a GPU)
+CHECK_EVERY = 50  # steps between reads of the device-side loss sum (a host sync on a GPU)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,7 +129,7 @@ class TrainResult:
     seconds: float = 0.0  # wall time of the epochs run in this call
 
 
-def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam, fused into one kernel per step where torch has one for these parameters (CPU and CUDA,
     float parameters): 1.35x faster VAE steps than the per-tensor loop on a 2-core CPU (measured), the
     same update up to float round-off; the plain implementation elsewhere."""
@@ -156,14 +151,14 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.copy_(b)
 
 
-def _identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def checkpoint_identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run's configuration with the loop's own fields, and its identity (without `epochs_total`, which may grow
     on resume): what a checkpoint must match."""
     config = jsonable({**config, **fields})
     return config, {k: v for k, v in config.items() if k != "epochs_total"}
 
 
-def _resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epochs: int, result: TrainResult,
+def resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epochs: int, result: TrainResult,
             label: str, log: Callable[[str], None]) -> tuple[dict[str, Any] | None, int]:
     """Load `path`'s weights into `model` and its history into `result` (after checking its configuration against
     `identity` and its epoch count against `epochs`); return the checkpoint (None when there is none) and the epoch it
@@ -182,7 +177,7 @@ def _resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epoch
     return ckpt, epoch
 
 
-def _epoch_line(label: str, epoch: int, epochs: int, metrics: str, took: float, t0: float, first: int) -> str:
+def epoch_line(label: str, epoch: int, epochs: int, metrics: str, took: float, t0: float, first: int) -> str:
     """'label epoch e/E: metrics; time, ETA ...' (the ETA from the mean epoch time since `t0`, `first` the epoch
     training started from)."""
     eta = (time.perf_counter() - t0) / (epoch + 1 - first) * (epochs - epoch - 1)
@@ -238,16 +233,16 @@ def fit(
     if len({t.shape[0] for t in tensors}) != 1:
         raise ValueError(f"data tensors have first dimensions {[t.shape[0] for t in tensors]}; they must agree")
     device = torch.device(device) if device is not None else default_device()
-    config, identity = _identity(config, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr,
+    config, identity = checkpoint_identity(config, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr,
                                  **({"schedule": schedule_name} if schedule_name != "constant" else {}),
                                  **({"warmup_steps": warmup_steps} if warmup_steps else {}))
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device=device, memory_format=memory_format)
-    optimizer = _adam(model, lr)
+    optimizer = adam(model, lr)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     result = TrainResult(ema=ema)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    ckpt, start_epoch = _resume(ckpt_path, identity, model, epochs, result, desc, log)
+    ckpt, start_epoch = resume(ckpt_path, identity, model, epochs, result, desc, log)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
@@ -294,7 +289,7 @@ def fit(
             if ema is not None:
                 _ema_update(ema, model, ema_decay)
             total += loss.detach().double() * size
-            if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 bad = int(first_bad)  # the only host sync of the loop
                 if bad >= 0:
                     where = (f"last good checkpoint kept at {ckpt_path}" if ckpt_path
@@ -312,7 +307,7 @@ def fit(
         result.history.append(record)
         if progress:
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
-            log(_epoch_line(desc, epoch, epochs, f": {metrics}", time.perf_counter() - t_epoch, t0, start_epoch))
+            log(epoch_line(desc, epoch, epochs, f": {metrics}", time.perf_counter() - t_epoch, t0, start_epoch))
         if ckpt_path is not None:
             save(ckpt_path, identity, epoch + 1, model, optimizer.state_dict(), ema, result.history)
     result.seconds = time.perf_counter() - t0
@@ -320,139 +315,6 @@ def fit(
     if ema is not None:
         ema.eval()
     return result
-
-
-def fit_seeds(
-    models: list[nn.Module],
-    data: torch.Tensor,
-    *,
-    seeds: list[int],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    configs: list[dict[str, Any]],
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-    noise_shape: tuple[int, ...],
-    checkpoints: list[str | Path | None] | None = None,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-    device: torch.device | str | None = None,
-    bf16: bool = False,
-    progress: bool = True,
-    desc: str = "train",
-    log: Callable[[str], None] = print,
-) -> list[TrainResult]:
-    """Train `models` (one per seed of `seeds`, one architecture) together as one stacked model
-    (`gen_lib.seeds.stack`): each step is one batched computation for all of them, and one fused Adam over the
-    stacked parameters, which is each seed's own Adam (Adam is elementwise). A model class must run stacked
-    (`seeds.agrees`); `gen_lib.study.recipes.train_vaes` checks that and falls back to `fit` per seed otherwise.
-
-    `loss_fn(model, batch, noise)` returns the loss per example, (B,) for one model; run stacked it gets
-    batch (B, S, ...) and noise (B, S, *noise_shape) and returns (B, S). `noise` is the standard normal draw of
-    each example's reparameterisation. Each seed keeps its identity: its data order and its noise come from
-    its own generator, seeded by (seed, epoch) as `fit` seeds them; its loss is its own batch mean; its
-    checkpoint (`checkpoints[s]`, `fit`'s format with `configs[s]`, so `fit` can also read it), its history
-    and its result are its own. Resumes from the checkpoints; seeds whose checkpoints stand at different epochs
-    are trained in groups of equal epoch. A non-finite loss of any seed stops training (`NonFiniteLossError`,
-    naming the seed; the last good checkpoints are kept). `TrainResult.seconds` is the wall time divided
-    among the seeds trained together. Constant learning rate, no EMA, no gradient clipping: the VAE recipe's loop.
-    """
-    n_models = len(models)
-    if n_models == 0 or len(seeds) != n_models or len(configs) != n_models:
-        raise ValueError(f"fit_seeds needs one seed and one config per model: {n_models} models, {len(seeds)} seeds, "
-                         f"{len(configs)} configs")
-    if len(set(seeds)) != n_models:
-        raise ValueError(f"seeds={list(seeds)} repeats a seed")
-    if epochs < 0 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: need epochs >= 0, batch_size >= 1, lr > 0")
-    checkpoints = [Path(c) if c is not None else None for c in (checkpoints or [None] * n_models)]
-    device = torch.device(device) if device is not None else default_device()
-    identities, results, start = [], [], []
-    for model, seed, cfg, ckpt_path in zip(models, seeds, configs, checkpoints):
-        identities.append(_identity(cfg, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr)[1])
-        model.to(device)
-        results.append(TrainResult())
-        start.append(_resume(ckpt_path, identities[-1], model, epochs, results[-1], f"{desc} seed {seed}", log)[1])
-    x = data.to(device)
-    for first in sorted(set(start) - {epochs}):
-        group = [s for s in range(n_models) if start[s] == first]
-        members = [models[s] for s in group]
-        model = stack(members)
-        optimizer = _adam(model, lr)
-        if first > 0:  # the seeds' own Adam states, stacked as their parameters are
-            own = [load_checkpoint(checkpoints[s])["optimizer"] for s in group]
-            optimizer.load_state_dict({"param_groups": own[0]["param_groups"], "state": {
-                i: {k: v if k == "step" else torch.stack([o["state"][i][k] for o in own]) for k, v in st.items()}
-                for i, st in own[0]["state"].items()}})
-        label = f"{desc} seed{'s' if len(group) > 1 else ''} {', '.join(str(seeds[s]) for s in group)}"
-        t0 = time.perf_counter()
-        for epoch in range(first, epochs):
-            t_epoch = time.perf_counter()
-            total = _stacked_epoch(model, optimizer, x, [seeds[s] for s in group], epoch, batch_size, loss_fn,
-                                   noise_shape, bf16, progress and bars_wanted(), f"{label} epoch {epoch + 1}/{epochs}",
-                                   desc, lr)
-            unstack(model, members)
-            state = optimizer.state_dict()
-            lines = []
-            for k, s in enumerate(group):
-                record = {"epoch": epoch + 1, "train_loss": total[k] / len(x),
-                          "seconds": (time.perf_counter() - t0) / len(group)}
-                if eval_fn is not None:
-                    models[s].eval()
-                    with torch.no_grad():
-                        record.update(eval_fn(models[s]))
-                    models[s].train()
-                results[s].history.append(record)
-                results[s].seconds = record["seconds"]
-                lines.append(", ".join(f"{v:.4g}" for key, v in record.items() if key not in ("epoch", "seconds")))
-                if checkpoints[s] is not None:  # seed k's Adam state, as torch's Adam over its own model keeps it
-                    own = {i: {key: (v if key == "step" else v[k]).cpu().clone() for key, v in st.items()}
-                           for i, st in state["state"].items()}  # clones: a view would save every seed's moments
-                    save(checkpoints[s], identities[s], epoch + 1, models[s],
-                          {"state": own, "param_groups": state["param_groups"]}, None, results[s].history)
-            if progress:
-                metrics = [m for m in results[group[0]].history[-1] if m not in ("epoch", "seconds")]
-                log(_epoch_line(label, epoch, epochs, f" ({', '.join(metrics)} per seed): " + "; ".join(lines),
-                                time.perf_counter() - t_epoch, t0, first))
-        for s in group:
-            results[s].status = "trained" if first == 0 else "resumed"
-    for model in models:
-        model.eval()
-    return results
-
-
-def _stacked_epoch(model, optimizer, x, seeds, epoch, batch_size, loss_fn, noise_shape, bf16, bar, label, desc, lr):
-    """One epoch of `fit_seeds` for the stacked `model` of `seeds`; returns each seed's summed loss (a list)."""
-    n, count, device = x.shape[0], len(seeds), x.device
-    orders, noises = [], []
-    for seed in seeds:  # each seed's own draws, as `fit` seeds them
-        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
-        orders.append(torch.randperm(n, generator=gen, device=device))
-        noises.append(torch.randn((n, *noise_shape), generator=gen, device=device))
-    order, noise = torch.stack(orders), torch.stack(noises)  # (S, n), (S, n, *noise_shape)
-    rows = torch.arange(count, device=device)[:, None]
-    total = torch.zeros(count, dtype=torch.float64, device=device)
-    first_bad = torch.full((count,), -1, dtype=torch.long, device=device)
-    steps = math.ceil(n / batch_size)
-    model.train()
-    for step in tqdm(range(steps), desc=label, disable=not bar, leave=False, mininterval=2.0):
-        idx = order[:, step * batch_size:(step + 1) * batch_size]  # (S, B)
-        batch = x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])  # (S, B, ...): seed s's in row s
-        with autocast(device, bf16):
-            per_example = loss_fn(model, batch.transpose(0, 1), noise[rows, idx].transpose(0, 1))  # (B, S)
-        losses = per_example.float().mean(0)  # (S,): each seed's own batch mean
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # seed s's gradient is that of its own loss
-        optimizer.step()
-        total += losses.detach().double() * idx.shape[1]
-        if (step + 1) % _CHECK_EVERY == 0 or step + 1 == steps:
-            bad = first_bad.tolist()  # the only host sync of the loop
-            if any(b >= 0 for b in bad):
-                k = next(i for i, b in enumerate(bad) if b >= 0)
-                raise NonFiniteLossError(
-                    f"{desc} seed {seeds[k]}: loss became nan or inf at epoch {epoch + 1}, step {bad[k] + 1}; "
-                    f"training stopped (the last good checkpoints are kept). Try a lower lr (now {lr}).")
-    return total.tolist()
 
 
 configure_threads()  # on import: exactly the cores this process has (or GEN_LIB_THREADS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _bounds import Z, fid_self_roundoff
-from gen_lib import classifier, data, metrics
+from gen_lib import classifier, data, features, intervals, metrics
 from gen_lib.study import config, recipes
 
 
@@ -77,12 +77,12 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
 
     # the cached model is what features="mnist" uses; its features are standardised on real data
     assert classifier.accuracy(cnn, test_x, test_y) == pytest.approx(info["test_accuracy"], abs=1e-6)
-    f = metrics.extract(cnn.features, test_x[:2000])
+    f = features.extract(cnn.features, test_x[:2000])
     assert f.mean(0).abs().mean() < 0.3 and 0.6 < f.std(0).mean() < 1.5
 
     real, other = test_x[:1000], test_x[1000:2000]
     same = metrics.sample_quality(real, real, features="mnist", kid_subsets=10)
-    roundoff = fid_self_roundoff(metrics.extract(cnn.features, real))  # float64 eigenvalues of 128 x 128
+    roundoff = fid_self_roundoff(features.extract(cnn.features, real))  # float64 eigenvalues of 128 x 128
     assert same["fid"] <= roundoff and same["precision"] == same["recall"] == 1.0, (same, roundoff)
     floor = metrics.sample_quality(real, other, features="mnist", kid_subsets=10)
     noised = (other + 0.3 * torch.rand(other.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
@@ -93,9 +93,9 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     # noise is seen: KID (unbiased) moves by Z times its spread over subsets, and FID's 95 % interval lies above
     # the floor's (two samples of one distribution: FID's bias and noise at this N)
     assert noisy["kid_mean"] - floor["kid_mean"] > Z * math.hypot(noisy["kid_std"], floor["kid_std"]), (noisy, floor)
-    f_real, f_other, f_noised = (metrics.extract(cnn.features, x) for x in (real, other, noised))
-    q_floor = metrics.quality_intervals_from_features(f_real, f_other, n_boot=200, seed=seed, metrics=("fid",))
-    q_noisy = metrics.quality_intervals_from_features(f_real, f_noised, n_boot=200, seed=seed, metrics=("fid",))
+    f_real, f_other, f_noised = (features.extract(cnn.features, x) for x in (real, other, noised))
+    q_floor = intervals.quality_intervals_from_features(f_real, f_other, n_boot=200, seed=seed, metrics=("fid",))
+    q_noisy = intervals.quality_intervals_from_features(f_real, f_noised, n_boot=200, seed=seed, metrics=("fid",))
     assert q_noisy["fid_low"] > q_floor["fid_high"], (q_noisy, q_floor)
 
     # the bias-corrected FID on unseen real images: held-out training images, which the classifier never saw
@@ -104,11 +104,11 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     # P(fewer than 3 of 5 cover) = P(Bin(5, 0.05) >= 3) < 0.0012. (Held-out against *test* images need not cover 0:
     # MNIST's training and test splits come from different mixes of writers.)
     held_x, _ = data.load_mnist("held_out")
-    f_held = metrics.extract(cnn.features, held_x[torch.randperm(len(held_x), generator=torch.Generator().manual_seed(seed))])
+    f_held = features.extract(cnn.features, held_x[torch.randperm(len(held_x), generator=torch.Generator().manual_seed(seed))])
     covers = []
     for i in range(5):
-        q = metrics.quality_intervals_from_features(f_held[2000 * i:2000 * i + 1000], f_held[2000 * i + 1000:2000 * (i + 1)],
-                                                    n_boot=200, seed=seed + i, metrics=("fid",))
+        q = intervals.quality_intervals_from_features(f_held[2000 * i:2000 * i + 1000], f_held[2000 * i + 1000:2000 * (i + 1)],
+                                                      n_boot=200, seed=seed + i, metrics=("fid",))
         covers.append(q["fid_low"] <= 0.0)
         print(f"held-out pair {i}: FID {q['fid']:.3f}, bias-corrected interval [{q['fid_low']:.3f}, {q['fid_high']:.3f}]")
     assert sum(covers) >= 3, covers

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from _bounds import Z
-from gen_lib.diffusion import DDPM, SAMPLERS, alphas_cumprod, linear_beta_schedule, sampling_timesteps
+from gen_lib.diffusion import DDPM, alphas_cumprod, linear_beta_schedule
+from gen_lib.samplers import SAMPLERS, sampling_timesteps
 from gen_lib.training import autocast
 from gen_lib.unet import UNet
 

@@ -1,6 +1,6 @@
-"""Contracts of the uncertainty helpers in gen_lib.metrics: bootstrap intervals on FID, KID, precision
+"""Contracts of the uncertainty helpers: gen_lib.intervals' bootstrap intervals on FID, KID, precision
 and recall against Gaussian feature sets whose true FID and KID are known in closed form, and
-`mean_ci` (float64, fixed seeds). Coverage tolerances are binomial standard errors over the repeats."""
+`stats.mean_ci` (float64, fixed seeds). Coverage tolerances are binomial standard errors over the repeats."""
 
 import math
 import statistics
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _bounds import Z, t_quantile
-from gen_lib import metrics, stats
+from gen_lib import intervals, stats
 from test_metrics import _fid_scipy, _precision_recall_brute
 
 D = 8
@@ -73,7 +73,7 @@ def test_closed_forms():
 
 def test_estimates_are_the_point_metrics():
     real, fake = _sets(300, seed=1)
-    out = metrics.quality_intervals_from_features(real, fake, n_boot=20)
+    out = intervals.quality_intervals_from_features(real, fake, n_boot=20)
     assert out["fid"] == pytest.approx(_fid_scipy(real, fake), rel=1e-7, abs=1e-9)  # an independent computation
     assert (out["precision"], out["recall"]) == _precision_recall_brute(real, fake, 3)
     assert out["kid"] == pytest.approx(_u_stat(real, fake), rel=1e-9)
@@ -87,10 +87,10 @@ def test_intervals_cover_the_true_fid_and_kid_at_the_nominal_rate():
     hits = {"fid": 0, "kid": 0, "fid_percentile": 0}
     for r in range(repeats):
         real, fake = _sets(500, seed=1000 + r, scale=scale, shift=shift)
-        out = metrics.quality_intervals_from_features(real, fake, n_boot=200, seed=r, metrics=("fid", "kid"))
+        out = intervals.quality_intervals_from_features(real, fake, n_boot=200, seed=r, metrics=("fid", "kid"))
         hits["fid"] += out["fid_low"] <= fid <= out["fid_high"]
         hits["kid"] += out["kid_low"] <= kid <= out["kid_high"]
-        pct = metrics.quality_intervals_from_features(real, fake, n_boot=200, seed=r, metrics=("fid",),
+        pct = intervals.quality_intervals_from_features(real, fake, n_boot=200, seed=r, metrics=("fid",),
                                                       interval="percentile")
         hits["fid_percentile"] += pct["fid_low"] <= fid <= pct["fid_high"]
     se = math.sqrt(0.95 * 0.05 / repeats)  # binomial standard error of a coverage of 95 % over the repeats
@@ -106,12 +106,12 @@ def test_interval_contains_the_estimate_and_shrinks_with_n():
     # 16 times the data: widths fall like 1/4. Each width is itself noisy (the data, 200 bootstrap quantiles), so
     # the check is over 10 independent data sets: the mean log width ratio is below 0 by the Student-t multiplier
     # of its own standard error
-    repeats, logs = 10, {name: [] for name in metrics.QUALITY_METRICS}
+    repeats, logs = 10, {name: [] for name in intervals.QUALITY_METRICS}
     for r in range(repeats):
         real, fake = _sets(3200, seed=20 + r, scale=1.2, shift=0.2)
-        small = metrics.quality_intervals_from_features(real[:200], fake[:200], n_boot=200, seed=r)
-        large = metrics.quality_intervals_from_features(real, fake, n_boot=200, seed=r)
-        for name in metrics.QUALITY_METRICS:
+        small = intervals.quality_intervals_from_features(real[:200], fake[:200], n_boot=200, seed=r)
+        large = intervals.quality_intervals_from_features(real, fake, n_boot=200, seed=r)
+        for name in intervals.QUALITY_METRICS:
             for out in (small, large):
                 assert out[f"{name}_low"] <= out[name] <= out[f"{name}_high"], (name, out)
             width = lambda o: o[f"{name}_high"] - o[f"{name}_low"]  # noqa: E731
@@ -125,30 +125,30 @@ def test_kid_replicates_are_centred_on_the_estimate():
     """Copies of one point in a resample are not paired with each other: otherwise their self-similarity
     k(x, x) would lift every replicate by about 2 (E k(x, x) − E k(x, x'))/n (0.06 here)."""
     real, fake = _sets(400, seed=3)
-    out = metrics.quality_intervals_from_features(real, fake, n_boot=200, seed=0, metrics=("kid",))
+    out = intervals.quality_intervals_from_features(real, fake, n_boot=200, seed=0, metrics=("kid",))
     assert abs(out["kid_bias"]) < Z * out["kid_se"] / math.sqrt(200)
 
 
 def test_equal_distributions_fid_interval_lies_below_the_biased_estimate():
     real, _ = _sets(400, seed=4)
     other, _ = _sets(400, seed=5)
-    out = metrics.quality_intervals_from_features(real, other, n_boot=200, seed=0, metrics=("fid",))
+    out = intervals.quality_intervals_from_features(real, other, n_boot=200, seed=0, metrics=("fid",))
     assert out["fid"] > 0 and out["fid_bias"] > 0  # pure small-sample bias, and more of it in the replicates
     assert out["fid_low"] == 0.0  # clipped at the metric's floor: the interval contains the true FID, 0
 
 
 def test_deterministic_with_a_seed_and_wrapper_on_images():
     real, fake = _sets(200, seed=5)
-    a = metrics.quality_intervals_from_features(real, fake, n_boot=30, seed=1)
-    b = metrics.quality_intervals_from_features(real, fake, n_boot=30, seed=1)
-    c = metrics.quality_intervals_from_features(real, fake, n_boot=30, seed=2)
+    a = intervals.quality_intervals_from_features(real, fake, n_boot=30, seed=1)
+    b = intervals.quality_intervals_from_features(real, fake, n_boot=30, seed=1)
+    c = intervals.quality_intervals_from_features(real, fake, n_boot=30, seed=2)
     assert a == b
-    assert all(a[m] == c[m] for m in metrics.QUALITY_METRICS) and a["fid_high"] != c["fid_high"]
+    assert all(a[m] == c[m] for m in intervals.QUALITY_METRICS) and a["fid_high"] != c["fid_high"]
     # images -> features once -> the same intervals
     images = lambda f: torch.sigmoid(f.float()).repeat(1, 98).reshape(-1, 1, 28, 28)  # noqa: E731
     phi = lambda x: torch.logit(x.flatten(1)[:, :D].double())  # noqa: E731
-    via_images = metrics.sample_quality_intervals(images(real), images(fake), features=phi, n_boot=30, seed=1)
-    direct = metrics.quality_intervals_from_features(phi(images(real)).float(), phi(images(fake)).float(),
+    via_images = intervals.sample_quality_intervals(images(real), images(fake), features=phi, n_boot=30, seed=1)
+    direct = intervals.quality_intervals_from_features(phi(images(real)).float(), phi(images(fake)).float(),
                                                      n_boot=30, seed=1)
     assert via_images == direct
 
@@ -170,19 +170,19 @@ def test_mean_ci_covers_the_mean_at_the_nominal_rate():
 def test_bad_input():
     real, fake = _sets(100, seed=6)
     with pytest.raises(ValueError, match="level=1.5"):
-        metrics.quality_intervals_from_features(real, fake, level=1.5)
+        intervals.quality_intervals_from_features(real, fake, level=1.5)
     with pytest.raises(ValueError, match="interval='bca' is unknown"):
-        metrics.quality_intervals_from_features(real, fake, interval="bca")
+        intervals.quality_intervals_from_features(real, fake, interval="bca")
     with pytest.raises(ValueError, match=r"metrics=\('is',\)"):
-        metrics.quality_intervals_from_features(real, fake, metrics=("is",))
+        intervals.quality_intervals_from_features(real, fake, metrics=("is",))
     with pytest.raises(ValueError, match="n_boot=1"):
-        metrics.quality_intervals_from_features(real, fake, n_boot=1)
+        intervals.quality_intervals_from_features(real, fake, n_boot=1)
     with pytest.raises(ValueError, match="k=100"):
-        metrics.quality_intervals_from_features(real, fake, k=100)
+        intervals.quality_intervals_from_features(real, fake, k=100)
     with pytest.raises(ValueError, match="feature dimensions differ"):
-        metrics.quality_intervals_from_features(real, fake[:, :4])
+        intervals.quality_intervals_from_features(real, fake[:, :4])
     with pytest.raises(ValueError, match="too few"):
-        metrics.quality_intervals_from_features(real[:10], fake)
+        intervals.quality_intervals_from_features(real[:10], fake)
     with pytest.raises(ValueError, match="NaN"):
         stats.mean_ci(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="at least 2"):

@@ -9,10 +9,9 @@ import gen_lib
 
 PACKAGE = Path(gen_lib.__file__).parent
 FLOORS = {"paths": 0, "system": 0, "stats": 0,
-          **dict.fromkeys(("data", "seeds", "priors", "flows", "unet", "diffusion", "vae", "classifier", "training",
-                           "checkpoints", "quadrature", "vae_eval",
-                           "sampling"), 1),
-          "study": 2, "metrics": 3, "report": 3, "run": 4, "chunks": 4}
+          **dict.fromkeys(("data", "seeds", "priors", "flows", "unet", "samplers", "diffusion", "diffusion_nll", "vae",
+                           "classifier", "training", "checkpoints", "quadrature", "vae_eval", "sampling"), 1),
+          "study": 2, **dict.fromkeys(("features", "metrics", "intervals", "report"), 3), "run": 4, "chunks": 4}
 
 
 def module_name(path: Path) -> str:

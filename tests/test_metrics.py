@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from _bounds import Z, fid_self_roundoff, t_quantile
-from gen_lib import metrics
+from gen_lib import intervals, metrics
 
 D = 8
 
@@ -67,7 +67,7 @@ def test_fid_and_kid_match_torchmetrics():
     # float64 eigenvalue and square-root forms of one formula: agreement to round-off of sums of ~400 terms
     assert metrics.fid_from_features(x, y) == pytest.approx(float(fid.compute()), rel=1e-9)
     # KID's one implementation (the all-pairs unbiased MMD^2 that kid_from_features averages over subsets)
-    ours = metrics.quality_intervals_from_features(x[:300], y, n_boot=2, metrics=("kid",))["kid"]
+    ours = intervals.quality_intervals_from_features(x[:300], y, n_boot=2, metrics=("kid",))["kid"]
     assert ours == pytest.approx(float(kid.compute()[0]), rel=1e-9)
 
 

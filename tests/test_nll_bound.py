@@ -11,7 +11,8 @@ from torch.distributions import Normal, kl_divergence
 from _bounds import Z, t_quantile
 from gen_lib import data, flows, vae_eval
 from gen_lib import vae as V
-from gen_lib.diffusion import DDPM, alphas_cumprod, bound_bits_per_dim, dataset_bits_per_dim, linear_beta_schedule
+from gen_lib.diffusion import DDPM, alphas_cumprod, linear_beta_schedule
+from gen_lib.diffusion_nll import bound_bits_per_dim, dataset_bits_per_dim
 from gen_lib.unet import UNet
 from test_diffusion import GaussianOptimalEps  # the optimal ε-network of Gaussian data
 

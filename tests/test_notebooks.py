@@ -67,7 +67,7 @@ def _fid_cell(table: str, row: str, column: int = 1) -> float:
 def _check_fid_cells(tmp_path, monkeypatch):
     import torch
 
-    from gen_lib import data, metrics
+    from gen_lib import data, features
     from gen_lib.study import cache, config, recipes
     from test_metrics import _fid_scipy
 
@@ -78,7 +78,7 @@ def _check_fid_cells(tmp_path, monkeypatch):
     tables = tmp_path / "report" / "tables"
 
     def check(table, row, ref, images, column=1):  # the cell has 2 decimals: within half a unit of the last one
-        expected = _fid_scipy(metrics.extract(phi, ref).double(), metrics.extract(phi, images).double())
+        expected = _fid_scipy(features.extract(phi, ref).double(), features.extract(phi, images).double())
         assert abs(_fid_cell(table, row, column) - expected) <= 0.005 + 1e-6 * expected, (row, expected, table)
 
     q = config.resolve("quality", "smoke")  # 04_quality: random test and held-out images, one generator

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = '''"""A sampler and a dataset from outside gen_lib."""
 import dataclasses
 
-from gen_lib import data, diffusion
+from gen_lib import data, samplers
 
 
-@diffusion.register_sampler("ddim_half", "DDIM (eta = 0.5)")
+@samplers.register_sampler("ddim_half", "DDIM (eta = 0.5)")
 def ddim_half_step(x_t, eps, t, t_prev, schedule, noise, *, clip_denoised=True):
     """Song et al.'s generalized step with eta = 0.5: between DDIM (0) and the ancestral chain (1)."""
-    return diffusion.ddim_eta_step(x_t, eps, t, t_prev, schedule, noise, clip_denoised=clip_denoised, eta=0.5)
+    return samplers.ddim_eta_step(x_t, eps, t, t_prev, schedule, noise, clip_denoised=clip_denoised, eta=0.5)
 
 
 # the same four MNIST files under another name (a real dataset, fetched and verified like MNIST)

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from gen_lib.study import config
-from gen_lib import data, diffusion, metrics, priors
+from gen_lib import data, diffusion, features, priors, samplers
 from gen_lib.vae import GaussianEncoder
 
 
@@ -81,7 +81,7 @@ def test_dataset_entry_is_complete(name):
     assert entry.dim == entry.shape[0] * entry.shape[1] * entry.shape[2]
     assert callable(entry.fetch)
     assert config.resolve("priors", "smoke", dataset=name)["dataset"] == name  # the profiles accept it
-    assert name in metrics.feature_names()  # its classifier is a feature map
+    assert name in features.feature_names()  # its classifier is a feature map
 
 
 def test_unknown_dataset_lists_the_registry():
@@ -97,9 +97,9 @@ class _LinearEps(nn.Module):
         return 0.5 * x + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-@pytest.mark.parametrize("name", list(diffusion.SAMPLERS))
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_sampler_is_a_step_function_run_by_the_one_loop(name):
-    entry = diffusion.sampler(name)
+    entry = samplers.sampler(name)
     params = inspect.signature(entry.step).parameters
     assert list(params)[:6] == ["x_t", "eps", "t", "t_prev", "schedule", "noise"]
     assert params["clip_denoised"].kind is inspect.Parameter.KEYWORD_ONLY
@@ -128,17 +128,17 @@ def test_unknown_sampler_lists_the_registry():
 
 
 def test_feature_registry():
-    assert metrics.feature_names() == (*data.INFO, *metrics.FEATURES)
+    assert features.feature_names() == (*data.INFO, *features.FEATURES)
     with pytest.raises(ValueError, match="features='vgg' is unknown; choose one of mnist, fashion, inception"):
-        metrics.feature_map("vgg")
-    metrics.register_features("mean_pixel", lambda: lambda x: x.flatten(1).mean(1, keepdim=True).repeat(1, 2))
+        features.feature_map("vgg")
+    features.register_features("mean_pixel", lambda: lambda x: x.flatten(1).mean(1, keepdim=True).repeat(1, 2))
     try:
-        phi = metrics.feature_map("mean_pixel")
+        phi = features.feature_map("mean_pixel")
         assert phi(torch.rand(3, 1, 28, 28)).shape == (3, 2)
         with pytest.raises(ValueError, match="already registered"):
-            metrics.register_features("mnist", lambda: None)
+            features.register_features("mnist", lambda: None)
     finally:
-        del metrics.FEATURES["mean_pixel"]
+        del features.FEATURES["mean_pixel"]
 
 
 def test_a_registered_dataset_reaches_the_profiles_the_loader_and_the_feature_maps(monkeypatch):
@@ -149,7 +149,7 @@ def test_a_registered_dataset_reaches_the_profiles_the_loader_and_the_feature_ma
     assert config.resolve("flow", "smoke", dataset="mnist_again")["dataset"] == "mnist_again"
     x, y = data.load_mnist("test", dataset="mnist_again")
     assert x.shape == (10_000, *entry.shape) and y.shape == (10_000,)
-    assert "mnist_again" in metrics.feature_names()
+    assert "mnist_again" in features.feature_names()
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 20)])

@@ -28,7 +28,8 @@ import torch
 
 from .. import report
 from ..data import dequantize, to_signed
-from ..diffusion import DDPM, bound_bits_per_dim
+from ..diffusion import DDPM
+from ..diffusion_nll import bound_bits_per_dim
 from ..flows import bits_per_dim
 from ..stats import mean_ci
 from ..vae import VAE, log_likelihood_quadrature

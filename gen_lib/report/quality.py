@@ -1,7 +1,7 @@
 """Sample-quality tables (Table 2, the DDPM's FID against sampling steps) and the sentences that compare
 their rows, each with its branch for the other outcome.
 
-Every row is `metrics.quality_intervals_from_features` of one feature set against the same reference
+Every row is `intervals.quality_intervals_from_features` of one feature set against the same reference
 (test-image) features, so its FID, KID, precision and recall come with 95 % basic-bootstrap intervals;
 the FID is shown bias-corrected (raw − the replicates' mean excess, clipped at 0, as its interval's
 bounds are). Two rows are ranked only where their intervals do not overlap (`report.separated`).
@@ -14,7 +14,7 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from .. import metrics
+from .. import intervals
 from . import join_words, separated, with_interval
 
 DIGITS = {"fid": 2, "kid": 4, "precision": 3, "recall": 3}
@@ -30,7 +30,7 @@ def score(reference: torch.Tensor, sets: Mapping[str, torch.Tensor], *, n_boot: 
     """Every feature set of `sets` against the `reference` features, with intervals; adds `fid_corrected`."""
     q = {}
     for name, f in sets.items():
-        v = metrics.quality_intervals_from_features(reference, f, n_boot=n_boot, k=k, seed=seed)
+        v = intervals.quality_intervals_from_features(reference, f, n_boot=n_boot, k=k, seed=seed)
         q[name] = {**v, "fid_corrected": max(0.0, v["fid"] - v["fid_bias"])}
     return q
 

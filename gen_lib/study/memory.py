@@ -21,7 +21,7 @@ from . import config, models
 
 CPU_BUDGET = 8 * 2**30
 GPU_BUDGET = 40 * 2**30
-FEATURE_BATCH = 1000  # images per batch of `metrics.extract`
+FEATURE_BATCH = 1000  # images per batch of `features.extract`
 PAIRWISE_CHUNK = 1024  # rows per chunk of the pairwise distances (precision/recall, nearest neighbours)
 
 

@@ -149,7 +149,7 @@ class DDPMSection(Section):
     channels_last: bool | str = trains(precision="unet")  # channels_last memory format: true | false | "auto"
     seed: int = trains()  # initial weights, data order, noise
     n_samples: int  # samples written for 04_quality
-    sample_method: str  # a sampler of gen_lib.diffusion.SAMPLERS: ancestral | ddim | ddim_eta
+    sample_method: str  # a sampler of gen_lib.samplers.SAMPLERS: ancestral | ddim | ddim_eta
     sample_steps: int  # steps for those samples
     sample_batch: int  # images per sampling batch (bounds memory: the activations of one batch)
     compare_steps: str  # DDIM step counts compared (time per sample and grids), comma-separated
@@ -157,7 +157,7 @@ class DDPMSection(Section):
     compare_ancestral: int  # also T-step ancestral in the comparison on this many samples (0 = no)
     fid_n: int  # FID against sampling steps: samples per DDIM step count, with intervals (0 = no); >= 2 x feature_dim
     fid_ancestral: bool  # ... and for the T-step ancestral sampler, at the same fid_n
-    n_boot: int  # bootstrap replicates of every interval (gen_lib.metrics.quality_intervals_from_features)
+    n_boot: int  # bootstrap replicates of every interval (gen_lib.intervals.quality_intervals_from_features)
 
 
 @dataclass(frozen=True)
