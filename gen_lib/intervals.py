@@ -15,7 +15,7 @@ from typing import Union
 import torch
 
 from .features import FeatureMap, extract, feature_map
-from .metrics import _Balls, _check_features, _check_images, _fid_weighted, _kid_weighted
+from .metrics import KnnBalls, check_features, check_images, fid_weighted, kid_weighted
 
 INTERVALS = ("basic", "percentile")
 QUALITY_METRICS = ("fid", "kid", "precision", "recall")
@@ -46,7 +46,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     - FID as `metrics.fid_from_features` (float64, (n − 1) covariances): the same formula, weighted.
     - KID as the unbiased MMD² over *all* pairs, (x.y/d + 1)^3 kernel: the estimator that
       `metrics.kid_from_features` averages over random subsets, with the same expectation and less noise.
-      Within a set, a replicate leaves out pairs of copies of one point (see `metrics._kid_weighted`).
+      Within a set, a replicate leaves out pairs of copies of one point (see `metrics.kid_weighted`).
     - precision and recall as `metrics.precision_recall`; in a replicate a point's k-NN radius counts only
       distinct drawn points (a copy of itself would give radius 0).
 
@@ -64,7 +64,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     m_low, m_high, m_se (std of the replicates) and m_bias (their mean − the estimate); and
     n_real, n_fake, n_boot, level, interval.
     """
-    _check_features(real, fake, need_cov="fid" in metrics)
+    check_features(real, fake, need_cov="fid" in metrics)
     _check_level(level)
     if interval not in INTERVALS:
         raise ValueError(f"interval={interval!r} is unknown; choose one of {', '.join(INTERVALS)}")
@@ -83,13 +83,13 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     wf = torch.cat([torch.ones(1, len(xf), dtype=torch.float64), wf])
     values = {}
     if "fid" in metrics:
-        values["fid"] = _fid_weighted(xr, wr, xf, wf)
+        values["fid"] = fid_weighted(xr, wr, xf, wf)
     if "kid" in metrics:
-        values["kid"] = _kid_weighted(xr, wr, xf, wf, chunk)
+        values["kid"] = kid_weighted(xr, wr, xf, wf, chunk)
     if "precision" in metrics:
-        values["precision"] = _Balls(xr, xf, k, chunk).covered_fraction(wr, wf)
+        values["precision"] = KnnBalls(xr, xf, k, chunk).covered_fraction(wr, wf)
     if "recall" in metrics:
-        values["recall"] = _Balls(xf, xr, k, chunk).covered_fraction(wf, wr)
+        values["recall"] = KnnBalls(xf, xr, k, chunk).covered_fraction(wf, wr)
 
     out: dict = {}
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
@@ -113,7 +113,7 @@ def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: U
     """`metrics.sample_quality` with a bootstrap interval on every metric: images (N, 1, 28, 28) and (M, 1, 28, 28)
     in [0, 1], features computed once, then `quality_intervals_from_features` (see there for the
     interval and why it is the basic bootstrap by default)."""
-    _check_images(real, fake)
+    check_images(real, fake)
     phi = feature_map(features, profile)
     return quality_intervals_from_features(extract(phi, real), extract(phi, fake), n_boot=n_boot, level=level,
                                            seed=seed, k=k, interval=interval, metrics=metrics)

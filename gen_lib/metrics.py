@@ -21,7 +21,7 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
   generated points inside some real point's ball, recall the fraction of real
   points inside some generated point's ball.
 
-One implementation per metric: the weighted forms (`_fid_weighted`, `_kid_weighted`, `_Balls`, at the
+One implementation per metric: the weighted forms (`fid_weighted`, `kid_weighted`, `KnnBalls`, at the
 end) that the bootstrap replicates of `gen_lib.intervals` need, with unit weights for the point values;
 the tests hold them against torchmetrics, scipy and brute-force computations.
 """
@@ -41,7 +41,8 @@ def min_samples(d: int) -> int:
     return 2 * d
 
 
-def _check_features(real: torch.Tensor, fake: torch.Tensor, need_cov: bool = True) -> None:
+def check_features(real: torch.Tensor, fake: torch.Tensor, need_cov: bool = True) -> None:
+    """A clear error unless both are finite (N, d) feature matrices of one d, with enough rows for a covariance."""
     for name, f in (("real", real), ("fake", fake)):
         if f.dim() != 2:
             raise ValueError(f"{name} features have shape {tuple(f.shape)}; expected (N, d)")
@@ -62,8 +63,8 @@ def _ones(n: int) -> torch.Tensor:
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID between feature sets real (N, d) and fake (M, d), in float64 with (n − 1) covariances:
     FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})  (Heusel et al., 2017)."""
-    _check_features(real, fake)
-    return _fid_weighted(real.double().cpu(), _ones(len(real)), fake.double().cpu(), _ones(len(fake)))[0].item()
+    check_features(real, fake)
+    return fid_weighted(real.double().cpu(), _ones(len(real)), fake.double().cpu(), _ones(len(fake)))[0].item()
 
 
 def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000, subsets: int = 100,
@@ -71,12 +72,12 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int =
     """KID (mean, population std over `subsets` random subsets of min(subset_size, N/2) samples of each set),
     float64: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Bińkowski et al., 2018), as torchmetrics'
     `KernelInceptionDistance` reports it; subsets drawn by a generator seeded with `seed`."""
-    _check_features(real, fake, need_cov=False)
+    check_features(real, fake, need_cov=False)
     size = min(subset_size, len(real) // 2, len(fake) // 2)
     if size < 2:
         raise ValueError(f"KID needs at least 4 samples per set; got {len(real)} real and {len(fake)} fake")
     xr, xf, g = real.double().cpu(), fake.double().cpu(), torch.Generator().manual_seed(seed)
-    values = torch.cat([_kid_weighted(xr[torch.randperm(len(xr), generator=g)[:size]], _ones(size),
+    values = torch.cat([kid_weighted(xr[torch.randperm(len(xr), generator=g)[:size]], _ones(size),
                                       xf[torch.randperm(len(xf), generator=g)[:size]], _ones(size), 1024)
                         for _ in range(subsets)])
     return values.mean().item(), values.std(unbiased=False).item()
@@ -122,26 +123,27 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: 
     precision = mean_g 1[exists r: ||g - r|| <= NN_k(r)],  recall = mean_r 1[exists g: ||r - g|| <= NN_k(g)],
     with NN_k(x) the distance from x to its k-th nearest neighbour in its own set.
     """
-    _check_features(real, fake, need_cov=False)
+    check_features(real, fake, need_cov=False)
     if not 1 <= k < min(len(real), len(fake)):
         raise ValueError(f"k={k} needs 1 <= k < the smaller set's size ({min(len(real), len(fake))})")
     real, fake = real.double(), fake.double()  # exact self-distances of 0: a set covers itself
-    precision = _Balls(real, fake, k, chunk).covered_fraction(_ones(len(real)), _ones(len(fake)))[0].item()
-    recall = _Balls(fake, real, k, chunk).covered_fraction(_ones(len(fake)), _ones(len(real)))[0].item()
+    precision = KnnBalls(real, fake, k, chunk).covered_fraction(_ones(len(real)), _ones(len(fake)))[0].item()
+    recall = KnnBalls(fake, real, k, chunk).covered_fraction(_ones(len(fake)), _ones(len(real)))[0].item()
     return precision, recall
 
 
 def quality_from_features(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subset_size: int = 1000,
                           kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
     """FID, KID (mean, std), precision and recall of two feature sets (N, d) and (M, d)."""
-    _check_features(real, fake)  # before any work: too few samples for the covariance fails at once
+    check_features(real, fake)  # before any work: too few samples for the covariance fails at once
     kid_mean, kid_std = kid_from_features(real, fake, kid_subset_size, kid_subsets, seed)
     precision, recall = precision_recall(real, fake, k)
     return {"fid": fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
             "precision": precision, "recall": recall, "n_real": len(real), "n_fake": len(fake)}
 
 
-def _check_images(real: torch.Tensor, fake: torch.Tensor) -> None:
+def check_images(real: torch.Tensor, fake: torch.Tensor) -> None:
+    """A clear error unless both are float images (N, C, H, W) in [0, 1] of one per-image shape."""
     for name, x in (("real", real), ("fake", fake)):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"{name} images must be a tensor (N, C, H, W); got "
@@ -169,7 +171,7 @@ def sample_quality(real: torch.Tensor, fake: torch.Tensor, features: Union[str, 
     its weights on disk) or a callable images -> (N, d). Each set needs at least 2d images.
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "n_real", "n_fake"}.
     """
-    _check_images(real, fake)
+    check_images(real, fake)
     phi = feature_map(features, profile)
     f_real, f_fake = extract(phi, real), extract(phi, fake)
     return quality_from_features(f_real, f_fake, k=k, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
@@ -197,7 +199,7 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
 
 # ---------------------------------------------------------------- weighted forms
 # Unit weights give the point values above; bootstrap counts give the replicates of gen_lib.intervals.
-def _fid_weighted(xr, wr, xf, wf):
+def fid_weighted(xr, wr, xf, wf):
     """FID (R,) of the weighted sets (counts w (R, n), (R, m)), with torchmetrics' (n − 1) covariance."""
     def moments(x, w):
         n = w[0].sum()
@@ -227,7 +229,7 @@ def _quadratic_forms(x, y, wx, wy, block):
     return out
 
 
-def _kid_weighted(xr, wr, xf, wf, block):
+def kid_weighted(xr, wr, xf, wf, block):
     """Unbiased MMD² (R,) with the cubic kernel, all pairs, of the weighted sets.
 
     Within a set, pairs of copies of one point are left out (they would add the self-similarity
@@ -244,7 +246,7 @@ def _kid_weighted(xr, wr, xf, wf, block):
     return within(xr, wr) + within(xf, wf) - 2 * cross
 
 
-class _Balls:
+class KnnBalls:
     """The k-NN balls of a set x (n, d) for bootstrap replicates: each point's `depth` nearest other
     points, and every query point within reach of some ball (the candidates for coverage).
 
