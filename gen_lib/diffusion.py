@@ -74,7 +74,8 @@ class DDPM(nn.Module):
             raise ValueError(f"t in [{t.min().item()}, {t.max().item()}] is out of range; steps are 0..T-1 = "
                              f"0..{self.T - 1}")
 
-    def _check_x0(self, x0: torch.Tensor) -> None:
+    def check_x0(self, x0: torch.Tensor) -> None:
+        """A clear error unless x0 is a batch (B, *shape) in [-1, 1]."""
         if tuple(x0.shape[1:]) != self.shape or x0.dim() != len(self.shape) + 1:
             raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected (B, {', '.join(map(str, self.shape))})")
         lo, hi = x0.min().item(), x0.max().item()
@@ -96,7 +97,7 @@ class DDPM(nn.Module):
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The simple loss L_simple (Ho et al., Eq. 14, Algorithm 1): t ~ U{0..T−1}, ε ~ N(0, I)."""
-        self._check_x0(x0)
+        self.check_x0(x0)
         t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         return self.p_losses(x0, t, noise)
@@ -110,8 +111,9 @@ class DDPM(nn.Module):
     def sample(self, n: int, steps: int | None = None, method: str = "ancestral",
                generator: torch.Generator | None = None, *, clip_denoised: bool = True, bf16: bool = False,
                return_trajectory: bool = False, dtype: torch.dtype | None = None, **options):
-        """Draw n samples (n, *shape) in [-1, 1] by the registered sampler `method` (`gen_lib.samplers.SAMPLERS`: "ancestral",
-        Ho et al.'s Algorithm 2; "ddim", Song et al.'s η = 0; ...) on `steps` evenly spaced steps (None = T).
+        """Draw n samples (n, *shape) in [-1, 1] by the registered sampler `method` (`gen_lib.samplers.SAMPLERS`:
+        "ancestral", Ho et al.'s Algorithm 2; "ddim", Song et al.'s η = 0; ...) on `steps` evenly spaced steps
+        (None = T).
 
         The one loop of every sampler: x_T ~ N(0, I), then for t in the steps, ε̂ = ε_θ(x_t, t) and
         x ← step(x, ε̂, t, t_prev, schedule, z), z ~ N(0, I) drawn from `generator` at every step.
@@ -148,7 +150,8 @@ class DDPM(nn.Module):
     # ---------------------------------------------------------------- likelihood
     def nll_bound(self, x0: torch.Tensor, generator: torch.Generator | None = None, *, n_t: int | None = None,
                   clip_denoised: bool = False, batch: int = 1024) -> torch.Tensor:
-        """Variational upper bound on −log p_θ(x0) per example, in nats (Ho et al., Eq. 5): `diffusion_nll.nll_bound`."""
+        """Variational upper bound on −log p_θ(x0) per example, in nats (Ho et al., Eq. 5):
+        `diffusion_nll.nll_bound`."""
         return diffusion_nll.nll_bound(self, x0, generator, n_t=n_t, clip_denoised=clip_denoised, batch=batch)
 
     def ode_nll(self, x0: torch.Tensor, steps: int | None = None, exact_trace: bool = False,

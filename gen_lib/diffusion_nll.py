@@ -76,9 +76,9 @@ def nll_bound(ddpm: nn.Module, x0: torch.Tensor, generator: torch.Generator | No
     the network sees x_t in its parameters' dtype (x0's dtype if it has none), in eval mode
     (dropout off; its mode is restored after), at most `batch` (t, example) pairs per call.
     `clip_denoised` clamps x̂_0 to [-1, 1] as the sampler does by default: the bound is then on
-    that model's density (off by default: the model that `loss` trains).
+    that model's density (off by default: the model that `DDPM.loss` trains).
     """
-    ddpm._check_x0(x0)
+    ddpm.check_x0(x0)
     if n_t is not None and not (isinstance(n_t, int) and 1 <= n_t <= ddpm.T - 1):
         raise ValueError(f"n_t={n_t!r} must be None (sum all T terms) or an integer in [1, T-1={ddpm.T - 1}]")
     if batch < 1:
@@ -169,7 +169,7 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
     float64; the network sees its input in its parameters' dtype (x0's without any), in eval mode (restored
     after), and no parameter gets a .grad.
     """
-    ddpm._check_x0(x0)
+    ddpm.check_x0(x0)
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= ddpm.T):
         raise ValueError(f"steps={steps!r} must be None (min(100, T)) or an integer in [1, T={ddpm.T}]")
     if not isinstance(exact_trace, bool):

@@ -159,7 +159,6 @@ def check_images(real: torch.Tensor, fake: torch.Tensor) -> None:
                          "they must match")
 
 
-
 def sample_quality(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,
                    profile: str = "default", k: int = 3, kid_subset_size: int = 1000, kid_subsets: int = 100,
                    seed: int = 0) -> dict[str, float]:
@@ -199,7 +198,7 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
 
 # ---------------------------------------------------------------- weighted forms
 # Unit weights give the point values above; bootstrap counts give the replicates of gen_lib.intervals.
-def fid_weighted(xr, wr, xf, wf):
+def fid_weighted(xr: torch.Tensor, wr: torch.Tensor, xf: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
     """FID (R,) of the weighted sets (counts w (R, n), (R, m)), with torchmetrics' (n − 1) covariance."""
     def moments(x, w):
         n = w[0].sum()
@@ -216,11 +215,11 @@ def fid_weighted(xr, wr, xf, wf):
     return fid.clamp_min(0)
 
 
-def _kernel(a, b):
+def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.T / a.shape[1] + 1) ** 3  # KID's polynomial kernel (Bińkowski et al., 2018)
 
 
-def _quadratic_forms(x, y, wx, wy, block):
+def _quadratic_forms(x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, block: int) -> torch.Tensor:
     """w_r^T K(x, y) v_r for every replicate r: (R,), the kernel matrix built block by block, never whole."""
     out = torch.zeros(len(wx), dtype=torch.float64)
     for i in range(0, len(x), block):
@@ -229,7 +228,7 @@ def _quadratic_forms(x, y, wx, wy, block):
     return out
 
 
-def kid_weighted(xr, wr, xf, wf, block):
+def kid_weighted(xr: torch.Tensor, wr: torch.Tensor, xf: torch.Tensor, wf: torch.Tensor, block: int) -> torch.Tensor:
     """Unbiased MMD² (R,) with the cubic kernel, all pairs, of the weighted sets.
 
     Within a set, pairs of copies of one point are left out (they would add the self-similarity
@@ -255,7 +254,7 @@ class KnnBalls:
     query is covered when it lies within the radius of a drawn centre.
     """
 
-    def __init__(self, x, queries, k, chunk):
+    def __init__(self, x: torch.Tensor, queries: torch.Tensor, k: int, chunk: int):
         self.k, n = k, len(x)
         self.depth = min(n - 1, 8 * k + 8)  # P(fewer than k of 8k + 8 neighbours drawn) < 1e-9
         dist, idx = [], []
@@ -277,7 +276,7 @@ class KnnBalls:
         self.q_idx, self.c_idx, self.q_dist = torch.cat(q_idx), torch.cat(c_idx), torch.cat(q_dist)
         self.n_queries = len(queries)
 
-    def covered_fraction(self, w_centres, w_queries):
+    def covered_fraction(self, w_centres: torch.Tensor, w_queries: torch.Tensor) -> torch.Tensor:
         """Weighted share of queries inside some drawn ball, per replicate: (R,)."""
         out = torch.empty(len(w_centres), dtype=torch.float64)
         for r, (wc, wq) in enumerate(zip(w_centres, w_queries)):

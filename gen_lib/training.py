@@ -159,7 +159,7 @@ def checkpoint_identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str
 
 
 def resume(path: Path | None, identity: dict[str, Any], model: nn.Module, epochs: int, result: TrainResult,
-            label: str, log: Callable[[str], None]) -> tuple[dict[str, Any] | None, int]:
+           label: str, log: Callable[[str], None]) -> tuple[dict[str, Any] | None, int]:
     """Load `path`'s weights into `model` and its history into `result` (after checking its configuration against
     `identity` and its epoch count against `epochs`); return the checkpoint (None when there is none) and the epoch it
     stands at."""
@@ -234,8 +234,8 @@ def fit(
         raise ValueError(f"data tensors have first dimensions {[t.shape[0] for t in tensors]}; they must agree")
     device = torch.device(device) if device is not None else default_device()
     config, identity = checkpoint_identity(config, seed=seed, epochs_total=epochs, batch_size=batch_size, lr=lr,
-                                 **({"schedule": schedule_name} if schedule_name != "constant" else {}),
-                                 **({"warmup_steps": warmup_steps} if warmup_steps else {}))
+                                           **({"schedule": schedule_name} if schedule_name != "constant" else {}),
+                                           **({"warmup_steps": warmup_steps} if warmup_steps else {}))
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device=device, memory_format=memory_format)
     optimizer = adam(model, lr)

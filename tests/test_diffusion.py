@@ -1,4 +1,4 @@
-"""Contract tests of gen_lib.diffusion: schedule, forward process, loss, and both samplers
+"""Contract tests of gen_lib.diffusion and gen_lib.samplers: schedule, forward process, loss, and every sampler
 against a Gaussian whose optimal ε-network is known in closed form (float64, fixed seeds)."""
 
 import math

@@ -81,18 +81,19 @@ def _time_step(step: Callable[[], None], n: int, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
-def _candidate(kind: str, cfg: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any], torch.Tensor, int]:
-    """(cache key, section to build, its configuration, a batch, steps timed) of the model `kind` sized by `cfg`."""
+def _candidate(kind: str, cfg: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any], torch.Tensor, Callable, int]:
+    """(cache key, section to build, its configuration, a batch, the loss, steps timed) of the model `kind` sized
+    by `cfg`."""
     b, g = int(cfg.get("batch_size", 128)), torch.Generator().manual_seed(0)
     if kind == "vae":
         return f"vae 784-512-512-2 batch {b}", "priors", {"prior": "gaussian"}, \
-            (torch.rand(b, 784, generator=g) > 0.5).float(), 20
+            (torch.rand(b, 784, generator=g) > 0.5).float(), lambda m, x: m.loss(x, check=False), 20
     if kind == "flow":
         return f"flow {cfg['n_layers']}x{cfg['hidden']} batch {b}", "flow", cfg, \
-            torch.rand(b, 1, 28, 28, generator=g).mul(0.98).add(0.01), 3
+            torch.rand(b, 1, 28, 28, generator=g).mul(0.98).add(0.01), lambda m, x: m.loss(x), 3
     if kind == "unet":
         return f"unet c{cfg['base_channels']} m{cfg['channel_mults']} r{cfg['n_res']} batch {b}", "ddpm", cfg, \
-            torch.rand(b, 1, 28, 28, generator=g) * 2 - 1, 2
+            torch.rand(b, 1, 28, 28, generator=g) * 2 - 1, lambda m, x: m.loss(x), 2
     raise ValueError(f"kind={kind!r} is unknown; choose one of vae, flow, unet")
 
 
@@ -100,12 +101,11 @@ def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None 
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """This machine's fastest setting for the model `kind` ("vae", "flow", "unet") sized by `cfg`:
     {"bf16", "channels_last", "ms" (per setting), "machine", "measured"}, measured on first use and cached."""
-    key, section, build_cfg, batch, n = _candidate(kind, cfg)
+    key, section, build_cfg, batch, loss, n = _candidate(kind, cfg)
     mkey = hashlib.sha1(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:12]
     if (entry := _read().get(mkey, {}).get(key)) is not None:
         return entry
     batch = batch.to(torch.device(device) if device is not None else default_device())
-    loss = (lambda m, x: m.loss(x, check=False)) if kind == "vae" else (lambda m, x: m.loss(x))
     settings = {"fp32": (False, False), "bf16": (True, False)} | (
         {"fp32+cl": (False, True), "bf16+cl": (True, True)} if kind == "unet" else {})
     t0, ms = time.perf_counter(), {}
