@@ -1,5 +1,5 @@
 # The dependency graph of the study. `make report` and `make test` do all set-up themselves.
-#   make report [PROFILE=default|smoke|paper] [DATASET=mnist|fashion] [ONLY=02_flow]
+#   make report [PROFILE=default|smoke|paper] [DATASET=mnist|fashion] [ONLY=02_flow] [BUDGET=minutes]
 SHELL    := /bin/bash
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 VENV     ?= .venv
@@ -7,6 +7,7 @@ PY       := $(VENV)/bin/python
 PROFILE  ?= default
 DATASET  ?= mnist
 ONLY     ?=
+BUDGET   ?=
 TEX_PKGS := latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 BROWSER_PKGS := chromium chromium-driver
 
@@ -48,7 +49,7 @@ browser:
 	  else echo "error: Chromium is missing; as root run: apt-get install $(BROWSER_PKGS)"; exit 1; fi; }
 
 report: venv data tex
-	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb))
+	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb)) $(if $(BUDGET),--budget $(BUDGET))
 	@echo "report: build/report.pdf; notebooks: build/notebooks/*.html"
 
 # The tests run every notebook on MNIST and on Fashion-MNIST (so they need both datasets) and drive

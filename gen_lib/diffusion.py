@@ -147,17 +147,9 @@ class DDPM(nn.Module):
                 trajectory.append(x.cpu())
         return (x, torch.stack(trajectory)) if return_trajectory else x
 
-    # ---------------------------------------------------------------- likelihood
-    def nll_bound(self, x0: torch.Tensor, generator: torch.Generator | None = None, *, n_t: int | None = None,
-                  clip_denoised: bool = False, batch: int = 1024) -> torch.Tensor:
-        """Variational upper bound on −log p_θ(x0) per example, in nats (Ho et al., Eq. 5):
-        `diffusion_nll.nll_bound`."""
-        return diffusion_nll.nll_bound(self, x0, generator, n_t=n_t, clip_denoised=clip_denoised, batch=batch)
-
-    def ode_nll(self, x0: torch.Tensor, steps: int | None = None, exact_trace: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """−log p_θ(x0) per example, in nats, under the probability-flow ODE of ε_θ: `diffusion_nll.ode_nll`."""
-        return diffusion_nll.ode_nll(self, x0, steps, exact_trace, generator)
+    # ---------------------------------------------------------------- likelihood: functions of the model, as methods
+    nll_bound = diffusion_nll.nll_bound  # Ho et al.'s variational bound on −log p_θ(x0), nats per example
+    ode_nll = diffusion_nll.ode_nll  # −log p_θ(x0) under the probability-flow ODE, nats per example
 
 
 # ---------------------------------------------------------------- the study's DDPM

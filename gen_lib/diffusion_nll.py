@@ -4,7 +4,7 @@
 Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's bits/dim scale of the
 dequantized 8-bit data. `ode_nll`: the exact −log density of the same ε-network's probability-flow ODE
 (deterministic DDIM in its continuous limit), up to the ODE solver's error. `DDPM.nll_bound` and
-`DDPM.ode_nll` call these.
+`DDPM.ode_nll` are these functions, bound as methods.
 """
 
 from __future__ import annotations

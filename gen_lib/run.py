@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, paths, report, system
+from . import data, measure, paths, report, system
 from .report import site
-from .study import cache, config
+from .study import cache, config, plan as planner
 from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
     parser.add_argument("--dataset", default="mnist", help=" | ".join(data.INFO))
     parser.add_argument("--only", action="append", default=None, help=f"notebook(s) to run: {', '.join(NOTEBOOKS)}")
+    parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                        help="minutes for the whole run (default: the profile's [budget] minutes; 0 = the profile's "
+                             "epochs whatever the time)")
     parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
     parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in only:
         if name not in NOTEBOOKS:
             parser.error(f"--only {name!r} is unknown; choose from {', '.join(NOTEBOOKS)}")
+    if args.budget is not None and not args.budget >= 0:
+        parser.error(f"--budget {args.budget}: expected minutes >= 0")
     try:
         params = parse_params(args.param)
     except ValueError as err:
@@ -223,16 +228,24 @@ def main(argv: list[str] | None = None) -> None:
         if warning:
             _log(warning)
         expected = _estimates(args.profile, args.dataset, runs)
+        the_plan = None
+        if config.resolve("budget", args.profile)["plan"]:
+            the_plan = planner.make(args.profile, args.dataset, args.budget,  # PlanError: stops before any training
+                                    rates=lambda: measure.rates(args.profile, args.dataset, _log))
+            _log(planner.describe(the_plan, only))
+            expected = {name: 60 * the_plan["minutes"][name] for name in NOTEBOOKS}
         t_run = time.perf_counter()
         for i, name in enumerate(only):
             _log(f"start {name} ({i + 1}/{len(only)}, profile {args.profile}, {args.dataset}); expected "
                  f"{_minutes(expected[name])}, about {_remaining(expected, only[i:])} for what remains")
             seconds, rss = execute_measured(name, args.profile, args.dataset, args.param)
-            _log(f"end {name} in {_minutes(seconds)} (elapsed {_minutes(time.perf_counter() - t_run)}"
+            against = f", planned {_minutes(expected[name])}: {seconds / expected[name]:.2f}x" if expected[name] else ""
+            _log(f"end {name} in {_minutes(seconds)}{against} (elapsed {_minutes(time.perf_counter() - t_run)}"
                  + (f", about {_remaining(expected, only[i + 1:])} to go)" if i + 1 < len(only) else ")")
                  + f" -> {paths.build_dir() / 'notebooks' / (name + '.html')}")
             runs[name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "hardware": report.hardware(),
-                          "dataset": args.dataset, "load_at_start": load_at_start}
+                          "dataset": args.dataset, "load_at_start": load_at_start,
+                          **({"planned_seconds": round(expected[name], 1), "plan": the_plan["why"]} if the_plan else {})}
             runs_file.write_text(json.dumps(runs, indent=1))
     report.write_meta(args.profile, {k: v["seconds"] for k, v in runs.items()}, dataset=args.dataset)
     if not args.no_pdf:

@@ -1,6 +1,6 @@
 """Several seeds of one model trained as one stacked model: a copy whose parameters carry a leading seed axis
 (S, ...), run by the model's own code, so that the fixed cost of each of a VAE step's ~100 small operations is
-paid once for S seeds (1.1-1.4x per seed over plain `fit`: `benchmarks/README.md`).
+paid once for S seeds (measured against plain `fit` in `benchmarks/README.md`).
 
 `Linear` computes with weights (out, in) as `nn.Linear`, or with stacked weights (S, out, in) on inputs
 (..., S, in) as one batched GEMM; the models index from the right (`x[..., idx]`, `sum(-1)`), so the seed axis

@@ -3,6 +3,8 @@ the precision cache's key."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -29,6 +31,27 @@ def hardware() -> str:
     else:
         text += "; no GPU"
     return text
+
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def machine() -> dict:
+    """What decides the speed of a precision and of a plan: CPU model and its vector/bf16/AMX flags, GPU, threads,
+    torch."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return {"hardware": hardware(), "flags": " ".join(f for f in FLAGS if f in flags),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def machine_key() -> str:
+    """A short hash of `machine()`: the key of every per-machine cache (precision, rates, plan)."""
+    return hashlib.sha1(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def git_commit() -> str:

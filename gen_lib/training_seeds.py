@@ -95,9 +95,9 @@ def fit_seeds(models: list[nn.Module], data: torch.Tensor, *, seeds: list[int], 
                                 f"{b + 1}; training stopped (the last good checkpoints are kept). Try a lower lr "
                                 f"(now {lr}).")
             unstack(model, members)
-            state, lines = optimizer.state_dict(), []
+            state, lines, totals = optimizer.state_dict(), [], total.tolist()
             for k, (member, result) in enumerate(zip(members, (results[j] for j in group))):
-                record = {"epoch": epoch + 1, "train_loss": total[k].item() / n,
+                record = {"epoch": epoch + 1, "train_loss": totals[k] / n,
                           "seconds": (time.perf_counter() - t0) / len(group)}
                 if eval_fn is not None:
                     with torch.no_grad():

@@ -12,7 +12,7 @@ FLOORS = {"paths": 0, "system": 0, "stats": 0,
           **dict.fromkeys(("data", "seeds", "priors", "flows", "unet", "samplers", "diffusion", "diffusion_nll", "vae",
                            "classifier", "training", "training_seeds", "checkpoints", "quadrature", "vae_eval",
                            "sampling"), 1),
-          "study": 2, **dict.fromkeys(("features", "metrics", "intervals", "report"), 3), "run": 4, "chunks": 4}
+          "study": 2, **dict.fromkeys(("features", "metrics", "intervals", "report"), 3), "run": 4, "chunks": 4, "measure": 4}
 
 
 def module_name(path: Path) -> str:

@@ -18,7 +18,7 @@ def fake_times(monkeypatch):
     def time_step(setting, n, warmup=2):
         state["calls"] += 1
         return state["ms"][setting]
-    monkeypatch.setattr(precision, "_trainer", trainer)
+    monkeypatch.setattr(precision, "trainer", trainer)
     monkeypatch.setattr(precision, "_time_step", time_step)
     return state
 

@@ -15,6 +15,7 @@ from typing import Any
 from .. import paths
 from ..data import info
 from ..system import git_commit, hardware  # noqa: F401  (the report's meta macros; report.hardware for users)
+from ..study import plan
 
 
 # characters that pdfLaTeX's text fonts lack, in the labels the notebooks use (x ~ p(x|z), lambda(z))
@@ -127,7 +128,24 @@ def write_meta(profile: str, timings: dict[str, float] | None = None, dataset: s
     for nb, seconds in (timings or {}).items():
         values[f"meta.time.{nb}"] = f"{seconds / 60:.1f}"
     values["meta.trained"] = trained_sentence(profile)
+    values["meta.plan"] = plan_sentence(profile)
     return write_macros("meta", values)
+
+
+def plan_sentence(profile: str) -> str:
+    """The plan this run followed (`gen_lib.study.plan`): why each model got its epochs, and the minutes planned
+    against those taken per notebook (`build/timings-<profile>.json`, where the runner records both)."""
+    current = plan.current(profile)
+    if current is None:
+        return "this profile has no plan (its epochs are the profile's, and no minutes were planned)"
+    epochs = join_words([f"{run.replace('_', ' ')} {e} of {current['profile_epochs'][run]}"
+                         for run, e in current["epochs"].items()])
+    timings = paths.build_dir() / f"timings-{profile}.json"
+    runs = json.loads(timings.read_text()) if timings.exists() else {}
+    against = join_words([f"{latex_escape(nb)} {run['planned_seconds'] / 60:.1f} against {run['seconds'] / 60:.1f}"
+                          for nb, run in runs.items() if isinstance(run, dict) and "planned_seconds" in run])
+    return (f"{latex_escape(current['why'])}; epochs trained against the profile's: {epochs}"
+            + (f"; minutes planned against taken: {against}" if against else ""))
 
 
 def trained_sentence(profile: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths, report
+from ..study import plan
 from ..data import info
 
 REPORT_SUFFIX = ".report.html"
@@ -147,14 +148,19 @@ def _trained_rows(profile: str) -> list[str]:
     build = paths.build_dir()
     index = build / f"provenance-{profile}.json"
     uses = json.loads(index.read_text()) if index.exists() else {}
+    wanted = (plan.current(profile) or {}).get("profile_epochs", {})
     rows = []
     for folder, use in sorted(uses.items(), key=lambda kv: (kv[1].get("notebook", ""), kv[0])):
         path = build / folder / "provenance.json"
         if not path.exists():
             continue
         p = json.loads(path.read_text())
+        of = f" of {wanted[p['section']]}" if p["section"] in wanted else ""
+        segments = "<br>".join(f"{s['status']} to epoch {s['epochs']}: {s['seconds'] / 60:.1f} min, {s['finished']}"
+                               for s in p.get("segments", [])[-3:]) if len(p.get("segments", [])) > 1 else ""
         rows.append(f"<tr><td>{html.escape(p['section'])} <small><code>{html.escape(folder)}</code></small></td>"
-                    f"<td>{html.escape(use.get('notebook', ''))}</td><td class=\"num\">{p['epochs']}</td>"
+                    f"<td>{html.escape(use.get('notebook', ''))}</td><td class=\"num\">{p['epochs']}{of}"
+                    f"{'<br><small>' + html.escape(segments) + '</small>' if segments else ''}</td>"
                     f"<td class=\"num\">{p['train_seconds'] / 60:.1f} min</td><td><small>{html.escape(p['machine'])}"
                     f"</small></td><td class=\"num\"><small>{html.escape(p['finished'])}</small></td></tr>")
     return rows
@@ -189,7 +195,7 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
         s = _summary(ipynb)
         run = runs.get(name, {})
         seconds = run.get("seconds")
-        rss = run.get("peak_rss_mib")
+        rss, planned = run.get("peak_rss_mib"), run.get("planned_seconds")
         full = f'<a href="notebooks/{name}.html">full view, with code</a>' if (folder / f"{name}.html").exists() \
             else '<span class="missing">no full view</span>'
         status = ' <span class="failed">(a cell failed)</span>' if s["failed"] else ""
@@ -198,6 +204,7 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
             f'<td class="views"><a href="notebooks/{name}{REPORT_SUFFIX}"><b>report view</b></a>{full}'
             f'<a href="notebooks/{name}.ipynb">.ipynb</a></td>'
             f'<td class="num">{f"{seconds / 60:.1f} min" if seconds is not None else "–"}</td>'
+            f'<td class="num">{f"{planned / 60:.1f} min" if planned is not None else "–"}</td>'
             f'<td class="num">{f"{rss / 1024:.1f} GiB" if rss else "–"}</td>'
             f'<td class="num"><small>{s["executed"]}</small></td></tr>')
     total = sum(runs[n]["seconds"] for n in order if "seconds" in runs.get(n, {}))
@@ -216,7 +223,8 @@ def write_index(profile: str, dataset: str = "mnist", runs: dict[str, dict[str, 
             ("Commit", f"<code>{html.escape(report.git_commit())}</code>"),
             ("Hardware", "<br>".join(html.escape(h) for h in (hardware or [report.hardware()]))),
             ("Software", f"torch {html.escape(torch.__version__)}"),
-            ("Run time", f"{total / 60:.1f} min for the notebooks listed below" if total else "–")]
+            ("Run time", f"{total / 60:.1f} min for the notebooks listed below" if total else "–"),
+            ("Plan", html.escape(current["why"]) if (current := plan.current(profile)) else "none (no budget, no plan)")]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Deep generative models on {html.escape(info(dataset).title)}: {html.escape(profile)} run</title>
@@ -230,9 +238,9 @@ and its logs).</p>
 <table class="meta">{"".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in meta)}</table>
 <h2>Notebooks</h2>
 <table class="notebooks">
-<thead><tr><th>notebook</th><th>views</th><th>time</th><th>peak memory</th><th>executed</th></tr></thead>
+<thead><tr><th>notebook</th><th>views</th><th>time</th><th>planned</th><th>peak memory</th><th>executed</th></tr></thead>
 <tbody>
-{chr(10).join(rows) if rows else '<tr><td colspan="5" class="missing">no executed notebooks in this build</td></tr>'}
+{chr(10).join(rows) if rows else '<tr><td colspan="6" class="missing">no executed notebooks in this build</td></tr>'}
 </tbody></table>
 <p><small>Times: wall clock of each notebook's last papermill run, models reused from the cache where they were already
 trained (<code>build/runs/</code>); peak memory: the notebook kernel's peak resident set. Which run trained each model

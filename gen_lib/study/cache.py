@@ -60,10 +60,15 @@ def record_training(folder: Path, section: str, profile: str, status: str, epoch
     if status == "reused" and old is not None:
         entry = old
     else:
-        earlier = old["train_seconds"] if old is not None and status == "resumed" else 0.0
+        resumed = old is not None and status == "resumed"
+        earlier = old["train_seconds"] if resumed else 0.0
         entry = {"section": section, "epochs": epochs, "train_seconds": round(earlier + seconds, 1),
                  "machine": hardware(), "finished": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
                  "commit": git_commit()}
+        # each call that trained epochs is a segment (a larger budget continues a run: its segments say so)
+        entry["segments"] = (old.get("segments", []) if resumed else []) + [
+            {k: entry[k] for k in ("epochs", "machine", "finished", "commit")} | {"status": status,
+                                                                               "seconds": round(seconds, 1)}]
         _write_json(path, entry)
     index = paths.build_dir() / f"provenance-{profile}.json"
     uses = json.loads(index.read_text()) if index.exists() else {}

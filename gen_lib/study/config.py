@@ -13,12 +13,14 @@ field is documented and its role in a run's identity declared).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from .. import data  # the dataset registry, data.INFO
+from .. import data, paths  # the dataset registry, data.INFO
+from ..system import machine_key
 from .sections import SECTIONS, Section, precision_keys
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
@@ -69,9 +71,23 @@ def sections() -> tuple[str, ...]:
     return tuple(_load()["default"])
 
 
-def resolve(section: str, profile: str, **overrides: Any) -> Section:
-    """Parameters of `section` (a notebook's part) under `profile`, with non-None overrides. Nothing runs:
-    an "auto" precision stays "auto" until a training recipe settles it (`precision.settle`).
+def planned(profile: str) -> dict[str, dict[str, int]]:
+    """The epochs that this machine's current plan for `profile` gives ({section: {field: epochs}}), written by
+    `gen_lib.study.plan.make` in `build/plan-<profile>.json`; empty without a plan made on this machine."""
+    try:
+        stored = json.loads((paths.build_dir() / f"plan-{profile}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    key = stored.get("current", "")
+    if not key.startswith(machine_key() + " "):
+        return {}
+    return stored.get("plans", {}).get(key, {}).get("overrides", {})
+
+
+def resolve(section: str, profile: str, _plan: bool = True, **overrides: Any) -> Section:
+    """Parameters of `section` (a notebook's part) under `profile`, with this machine's planned epochs (`planned`,
+    unless `_plan` is false) and then the non-None overrides. Nothing runs: an "auto" precision stays "auto" until
+    a training recipe settles it (`precision.settle`).
 
     Raises ValueError naming an unknown profile, section or parameter and the valid ones.
     """
@@ -81,6 +97,8 @@ def resolve(section: str, profile: str, **overrides: Any) -> Section:
     if section not in table[profile]:
         raise ValueError(f"section={section!r} is unknown; choose one of {', '.join(table[profile])}")
     params = {"profile": profile, **table[profile].get("common", {}), **table[profile][section]}
+    if _plan:
+        params.update(planned(profile).get(section, {}))
     unknown = sorted(k for k in overrides if k not in params)
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {section}; "

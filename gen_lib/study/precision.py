@@ -1,10 +1,9 @@
 """bf16 or float32, channels_last or not: a property of the machine, measured once and cached.
 
-bf16 autocast trains the study's models 1.5-2x faster than float32 on a CPU with fast bf16 matrix units (an AMD
-EPYC with AVX-512-bf16), 0.70-0.86x as fast on an Intel Xeon with AVX-512-bf16 but no AMX, and about 0.05x where
-bf16 is emulated (AVX2 only). So a profile says `"auto"`, and the training recipes ask `settle`, which times a few
-training steps of the configured model in each setting (`choose`) and keeps float32 and the standard memory format
-unless the other wins by `MARGIN`. The choice is cached in `build/precision.json` under the machine's description
+bf16 autocast trains the study's models faster than float32 on a CPU with fast bf16 matrix units and slower on
+one without (emulated bf16 is many times slower; `benchmarks/README.md`). So a profile says `"auto"`, and the
+training recipes ask `settle`, which times a few training steps of the configured model in each setting (`choose`)
+and keeps float32 and the standard memory format unless the other wins by `MARGIN`. The choice is cached in `build/precision.json` under the machine's description
 (CPU and its flags, GPU, threads, torch), so every notebook and later run on the machine trains the same way; a
 run's identity records the resolved values. Evaluation is always float32.
 
@@ -13,35 +12,20 @@ run's identity records the resolved values. Evaluation is always float32.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from .. import paths
-from ..system import hardware
+from ..system import machine, machine_key
 from ..training import adam, autocast, default_device
 from . import config, models
 
 MARGIN = 1.10  # a faster setting must win by at least 10 %: within noise, the simpler one (float32, no channels_last)
 SLOW = 2.0  # a setting whose first step takes more than SLOW x float32's is not timed further (emulated bf16)
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
-
-
-def machine() -> dict[str, Any]:
-    """What decides the speed of a precision: CPU model and its bf16/AMX flags, GPU, threads, torch."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
-    return {"hardware": hardware(), "flags": " ".join(f for f in FLAGS if f in flags),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def _read() -> dict[str, Any]:
@@ -51,7 +35,7 @@ def _read() -> dict[str, Any]:
         return {}
 
 
-def _trainer(model: torch.nn.Module, batch: torch.Tensor, loss: Callable, bf16: bool,
+def trainer(model: torch.nn.Module, batch: torch.Tensor, loss: Callable, bf16: bool,
              channels_last: bool) -> Callable[[], None]:
     """One training step as `training.fit` runs it (fused Adam, autocast, memory format)."""
     fmt = torch.channels_last if channels_last else torch.preserve_format
@@ -102,7 +86,7 @@ def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None 
     """This machine's fastest setting for the model `kind` ("vae", "flow", "unet") sized by `cfg`:
     {"bf16", "channels_last", "ms" (per setting), "machine", "measured"}, measured on first use and cached."""
     key, section, build_cfg, batch, loss, n = _candidate(kind, cfg)
-    mkey = hashlib.sha1(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:12]
+    mkey = machine_key()
     if (entry := _read().get(mkey, {}).get(key)) is not None:
         return entry
     batch = batch.to(torch.device(device) if device is not None else default_device())
@@ -112,7 +96,7 @@ def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None 
     for first_round in (True, False):  # alternating rounds; each setting keeps its best (the least disturbed)
         for name, (bf16, cl) in list(settings.items()):
             torch.manual_seed(0)
-            step = _trainer(models.build(section, build_cfg), batch, loss, bf16, cl)
+            step = trainer(models.build(section, build_cfg), batch, loss, bf16, cl)
             if first_round and name != "fp32" and (first := _time_step(step, 1, warmup=1)) > SLOW * ms["fp32"]:
                 ms[name] = first  # far slower at its first step (emulated bf16: 10-25x): not timed further
                 del settings[name]

@@ -207,8 +207,28 @@ class ExploreSection(Section):
     ddim_steps: int  # DDIM steps beside the ancestral sampler
 
 
+@dataclass(frozen=True)
+class BudgetSection(Section):
+    """[budget], read by the runner (gen_lib.study.plan): the whole run's minutes on the machine at hand, and the
+    rule that gives the trainings fewer epochs where the profile's would not fit (only training epochs are cut)."""
+
+    plan: bool  # measure this machine and print the plan (minutes per notebook) before anything trains
+    minutes: float  # the budget of the whole run; 0 = none: the profile's epochs whatever the machine
+    share_priors: float  # Part 1's VAEs' share of the training time left after the fixed work, when cut
+    share_flow: float  # the image flow's share
+    share_ddpm: float  # the DDPM's share
+    share_quality_vae: float  # Part 2's VAE's share
+    floor_priors: int  # the fewest epochs a budget may give Part 1's VAEs: below any floor nothing trains and the run
+    # stops with the budget this machine needs; each floor is the epoch at which the model's learning curve came
+    # within a stated distance of its value at the profile's epochs (profiles.toml says which run)
+    floor_flow: int  # ... the image flow's
+    floor_ddpm: int  # ... the DDPM's
+    floor_quality_vae: int  # ... Part 2's VAE's
+
+
 SECTIONS: dict[str, type[Section]] = {"common": CommonSection, "priors": PriorsSection, "flow": FlowSection,
-                                      "ddpm": DDPMSection, "quality": QualitySection, "explore": ExploreSection}
+                                      "ddpm": DDPMSection, "quality": QualitySection, "explore": ExploreSection,
+                                      "budget": BudgetSection}
 # each recipe's run -> the section that configures it
 RUN_SECTION = {run: name for name, cls in SECTIONS.items() for run in cls.RUNS}
 
