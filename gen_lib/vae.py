@@ -1,6 +1,6 @@
 """Variational autoencoder with a pluggable prior (Kingma & Welling, 2014), its ELBO and
 its IWAE bound (Burda et al., 2016); the near-exact log p(x) of a 2-D latent is `gen_lib.quadrature`'s
-(exported here as SPEC names it), what the notebooks compute from a trained VAE `gen_lib.vae_eval`.
+(exported here under the library's public name), what the notebooks compute from a trained VAE `gen_lib.vae_eval`.
 
 Written once for every prior (see `gen_lib.priors`), with z ~ q(z|x):
 

@@ -99,7 +99,7 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     assert q_noisy["fid_low"] > q_floor["fid_high"], (q_noisy, q_floor)
 
     # the bias-corrected FID on unseen real images: held-out training images, which the classifier never saw
-    # (the real-data floor's source, SPEC), in five disjoint random pairs of 1,000 against 1,000. The two sets of a
+    # (the real-data floor's source, docs/study.md), in five disjoint random pairs of 1,000 against 1,000. The two sets of a
     # pair come from one distribution, so each 95 % basic-bootstrap interval should cover 0; under nominal coverage,
     # P(fewer than 3 of 5 cover) = P(Bin(5, 0.05) >= 3) < 0.0012. (Held-out against *test* images need not cover 0:
     # MNIST's training and test splits come from different mixes of writers.)

@@ -20,7 +20,7 @@ from . import join_words, separated, with_interval
 DIGITS = {"fid": 2, "kid": 4, "precision": 3, "recall": 3}
 COLUMNS = {"fid": "FID, bias-corr. [95 %]", "kid": "KID [95 %]", "precision": "precision [95 %]",
            "recall": "recall [95 %]"}
-# The original study's Table 2 (SPEC.md): 256 generated vs 256 test images, Inception-v3 features, no floor.
+# The original study's Table 2, as it reported it: 256 generated vs 256 test images, Inception-v3 features, no floor.
 # Its VAE row showed one image per z, most likely the decoder's parameter (what a sigmoid output gives).
 ORIGINAL = {"vaeparam": (4.168, 0.189), "flow": (0.452, 0.158), "ddpm": (0.018, 0.012)}  # (FID, KID)
 

@@ -27,9 +27,14 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def run_path(name: str, config: dict[str, Any]) -> Path:
+    """The folder of run `name` under `config`, not created (for reading)."""
+    return paths.build_dir() / "runs" / name / config_hash(config)
+
+
 def run_dir(name: str, config: dict[str, Any]) -> Path:
     """The folder of run `name` under `config`, created with its config.json."""
-    folder = paths.build_dir() / "runs" / name / config_hash(config)
+    folder = run_path(name, config)
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "config.json"
     if not meta.exists():

@@ -179,6 +179,44 @@ def decide(w: Mapping[str, Mapping[str, Any]], budget_s: float, shares: Mapping[
 # ---------------------------------------------------------------- the plan
 
 
+# How each floor is read off a learning curve: (metric in the run's history, distance, "abs" or "rel"). The floor is
+# the first epoch from which the metric stays within the distance of its value at the profile's epochs.
+FLOOR_RULE = {"priors": ("test_elbo", 1.0, "abs"),  # nats per image, mean over seeds, the latest prior
+              "flow": ("test_bpd", 0.05, "abs"),  # bits/dim
+              "ddpm": ("test_loss", 0.03, "rel"),  # 3 % of the EMA model's test ε-MSE
+              "quality_vae": ("test_elbo", 0.05 * 784 * math.log(2), "abs")}  # 0.05 bits/dim in nats per image
+
+
+def floor_epoch(curve: list[float], distance: float, kind: str = "abs") -> int:
+    """The first epoch (1-based) from which every value of `curve` lies within `distance` of its last value
+    (`kind` "rel": a fraction of it)."""
+    tol = distance * abs(curve[-1]) if kind == "rel" else distance
+    epoch = len(curve)
+    while epoch > 1 and abs(curve[epoch - 2] - curve[-1]) <= tol:
+        epoch -= 1
+    return epoch
+
+
+def floors_from_runs(profile: str = "default", dataset: str = "mnist") -> dict[str, dict[str, Any]]:
+    """Each budgeted model's floor from the learning curves of its trained runs under `profile` (the histories in
+    their checkpoints): {run: {"floor", "curve", "epochs"}}. For Part 1 the curve of each prior is the mean over its
+    seeds, and the floor the latest prior's."""
+    out = {}
+    for run, (section, _field) in BUDGETED.items():
+        metric, distance, kind = FLOOR_RULE[run]
+        cfg = config.resolve(section, profile, dataset=dataset)
+        if run == "priors":
+            curves = []
+            for name in registry.select(cfg["priors"]):
+                seeds = [recipes.history("priors", {**cfg, "prior": name, "seed": s}) for s in range(cfg["seeds"])]
+                curves.append([sum(h[e][metric] for h in seeds) / len(seeds) for e in range(len(seeds[0]))])
+        else:
+            curves = [[h[metric] for h in recipes.history(run, cfg)]]
+        floors = [floor_epoch(c, distance, kind) for c in curves]
+        out[run] = {"floor": max(floors), "curve": curves[floors.index(max(floors))], "epochs": len(curves[0])}
+    return out
+
+
 def budget_of(profile: str, budget: float | None = None) -> tuple[float, dict[str, float], dict[str, int]]:
     """(minutes, shares, floors) of the profile's [budget] section; `budget` (minutes) replaces its minutes."""
     b = config.resolve("budget", profile, _plan=False)
@@ -252,16 +290,20 @@ def current(profile: str) -> dict[str, Any] | None:
     return stored.get("plans", {}).get(key)
 
 
-def describe(plan: Mapping[str, Any], notebooks: list[str] | None = None) -> str:
-    """The plan as the runner prints it: per notebook, its epochs and minutes; the total against the budget."""
+def describe(plan: Mapping[str, Any], notebooks: list[str] | None = None,
+             peaks: Mapping[str, float] | None = None) -> str:
+    """The plan as the runner prints it: per notebook, its epochs and minutes (and `peaks`, the peak memory in MiB
+    of its last run on this machine, where known); the total against the budget."""
     nbs = notebooks or list(plan["minutes"])
     runs_of = {"01_priors": ["priors"], "02_flow": ["flow"], "03_ddpm": ["ddpm"], "04_quality": ["quality_vae"]}
     lines = [f"plan: {plan['why']}"]
     for nb in nbs:
         trained = ", ".join(f"{m} {plan['epochs'][m]} of {plan['profile_epochs'][m]} epochs"
                             for m in runs_of.get(nb, []))
+        peak = (peaks or {}).get(nb)
         lines.append(f"  {nb:11s} {plan['minutes'][nb]:5.1f} min" + (
-            f"  ({trained}: training {plan['train_minutes'][nb]:.1f} min)" if trained else ""))
+            f"  ({trained}: training {plan['train_minutes'][nb]:.1f} min)" if trained else "")
+            + (f"; peak memory {peak / 1024:.1f} GiB in its last run here" if peak else ""))
     total = sum(plan["minutes"][nb] for nb in nbs)
     lines.append(f"  total       {total:5.1f} min" + (f" of a {plan['budget']:g}-minute budget" if plan["budget"] else ""))
     return "\n".join(lines)

@@ -261,7 +261,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     """Train (or resume, or reuse) the study's DDPM (`diffusion.build_ddpm`) on images (N, C, H, W) in [0, 1].
 
     Each batch is dequantized, (255 x + u)/256 with u ~ U(0, 1), then mapped to [-1, 1]: the same continuous
-    view of the 8-bit data as the flow's (SPEC), so that the DDPM, like the flow, models a density rather
+    view of the 8-bit data as the flow's (docs/study.md), so that the DDPM, like the flow, models a density rather
     than 256 spikes; the 1/256-wide jitter is far below the noise of every diffusion step
     (√β_0 = 0.01 ≈ 1.3/256). `eval_x` (test images in [0, 1]) gives a per-epoch `test_loss` with fixed t
     and ε, on the EMA weights. The EMA model is `Trained.result.ema`.
@@ -365,6 +365,15 @@ def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "
     model = models.build(section, cfg)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"])
     return model.to(device).eval()
+
+
+def history(section: str, cfg: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The per-epoch history that the trained run of `section` under `cfg` stored in its checkpoint."""
+    path = cache.run_path(section, run_key(section, cfg)) / "model.pt"
+    if not path.exists():
+        notebook, _ = WRITER[section]
+        raise FileNotFoundError(f"no trained {section} run at {path}; run notebook {notebook} first")
+    return checkpoints.load_checkpoint(path)["history"]
 
 
 def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
