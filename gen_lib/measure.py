@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import statistics
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -19,111 +22,119 @@ import torch
 
 from . import data, diffusion_nll, intervals, paths, quadrature, system
 from . import priors as registry
-from .seeds import stack
-from .study import config, models, plan, precision, recipes
+from .study import config, models, plan, recipes
 from .study.plan import _read, _write
-from .training import adam, autocast
+from .training import adam
+from .vae import IWAE_CHUNK
 
 RATES_FILE = "rates.json"
 
 
-def _seconds(fn: Callable[[], Any], n: int = 2, warmup: int = 1) -> float:
-    """Seconds per call of `fn`, the best of `n` calls after `warmup` (the least disturbed)."""
+def _seconds(fn: Callable[[], Any], n: int = 3, warmup: int = 1) -> float:
+    """Seconds per call of `fn`, the median of `n` calls after `warmup`."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
-def _step_seconds(model: torch.nn.Module, batch: Any, loss: Callable, bf16: bool, channels_last: bool = False) -> float:
-    """One training step as `training.fit` runs it (fused Adam, autocast, memory format), seconds."""
-    step = precision.trainer(model, batch, loss, bf16, channels_last)
-    return _seconds(step, n=3)
-
-
-def _elbo_per_example(model, batch, noise):
-    return -model.elbo(batch, check=False, noise=noise)
+def _per_step(train: Callable[[int], Any], steps: tuple[int, int]) -> float:
+    """Seconds per training step of the recipe `train(n_steps)` (one epoch of n_steps batches, from scratch, in a
+    scratch build folder): the slope between two lengths, so that the fixed costs of a call (building the model,
+    the actnorm's initialisation, the first steps' kernel choices) cancel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("GEN_LIB_BUILD")
+        os.environ["GEN_LIB_BUILD"] = tmp
+        try:
+            times = []
+            for i, n in enumerate(steps):
+                for sub in ("a", "b"):  # a fresh run folder each time: nothing is resumed
+                    os.environ["GEN_LIB_BUILD"] = f"{tmp}/{i}{sub}"
+                    t0 = time.perf_counter()
+                    train(n)
+                    times.append((n, time.perf_counter() - t0))
+        finally:
+            if old is None:
+                os.environ.pop("GEN_LIB_BUILD", None)
+            else:
+                os.environ["GEN_LIB_BUILD"] = old
+    short = min(t for n, t in times if n == steps[0])
+    long = min(t for n, t in times if n == steps[1])
+    return max(long - short, 1e-9) / (steps[1] - steps[0])
 
 
 def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = print) -> dict[str, float]:
-    """Seconds per unit of this machine's work under `profile` (what `work` multiplies by its counts), measured on
-    untrained models of the profile's sizes (the cost of a step does not depend on the weights)."""
+    """Seconds per unit of this machine's work under `profile` (what `plan.work` multiplies by its counts): the
+    training recipes' own loops on a few batches of random images (training cost does not depend on the data or
+    the weights), and the evaluation functions on untrained models of the profile's sizes."""
     r: dict[str, float] = {}
     quiet = lambda msg: None  # noqa: E731
     g = torch.Generator().manual_seed(0)
     info = data.info(dataset)
     shape = info.shape
+    steps = (4, 24)
+    images = torch.randint(0, 256, (steps[1] * 128, *shape), generator=g).float() / 255  # 8-bit images in [0, 1]
     pri = recipes.settled("priors", config.resolve("priors", profile, dataset=dataset), quiet)
     names = registry.select(pri["priors"])
-    b, S = pri["batch_size"], max(1, pri["seeds"])
-    xb = (torch.rand(64, info.dim, generator=g) > 0.5).float()
+    b = pri["batch_size"]
+    xb = data.binarize(images[:500])  # vae_eval.evaluate's batch
     for name in names:
-        nets = []
-        for s in range(S):
-            torch.manual_seed(s)
-            nets.append(models.build("priors", {**pri, "prior": name, "seed": s}))
-        if pri["stack_seeds"] and S > 1:
-            batch = (torch.rand(b, S, info.dim, generator=g) > 0.5).float()
-            noise = torch.randn(b, S, nets[0].latent_dim, generator=g)
-            model = stack(nets)
-            opt = adam(model, 1e-4)
-
-            def step(model=model, opt=opt, batch=batch, noise=noise):
-                with autocast(torch.device("cpu"), pri["bf16"]):
-                    loss = _elbo_per_example(model, batch, noise).float().mean(0).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            r[f"step.priors.{name}"] = _seconds(step, n=3)
-        else:
-            r[f"step.priors.{name}"] = S * _step_seconds(nets[0], (torch.rand(b, info.dim, generator=g) > 0.5).float(),
-                                                         lambda m, x: m.loss(x, check=False), pri["bf16"])
-        vae = nets[0].eval()
-        with torch.no_grad():
-            r[f"iwae.{name}"] = _seconds(lambda: vae.iwae(xb[:32], pri["iwae_k"])) / 32  # per image at K
-            r[f"elbo.{name}"] = _seconds(lambda: vae.elbo(xb)) / 64
+        r[f"step.priors.{name}"] = _per_step(lambda n: recipes.train_vaes(
+            {**pri, "epochs": 1, "train_subset": n * b}, data.binarize(images),
+            prior=name, seeds=range(pri["seeds"]), progress=False, log=quiet), steps)
+        torch.manual_seed(0)
+        vae = models.build("priors", {**pri, "prior": name}).eval()
+        flat = xb.flatten(1)
+        with torch.no_grad():  # as vae_eval.evaluate computes them: batches of 500, IWAE in chunks
+            r[f"iwae.{name}"] = _seconds(lambda: vae.iwae(flat, pri["iwae_k"], chunk=IWAE_CHUNK), n=1) / len(flat)
+            r[f"elbo.{name}"] = _seconds(lambda: vae.elbo(flat)) / len(flat)
             r[f"quad.{name}"] = _seconds(lambda: quadrature.log_likelihood_quadrature(
-                vae, xb[:4], n_grid=pri["quadrature_grid"]), n=1) / 4  # per image at the profile's grid
+                vae, flat[:8], n_grid=pri["quadrature_grid"]), n=1) / 8  # per image at the profile's grid
 
     flow_cfg = recipes.settled("flow", config.resolve("flow", profile, dataset=dataset), quiet)
-    flow = models.build("flow", flow_cfg)
-    y = torch.rand(flow_cfg["batch_size"], *shape, generator=g).mul(0.98).add(0.01)
-    r["step.flow"] = _step_seconds(flow, y, lambda m, x: m.loss(x), flow_cfg["bf16"])
-    flow.eval()
+    fb = flow_cfg["batch_size"]
+    r["step.flow"] = _per_step(lambda n: recipes.train_flow({**flow_cfg, "epochs": 1, "train_subset": n * fb}, images,
+                                                            progress=False, log=quiet), steps)
+    flow = models.build("flow", flow_cfg).eval()
+    y = data.dequantize(images[:fb], generator=g)
     with torch.no_grad():
         r["flow.pass"] = _seconds(lambda: flow.log_prob(y)) / len(y)
         r["flow.sample"] = _seconds(lambda: flow.sample(len(y))) / len(y)
 
     ddpm_cfg = recipes.settled("ddpm", config.resolve("ddpm", profile, dataset=dataset), quiet)
-    ddpm = models.build("ddpm", ddpm_cfg)
-    x0 = torch.rand(ddpm_cfg["batch_size"], *shape, generator=g) * 2 - 1
-    r["step.ddpm"] = _step_seconds(ddpm, x0, lambda m, x: m.loss(x), ddpm_cfg["bf16"], ddpm_cfg["channels_last"])
-    ddpm.eval()
-    n_s = min(ddpm_cfg["sample_batch"], 100)
+    db = ddpm_cfg["batch_size"]
+    r["step.ddpm"] = _per_step(lambda n: recipes.train_ddpm({**ddpm_cfg, "epochs": 1, "train_subset": n * db}, images,
+                                                            progress=False, log=quiet), steps)
+    ddpm = models.build("ddpm", ddpm_cfg).eval()
+    x0 = data.to_signed(data.dequantize(images[:db], generator=g))
+    n_s = min(ddpm_cfg["sample_batch"], 250)
     with torch.no_grad():
         r["unet.sample"] = _seconds(lambda: ddpm.sample(n_s, steps=4, method="ddim", bf16=ddpm_cfg["bf16"]),
                                     n=1) / (4 * n_s)  # per image and step, in the sampling precision
         t = torch.zeros(len(x0), dtype=torch.long)
         r["unet.fp32"] = _seconds(lambda: ddpm.network(x0, t), n=1) / len(x0)
     levels = len(diffusion_nll.ode_levels(ddpm.alphas_cumprod, 4))
-    r["ode.level"] = _seconds(lambda: diffusion_nll.ode_nll(ddpm, x0[:8], steps=4), n=1) / (8 * levels)
+    r["ode.level"] = _seconds(lambda: diffusion_nll.ode_nll(ddpm, x0[:16], steps=4), n=1) / (16 * levels)
 
     qcfg = recipes.settled("quality_vae", config.resolve("quality", profile, dataset=dataset), quiet)
-    qvae = models.build("quality_vae", qcfg)
-    xc = torch.rand(qcfg["vae_batch_size"], info.dim, generator=g).mul(0.98).add(0.01)
-    r["step.quality_vae"] = _step_seconds(qvae, xc, lambda m, x: m.loss(x, check=False), qcfg["vae_bf16"])
-    qvae.eval()
+    qb = qcfg["vae_batch_size"]
+    r["step.quality_vae"] = _per_step(lambda n: recipes.train_vae(
+        {**qcfg, "vae_epochs": 1, "train_subset": n * qb}, images, section="quality_vae", progress=False, log=quiet),
+        steps)
+    qvae = models.build("quality_vae", qcfg).eval()
+    xc = data.dequantize(images[:qb], generator=g).flatten(1)
     with torch.no_grad():
-        r["qvae.iwae"] = _seconds(lambda: qvae.iwae(xc[:8], qcfg["nll_k"])) / 8
+        r["qvae.iwae"] = _seconds(lambda: qvae.iwae(xc[:8], qcfg["nll_k"]), n=1) / 8
         r["qvae.elbo"] = _seconds(lambda: qvae.elbo(xc)) / len(xc)
         r["qvae.quad"] = _seconds(lambda: quadrature.log_likelihood_quadrature(
-            qvae, xc[:4], n_grid=qcfg["quadrature_grid"]), n=1) / 4
+            qvae, xc[:8], n_grid=qcfg["quadrature_grid"]), n=1) / 8
     clf = models.build("classifier", qcfg)
-    xi, yi = torch.rand(qcfg["classifier_batch_size"], *shape, generator=g), torch.randint(0, 10, (qcfg["classifier_batch_size"],))
+    cb = qcfg["classifier_batch_size"]
+    xi, yi = images[:cb], torch.randint(0, 10, (cb,), generator=g)
     opt = adam(clf, 1e-4)
 
     def classifier_step():
@@ -131,7 +142,7 @@ def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = p
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    r["step.classifier"] = _seconds(classifier_step, n=3)
+    r["step.classifier"] = _seconds(classifier_step)
 
     for key, n in (("score.quality", qcfg["n_eval"]), ("score.ddpm", ddpm_cfg["fid_n"])):
         if n:

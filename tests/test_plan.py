@@ -173,3 +173,10 @@ def test_a_first_runs_log_gives_minutes_and_a_refusal_comes_before_any_work(buil
     assert "BUDGET=" in str(err.value) and done == []
     assert not (build / "runs").exists()
     assert paths.build_dir() == build
+
+
+def test_a_floor_is_the_first_epoch_from_which_the_curve_stays_within_its_distance():
+    assert plan.floor_epoch([10.0, 5.0, 3.0, 2.9, 2.95, 2.9], 0.2) == 3
+    assert plan.floor_epoch([10.0, 2.9, 5.0, 2.9], 0.2) == 4  # came close, then left: not yet
+    assert plan.floor_epoch([0.05, 0.04, 0.031, 0.030], 0.05, "rel") == 3  # within 5 % of 0.030
+    assert plan.floor_epoch([1.0], 0.0) == 1
