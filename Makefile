@@ -1,5 +1,6 @@
 # The dependency graph of the study. `make report` and `make test` do all set-up themselves.
 #   make report [PROFILE=default|smoke|paper] [DATASET=mnist|fashion] [ONLY=02_flow] [BUDGET=minutes]
+#   make test | make lab | make bench | make clean | make help
 SHELL    := /bin/bash
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 VENV     ?= .venv
@@ -11,11 +12,27 @@ BUDGET   ?=
 TEX_PKGS := latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 BROWSER_PKGS := chromium chromium-driver
 
-.PHONY: all venv data tex browser report test lab bench clean help
+.PHONY: all check check-dataset venv data tex browser report test lab bench clean help
 all: report
 
 help:
-	@sed -n '1,3p' Makefile
+	@echo "make report [PROFILE=default|smoke|paper] [DATASET=mnist|fashion] [ONLY=02_flow] [BUDGET=minutes]"
+	@echo "    set-up (venv, data, TeX), then the notebooks and build/report.pdf, build/index.html (README.md)"
+	@echo "make test      set-up, then the test suite (every notebook in the smoke profile, the PDF, the browser)"
+	@echo "make lab       JupyterLab on notebooks/"
+	@echo "make bench     the speed benchmarks (benchmarks/README.md)"
+	@echo "make clean     remove build/, report/figures/, report/tables/ (keeps .venv/ and data/)"
+
+# The arguments, checked before any set-up: the profiles are profiles.toml's top-level tables.
+check:
+	@profiles="$$(sed -n 's/^\[\([a-z_]*\)\..*/\1/p' gen_lib/study/profiles.toml | sort -u | tr '\n' ' ')"; \
+	case " $$profiles" in *" $(PROFILE) "*) ;; *) echo "error: PROFILE=$(PROFILE) is unknown; choose one of: $$profiles"; exit 2;; esac
+	@case "$(BUDGET)" in "" ) ;; *[!0-9.]*|.|*.*.*) echo "error: BUDGET=$(BUDGET): expected minutes (a number >= 0)"; exit 2;; esac
+	@for nb in $(ONLY); do test -f notebooks/$$nb.ipynb || { echo "error: ONLY=$$nb is unknown; choose from: $$(cd notebooks && ls *.ipynb | sed 's/.ipynb//' | tr '\n' ' ')"; exit 2; }; done
+
+# DATASET, checked right after the venv (the registry, gen_lib.data.INFO, may hold plugins' datasets).
+check-dataset: venv
+	@$(PY) -c "import sys, gen_lib.data as d; sys.exit(0 if '$(DATASET)' in d.INFO else 'error: DATASET=$(DATASET) is unknown; choose one of: ' + ' '.join(d.INFO))"
 
 # Python environment: torch + torchvision pinned together (a CUDA build, ~5.5 GB). Reused while
 # requirements.txt and pyproject.toml are unchanged.
@@ -48,7 +65,7 @@ browser:
 	      || { echo "error: apt-get install $(BROWSER_PKGS) failed"; exit 1; }; \
 	  else echo "error: Chromium is missing; as root run: apt-get install $(BROWSER_PKGS)"; exit 1; fi; }
 
-report: venv data tex
+report: check venv check-dataset data tex
 	$(PY) -m gen_lib.run --profile $(PROFILE) --dataset $(DATASET) $(foreach nb,$(ONLY),--only $(nb)) $(if $(BUDGET),--budget $(BUDGET))
 	@echo "report: build/report.pdf; notebooks: build/notebooks/*.html"
 

@@ -1,12 +1,14 @@
 """Checkpoints: written atomically, read without running code, refused when they come from another configuration.
 
 A checkpoint of `gen_lib.training.fit` is a dict {"format", "config" (the run's identity), "epoch", "model",
-"optimizer", "ema", "history"} saved by `torch.save` to a temporary file, fsynced and renamed over the old one,
-so an interruption leaves the previous checkpoint whole. Every load is `torch.load(weights_only=True)`.
+"optimizer", "ema", "history", "digest"} saved by `torch.save` to a temporary file, fsynced and renamed over the
+old one, so an interruption leaves the previous checkpoint whole. Every load is `torch.load(weights_only=True)`, and
+the SHA-256 `digest` of every tensor's bytes is checked: a file whose bytes changed is refused, not loaded with NaNs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -46,13 +48,43 @@ def config_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             for k in keys if saved.get(k, "<absent>") != wanted.get(k, "<absent>")]
 
 
+def digest(obj: Any) -> str:
+    """SHA-256 of every tensor in `obj` (nested dicts, lists and tuples, in order), of their dtypes, shapes and
+    bytes, and of every other leaf's repr: what a checkpoint's `digest` holds."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        else:
+            h.update(repr(x).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by `fit`, refusing a corrupt one or one from another configuration."""
+    """Load a checkpoint written by `fit`, refusing a missing or corrupt one (its bytes no longer match its digest)
+    or one from another configuration."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     ckpt = load_safely(path, CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a gen_lib checkpoint (format {CHECKPOINT_FORMAT}); "
                               "delete it to retrain")
+    stored = ckpt.pop("digest", None)
+    if stored is not None and digest(ckpt) != stored:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its bytes no longer match the digest written with "
+                              "them; delete it to retrain")
     if config is not None:
         diff = config_diff(ckpt["config"], jsonable(config))
         if diff:
@@ -84,6 +116,6 @@ def load_safely(path: str | Path, error: type[Exception] = RuntimeError) -> Any:
 def save(path: Path, identity: dict[str, Any], epoch: int, model: nn.Module, optimizer_state: dict[str, Any],
           ema: nn.Module | None, history: list[dict[str, Any]]) -> None:
     """Write a `fit` checkpoint of epoch `epoch` atomically."""
-    save_atomic({"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None,
-                 "history": history}, path)
+    ckpt = {"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None, "history": history}
+    save_atomic({**ckpt, "digest": digest(ckpt)}, path)

@@ -28,6 +28,8 @@ from .study import cache, config, plan as planner
 from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
+SECTION_OF = {"01_priors": "priors", "02_flow": "flow", "03_ddpm": "ddpm", "04_quality": "quality",
+              "05_explore": "explore"}  # the profile section each notebook's parameters cell fills
 SOURCE_REPORT = paths.ROOT / "report"
 
 
@@ -209,6 +211,17 @@ def main(argv: list[str] | None = None) -> None:
     for key in params:
         if not any(key in _declared(SOURCE_NOTEBOOKS / f"{name}.ipynb") for name in only):
             parser.error(f"--param {key}: no notebook of {', '.join(only)} declares a parameter {key!r}")
+    extra = os.environ.get("GEN_LIB_PROFILE_OVERRIDES")
+    if extra:  # the kernels run in notebooks/: a relative path is the caller's
+        os.environ["GEN_LIB_PROFILE_OVERRIDES"] = str(Path(extra).resolve())
+    try:  # every section of the profile, with the notebooks' --param values, checked before any work
+        for section in config.sections():
+            name = next((nb for nb, s in SECTION_OF.items() if s == section and nb in only), None)
+            declared = _declared(SOURCE_NOTEBOOKS / f"{name}.ipynb") if name else set()
+            config.resolve(section, args.profile, _plan=False, dataset=args.dataset,
+                           **{k: v for k, v in params.items() if k in declared and k != "dataset"})
+    except ValueError as err:
+        parser.error(str(err))
     if args.build_dir:
         os.environ["GEN_LIB_BUILD"] = str(Path(args.build_dir).resolve())
     if args.report_dir:
@@ -216,8 +229,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
     if args.no_meta:  # one notebook, in a child process of execute_measured
+        from papermill.exceptions import PapermillExecutionError
+
         for name in only:
-            execute(name, args.profile, args.dataset, params)
+            try:
+                execute(name, args.profile, args.dataset, params)
+            except PapermillExecutionError as err:  # the cell's own error, last, in one line
+                first = next((line for line in err.source.splitlines() if line.strip()), "")
+                raise SystemExit(f"error: {name}, cell [{err.exec_count}] ({first.strip()[:80]} ...): "
+                                 f"{err.ename}: {err.evalue}") from None
         return
     runs_file = paths.build_dir() / f"timings-{args.profile}.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}

@@ -31,9 +31,14 @@ AUTO = "auto"
 PRECISION_KEYS: dict[str, dict[str, str]] = {name: keys for name in SECTIONS if (keys := precision_keys(name))}
 
 
-def _read(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+def _read(path: Path, what: str = "") -> dict[str, dict[str, dict[str, Any]]]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{what or path}: no such file ({path.resolve()})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what or path}: not valid TOML: {err}") from None
 
 
 def _merge(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]], where: str
@@ -54,7 +59,7 @@ def _load() -> dict[str, dict[str, dict[str, Any]]]:
     """Every profile, resolved: `default`, then each other profile's changes on top of it."""
     raw = _read(PROFILES_FILE)
     extra = os.environ.get("GEN_LIB_PROFILE_OVERRIDES")
-    overrides = _read(Path(extra)) if extra else {}
+    overrides = _read(Path(extra), f"GEN_LIB_PROFILE_OVERRIDES={extra}") if extra else {}
     unknown = sorted(set(raw) - set(PROFILES)) + sorted(set(overrides) - set(PROFILES))
     if unknown:
         raise ValueError(f"profile(s) {', '.join(unknown)} in {PROFILES_FILE} or {extra} are unknown; "
@@ -128,7 +133,12 @@ def make(cls: type, params: dict[str, Any]):
 
 
 def _diff(a: str, b: str) -> None:
+    """Print two profiles side by side, every section resolved and checked (a bad value stops with its error)."""
     table = _load()
+    for section in table[a]:
+        for profile in (a, b):
+            resolve(section, profile, _plan=False)
+    print(f"{'parameter':22s} {a:>10s} {b:>10s}   (* where they differ)")
     for section in table[a]:
         keys = sorted(set(table[a][section]) | set(table[b][section]))
         print(f"[{section}]")
@@ -137,7 +147,22 @@ def _diff(a: str, b: str) -> None:
             print(f"  {k:20s} {va!s:>10s} {vb!s:>10s}{'' if va == vb else '   *'}")
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    import argparse
 
-    _diff(*(sys.argv[1:3] if len(sys.argv) >= 3 else ("default", "paper")))
+    parser = argparse.ArgumentParser(prog="python -m gen_lib.study.config",
+                                     description="Print two profiles side by side (default against paper).")
+    parser.add_argument("a", nargs="?", default="default", help=f"a profile: {' | '.join(PROFILES)}")
+    parser.add_argument("b", nargs="?", default="paper", help="another profile")
+    args = parser.parse_args(argv)
+    for name in (args.a, args.b):
+        if name not in PROFILES:
+            parser.error(f"profile {name!r} is unknown; choose from {', '.join(PROFILES)}")
+    try:
+        _diff(args.a, args.b)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -82,12 +82,13 @@ def _candidate(kind: str, cfg: Mapping[str, Any]) -> tuple[str, str, Mapping[str
 
 
 def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None = None,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+           log: Callable[[str], None] = print, measure: bool = True) -> dict[str, Any] | None:
     """This machine's fastest setting for the model `kind` ("vae", "flow", "unet") sized by `cfg`:
-    {"bf16", "channels_last", "ms" (per setting), "machine", "measured"}, measured on first use and cached."""
+    {"bf16", "channels_last", "ms" (per setting), "machine", "measured"}, measured on first use and cached
+    (`measure=False`: the cached choice or None, never a timing)."""
     key, section, build_cfg, batch, loss, n = _candidate(kind, cfg)
     mkey = machine_key()
-    if (entry := _read().get(mkey, {}).get(key)) is not None:
+    if (entry := _read().get(mkey, {}).get(key)) is not None or not measure:
         return entry
     batch = batch.to(torch.device(device) if device is not None else default_device())
     settings = {"fp32": (False, False), "bf16": (True, False)} | (
@@ -135,9 +136,11 @@ def describe(entry: Mapping[str, Any]) -> str:
     return text
 
 
-def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = print,
+           measure: bool = True) -> dict[str, Any]:
     """`params` with every "auto" of the section's precision keys replaced by this machine's choice (`choose`), and
-    `precision` set to a sentence saying what was chosen and why (for the notebooks and the report)."""
+    `precision` set to a sentence saying what was chosen and why (for the notebooks and the report). With
+    `measure=False` an "auto" whose choice is not cached stays "auto" (nothing is timed)."""
     keys = {k: kind for k, kind in config.PRECISION_KEYS.get(section, {}).items() if k in params}
     if not keys:
         return params
@@ -145,7 +148,9 @@ def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = pr
     for k, kind in keys.items():
         if params[k] == config.AUTO:
             sized = {k2.removeprefix("vae_"): v for k2, v in params.items()} if section == "quality" else params
-            entry = choose(kind, sized, log=log)
+            entry = choose(kind, sized, log=log, measure=measure)
+            if entry is None:
+                continue
             params[k], note = entry[k if k == "channels_last" else "bf16"], describe(entry)
         elif k == "channels_last":
             note = f"channels_last {'on' if params[k] else 'off'} (set by the profile)"

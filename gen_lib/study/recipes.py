@@ -23,6 +23,7 @@ Reusing the shorter run is the point; to train the longer schedule from scratch,
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +53,21 @@ FIXED["quality_vae"]["train_data"] = "dequantized (255 x + u) / 256, u ~ U(0, 1)
 _CONFIG_SECTION = {"priors": "priors", "quality_vae": "quality", "flow": "flow", "ddpm": "ddpm"}  # with precisions
 
 
-def settled(section: str, cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+def settled(section: str, cfg: Mapping[str, Any], log: Callable[[str], None] = print,
+            measure: bool = True) -> dict[str, Any]:
     """`cfg` with its "auto" precisions replaced by this machine's measured choice (`precision.settle`,
-    cached per machine) and `precision` saying which: the configuration a run of `section` trains with."""
+    cached per machine) and `precision` saying which: the configuration a run of `section` trains with.
+    `measure=False`: only cached choices (an uncached "auto" stays)."""
     if section not in IDENTITY:
         raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(IDENTITY)}")
-    return precision.settle(_CONFIG_SECTION[section], dict(cfg), log=log) if section in _CONFIG_SECTION else dict(cfg)
+    return precision.settle(_CONFIG_SECTION[section], dict(cfg), log=log, measure=measure) \
+        if section in _CONFIG_SECTION else dict(cfg)
 
 
-def run_key(section: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def run_key(section: str, cfg: Mapping[str, Any], measure: bool = True) -> dict[str, Any]:
     """The identity of a run of `section` under the resolved configuration `cfg` (settled first): the values
     of `IDENTITY[section]`, and for a VAE its prior's size parameters (`<prior>_<param>`). Epochs are left out."""
-    cfg = settled(section, cfg)
+    cfg = settled(section, cfg, measure=measure)
     missing = [k for k in IDENTITY[section] if k not in cfg]
     if missing:
         raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
@@ -339,6 +343,17 @@ WRITER = {"priors": ("01_priors", "train_vaes"), "quality_vae": ("04_quality", "
           "flow": ("02_flow", "train_flow"), "ddpm": ("03_ddpm", "train_ddpm"), "classifier": ("04_quality", "train_classifier")}
 
 
+def trained_path(section: str, cfg: Mapping[str, Any]) -> Path:
+    """The checkpoint a trained run of `section` under `cfg` has, found without timing anything or creating a
+    folder: an "auto" precision this machine has not settled yet is tried both ways (a build folder may come from
+    another machine); the settled run's path when none exists."""
+    cfg = settled(section, cfg, measure=False)
+    autos = [k for k in config.PRECISION_KEYS.get(_CONFIG_SECTION.get(section, ""), {}) if cfg.get(k) == config.AUTO]
+    options = [dict(zip(autos, values)) for values in itertools.product((False, True), repeat=len(autos))]
+    paths_ = [cache.run_path(section, run_key(section, {**cfg, **o}, measure=False)) / "model.pt" for o in options]
+    return next((p for p in paths_ if p.exists()), paths_[0])
+
+
 def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "cpu", ema: bool = True) -> nn.Module:
     """The trained model of `section` under the resolved configuration `cfg` (as its recipe trained it: the same
     run folder), in eval mode on `device` (the weights in the dtypes `models.build` gives them, whatever the
@@ -352,7 +367,7 @@ def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "
     notebook, recipe = WRITER[section]
     profile, dataset = cfg.get("profile", "default"), cfg.get("dataset", "mnist")
     what = "classifier" if section == "classifier" else f"{section} model"
-    path = run_folder(section, cfg) / "model.pt"
+    path = trained_path(section, cfg)
     how = (f"train it with gen_lib.study.recipes.{recipe}, or run notebook {notebook} first "
            f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only {notebook} --no-pdf)")
     if not path.exists():

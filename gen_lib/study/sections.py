@@ -18,7 +18,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import priors, samplers
+from ..training import SCHEDULES
+
 ALL = "*"
+_POSITIVE = {"seeds", "T", "n_layers", "hidden", "base_channels", "feature_dim", "iwae_k", "pr_k", "n_eval", "n_boot",
+             "nll_k", "ode_steps", "ode_sample_steps", "sample_steps", "n_samples", "test_images"}
 
 
 def trains(*runs: str, precision: str | None = None) -> Any:
@@ -55,11 +60,30 @@ class Section(Mapping):
     dataset: str = trains()  # mnist | fashion (gen_lib.data.INFO)
 
     def __post_init__(self) -> None:
+        where = f"[{section_name(type(self))}] of profile {self.profile!r}"
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _accepts(f.type, value):
                 name = getattr(f.type, "__name__", str(f.type))
-                raise ValueError(f"{f.name}={value!r} in [{section_name(type(self))}]: expected {name}")
+                raise ValueError(f"{f.name}={value!r} in {where}: expected {name}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                least = 1 if f.name.endswith(("batch_size", "batch")) or f.name in _POSITIVE else 0
+                if f.name.endswith("lr") and not value > 0 or value < least:
+                    raise ValueError(f"{f.name}={value!r} in {where}: must be "
+                                     + ("> 0" if f.name.endswith("lr") else f">= {least}"))
+        for name, (allowed, text) in self.choices().items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} in {where}: choose one of {', '.join(map(str, allowed))}"
+                                 + (f" ({text})" if text else ""))
+        self.check()
+
+    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
+        """{field: (the allowed values, where they are registered)} of this section's enumerated fields."""
+        return {}
+
+    def check(self) -> None:
+        """Further checks of one section (a clear ValueError naming the field); none by default."""
 
     def _names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self))
@@ -107,6 +131,15 @@ class PriorsSection(Section):
     flow_hidden: int = prior_size()  # hidden width of each coupling's networks
     vamp_n_pseudo: int = prior_size()  # VampPrior pseudo-inputs
 
+    def check(self) -> None:
+        try:
+            priors.select(self.priors)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"priors={self.priors!r} in [priors] of profile {self.profile!r}: {err}") from None
+        if not all(k.strip().isdigit() and int(k) > 0 for k in self.k_table.split(",")):
+            raise ValueError(f"k_table={self.k_table!r} in [priors] of profile {self.profile!r}: expected positive "
+                             "integers, comma-separated")
+
 
 @dataclass(frozen=True)
 class FlowSection(Section):
@@ -128,6 +161,9 @@ class FlowSection(Section):
     eval_subset: int = trains()  # test images scored after every epoch (the learning curve in the checkpoint)
     test_subset: int  # test images of the final bits/dim; 0 = all 10,000
     n_samples: int  # samples written for 04_quality
+
+    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
+        return {"schedule": (SCHEDULES, "gen_lib.training.SCHEDULES")}
 
 
 @dataclass(frozen=True)
@@ -158,6 +194,20 @@ class DDPMSection(Section):
     fid_n: int  # FID against sampling steps: samples per DDIM step count, with intervals (0 = no); >= 2 x feature_dim
     fid_ancestral: bool  # ... and for the T-step ancestral sampler, at the same fid_n
     n_boot: int  # bootstrap replicates of every interval (gen_lib.intervals.quality_intervals_from_features)
+
+    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
+        return {"sample_method": (tuple(samplers.SAMPLERS), "gen_lib.samplers.SAMPLERS")}
+
+    def check(self) -> None:
+        for name in ("channel_mults", "compare_steps"):
+            text = str(getattr(self, name))
+            if not all(v.strip().isdigit() and int(v) > 0 for v in text.split(",")):
+                raise ValueError(f"{name}={text!r} in [ddpm] of profile {self.profile!r}: expected positive integers, "
+                                 "comma-separated")
+        if self.sample_steps > self.T or self.ema_decay >= 1 or self.dropout >= 1:
+            raise ValueError(f"[ddpm] of profile {self.profile!r}: need sample_steps <= T, ema_decay < 1 and "
+                             f"dropout < 1 (sample_steps={self.sample_steps}, T={self.T}, "
+                             f"ema_decay={self.ema_decay}, dropout={self.dropout})")
 
 
 @dataclass(frozen=True)
@@ -194,6 +244,9 @@ class QualitySection(Section):
     quadrature_grid: int  # ... the VAE's near-exact log p(y): n x n grid (gen_lib.vae.log_likelihood_quadrature)
     ode_sample_steps: int  # Table 2's DDPM row of the ODE's own sampler: DDIM (eta = 0) without clipping, this many steps
     seed: int = trains("quality_vae")  # the Part-2 VAE's initial weights and data order; the evaluation's draws
+
+    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
+        return {"vae_prior": (priors.names(), "gen_lib.priors.REGISTRY")}
 
 
 @dataclass(frozen=True)
