@@ -62,9 +62,9 @@ def test_every_field_is_typed_documented_and_in_the_profiles():
                 [line for line in inspect.getsource(sections.Section).splitlines() if re.match(rf"\s+{f.name}: ", line)]
             assert lines and "#" in lines[0], (name, f.name)
         assert {f.name for f in dataclasses.fields(cls)} == set(config.resolve(name, "default"))
-    with pytest.raises(ValueError, match=r"epochs='ten' in \[flow\]: expected int"):
+    with pytest.raises(ValueError, match=r"epochs='ten' in \[flow\] of profile 'smoke': expected int"):
         config.resolve("flow", "smoke", epochs="ten")
-    with pytest.raises(ValueError, match=r"seeds=True in \[priors\]: expected int"):
+    with pytest.raises(ValueError, match=r"seeds=True in \[priors\] of profile 'smoke': expected int"):
         config.resolve("priors", "smoke", seeds=True)
 
 

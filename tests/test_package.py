@@ -28,10 +28,12 @@ def test_the_wheel_installs_a_working_library(tmp_path):
                    check=True, capture_output=True)
     probe = ("import gen_lib, gen_lib.report.likelihood, gen_lib.report.explore, gen_lib.study.recipes\n"
              "from gen_lib.study import config\n"
-             "print(gen_lib.__file__); print(config.resolve('flow', 'default')['n_layers'])")
+             "import gen_lib.study\n"
+             "print(gen_lib.__file__, gen_lib.study.__file__, config.PROFILES_FILE, config.resolve('flow', 'default')['n_layers'])")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "GEN_LIB_BUILD": str(tmp_path / "b")})
     assert out.returncode == 0, out.stderr[-2000:]
-    where, layers = out.stdout.split()
-    assert Path(where).resolve().is_relative_to(site.resolve()), where  # not the checkout's editable copy
+    *files, layers = out.stdout.split()
+    for where in files:  # gen_lib, gen_lib.study and profiles.toml: the wheel's files, not the checkout's
+        assert Path(where).resolve().is_relative_to(site.resolve()), where
     assert int(layers) > 0

@@ -92,28 +92,19 @@ def test_below_a_floor_nothing_trains_and_the_error_names_the_budget_needed(buil
 
 
 def test_the_same_machine_twice_gets_the_same_plan_even_with_rates_perturbed(build):
-    first = plan.make("default", rates=lambda: machine(1.7))
+    k = _first_cut(plan.budget_of("default")[0])  # a machine whose plan cuts epochs
+    first = plan.make("default", rates=lambda: machine(k))
     calls = []
     for factor in (0.9, 1.1):
-        again = plan.make("default", rates=lambda f=factor: calls.append(f) or machine(1.7 * f))
+        again = plan.make("default", rates=lambda f=factor: calls.append(f) or machine(k * f))
         assert again == first
     assert calls == []  # cached per machine, profile and budget: not measured again
     stored = json.loads((build / "plan-default.json").read_text())
     assert stored["current"].startswith(system.machine_key() + " ")
 
 
-def test_the_budgets_rule_is_stable_against_ten_percent_noise_in_the_rates():
-    """Without the cache, ±10 % in every rate moves each model's epochs by at most what 10 % of its time buys."""
-    budget, shares, floors = plan.budget_of("default")
-    base = plan.work("default", machine(1.7))
-    e0 = plan.decide(base, budget * 60, shares, floors)
-    for f in (0.9, 1.1):
-        e1 = plan.decide(plan.work("default", machine(1.7 * f)), budget * 60, shares, floors)
-        assert all(abs(e1[m] - e0[m]) <= math.ceil(0.2 * e0[m]) for m in e0), (e0, e1)
-
-
 def test_a_plan_of_another_machine_is_not_applied(build):
-    plan.make("default", budget=46, rates=lambda: machine(1.7))
+    plan.make("default", budget=46, rates=lambda: machine(1.0))
     path = build / "plan-default.json"
     stored = json.loads(path.read_text())
     stored["current"] = "0123456789ab" + stored["current"][12:]
