@@ -42,75 +42,84 @@ def _seconds(fn: Callable[[], Any], n: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def _per_step(train: Callable[[int], Any], steps: tuple[int, int]) -> float:
-    """Seconds per training step of the recipe `train(n_steps)` (one epoch of n_steps batches, from scratch, in a
-    scratch build folder): the slope between two lengths, so that the fixed costs of a call (building the model,
-    the actnorm's initialisation, the first steps' kernel choices) cancel."""
+def _in_scratch(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of `fn()` run with a fresh, empty build folder (nothing cached, nothing resumed)."""
+    old = os.environ.get("GEN_LIB_BUILD")
     with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("GEN_LIB_BUILD")
         os.environ["GEN_LIB_BUILD"] = tmp
         try:
-            times = []
-            for i, n in enumerate(steps):
-                for sub in ("a", "b"):  # a fresh run folder each time: nothing is resumed
-                    os.environ["GEN_LIB_BUILD"] = f"{tmp}/{i}{sub}"
-                    t0 = time.perf_counter()
-                    train(n)
-                    times.append((n, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            out = fn()
+            return time.perf_counter() - t0, out
         finally:
             if old is None:
                 os.environ.pop("GEN_LIB_BUILD", None)
             else:
                 os.environ["GEN_LIB_BUILD"] = old
-    short = min(t for n, t in times if n == steps[0])
-    long = min(t for n, t in times if n == steps[1])
-    return max(long - short, 1e-9) / (steps[1] - steps[0])
+
+
+def _training(train: Callable[[int, int], Any], steps: tuple[int, int]) -> tuple[float, float, Any]:
+    """(seconds per step, seconds per epoch beyond its steps, the longer run's result) of the recipe
+    `train(n_steps, epochs)` run from scratch: the slope between two lengths of one epoch (the fixed costs of a call,
+    building the model and the first steps' kernel choices, cancel), and what a second epoch adds beyond its steps
+    (the checkpoint, the data order). Each is run twice and averaged: a long run meets the machine's disturbances
+    too, so the fastest of a few would promise too much."""
+    short = statistics.mean(_in_scratch(lambda: train(steps[0], 1))[0] for _ in range(2))
+    runs = [_in_scratch(lambda: train(steps[1], 1)) for _ in range(2)]
+    long, result = statistics.mean(r[0] for r in runs), runs[-1][1]
+    per_step = max(long - short, 1e-9) / (steps[1] - steps[0])
+    two = statistics.mean(_in_scratch(lambda: train(steps[0], 2))[0] for _ in range(2))
+    return per_step, max(0.0, two - short - steps[0] * per_step), result
 
 
 def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = print) -> dict[str, float]:
     """Seconds per unit of this machine's work under `profile` (what `plan.work` multiplies by its counts): the
-    training recipes' own loops on a few batches of random images (training cost does not depend on the data or
-    the weights), and the evaluation functions on untrained models of the profile's sizes."""
+    training recipes' own loops on a few batches of the training images, and the evaluation functions on the
+    models those few batches trained (a trained model's posteriors are narrower than an untrained one's, which
+    the adaptive quadrature pays for)."""
     r: dict[str, float] = {}
     quiet = lambda msg: None  # noqa: E731
     g = torch.Generator().manual_seed(0)
     info = data.info(dataset)
     shape = info.shape
-    steps = (4, 24)
-    images = torch.randint(0, 256, (steps[1] * 128, *shape), generator=g).float() / 255  # 8-bit images in [0, 1]
+    steps = (4, 44)
+    try:
+        images = data.load_mnist("fit", dataset=dataset)[0][: steps[1] * 128]
+        test = data.load_mnist("test", dataset=dataset)[0][:500]
+    except Exception:  # no data on this machine (the library alone): random 8-bit images, the same sizes
+        images = torch.randint(0, 256, (steps[1] * 128, *shape), generator=g).float() / 255
+        test = images[:500]
     pri = recipes.settled("priors", config.resolve("priors", profile, dataset=dataset), quiet)
     names = registry.select(pri["priors"])
     b = pri["batch_size"]
-    xb = data.binarize(images[:500])  # vae_eval.evaluate's batch
+    flat = data.binarize(test).flatten(1)  # vae_eval.evaluate's batch of 500
     for name in names:
-        r[f"step.priors.{name}"] = _per_step(lambda n: recipes.train_vaes(
-            {**pri, "epochs": 1, "train_subset": n * b}, data.binarize(images),
-            prior=name, seeds=range(pri["seeds"]), progress=False, log=quiet), steps)
-        torch.manual_seed(0)
-        vae = models.build("priors", {**pri, "prior": name}).eval()
-        flat = xb.flatten(1)
+        r[f"step.priors.{name}"], r[f"epoch.priors.{name}"], runs = _training(lambda n, e: recipes.train_vaes(
+            {**pri, "epochs": e, "train_subset": n * b}, data.binarize(images), prior=name,
+            seeds=range(pri["seeds"]), progress=False, log=quiet), steps)
+        vae = runs[0].model.eval()
         with torch.no_grad():  # as vae_eval.evaluate computes them: batches of 500, IWAE in chunks
             r[f"iwae.{name}"] = _seconds(lambda: vae.iwae(flat, pri["iwae_k"], chunk=IWAE_CHUNK), n=1) / len(flat)
             r[f"elbo.{name}"] = _seconds(lambda: vae.elbo(flat)) / len(flat)
             r[f"quad.{name}"] = _seconds(lambda: quadrature.log_likelihood_quadrature(
-                vae, flat[:8], n_grid=pri["quadrature_grid"]), n=1) / 8  # per image at the profile's grid
+                vae, flat[:16], n_grid=pri["quadrature_grid"]), n=1) / 16  # per image at the profile's grid
 
     flow_cfg = recipes.settled("flow", config.resolve("flow", profile, dataset=dataset), quiet)
     fb = flow_cfg["batch_size"]
-    r["step.flow"] = _per_step(lambda n: recipes.train_flow({**flow_cfg, "epochs": 1, "train_subset": n * fb}, images,
-                                                            progress=False, log=quiet), steps)
-    flow = models.build("flow", flow_cfg).eval()
-    y = data.dequantize(images[:fb], generator=g)
+    r["step.flow"], r["epoch.flow"], run = _training(lambda n, e: recipes.train_flow(
+        {**flow_cfg, "epochs": e, "train_subset": n * fb}, images, progress=False, log=quiet), steps)
+    flow = run.model.eval()
+    y = data.dequantize(test[:fb], generator=g)
     with torch.no_grad():
         r["flow.pass"] = _seconds(lambda: flow.log_prob(y)) / len(y)
         r["flow.sample"] = _seconds(lambda: flow.sample(len(y))) / len(y)
 
     ddpm_cfg = recipes.settled("ddpm", config.resolve("ddpm", profile, dataset=dataset), quiet)
     db = ddpm_cfg["batch_size"]
-    r["step.ddpm"] = _per_step(lambda n: recipes.train_ddpm({**ddpm_cfg, "epochs": 1, "train_subset": n * db}, images,
-                                                            progress=False, log=quiet), steps)
-    ddpm = models.build("ddpm", ddpm_cfg).eval()
-    x0 = data.to_signed(data.dequantize(images[:db], generator=g))
+    r["step.ddpm"], r["epoch.ddpm"], run = _training(lambda n, e: recipes.train_ddpm(
+        {**ddpm_cfg, "epochs": e, "train_subset": n * db}, images, progress=False, log=quiet), steps)
+    ddpm = run.result.ema.eval()
+    x0 = data.to_signed(data.dequantize(test[:db], generator=g))
     n_s = min(ddpm_cfg["sample_batch"], 250)
     with torch.no_grad():
         r["unet.sample"] = _seconds(lambda: ddpm.sample(n_s, steps=4, method="ddim", bf16=ddpm_cfg["bf16"]),
@@ -122,16 +131,16 @@ def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = p
 
     qcfg = recipes.settled("quality_vae", config.resolve("quality", profile, dataset=dataset), quiet)
     qb = qcfg["vae_batch_size"]
-    r["step.quality_vae"] = _per_step(lambda n: recipes.train_vae(
-        {**qcfg, "vae_epochs": 1, "train_subset": n * qb}, images, section="quality_vae", progress=False, log=quiet),
+    r["step.quality_vae"], r["epoch.quality_vae"], run = _training(lambda n, e: recipes.train_vae(
+        {**qcfg, "vae_epochs": e, "train_subset": n * qb}, images, section="quality_vae", progress=False, log=quiet),
         steps)
-    qvae = models.build("quality_vae", qcfg).eval()
-    xc = data.dequantize(images[:qb], generator=g).flatten(1)
+    qvae = run.model.eval()
+    xc = data.dequantize(test[:qb], generator=g).flatten(1)
     with torch.no_grad():
-        r["qvae.iwae"] = _seconds(lambda: qvae.iwae(xc[:8], qcfg["nll_k"]), n=1) / 8
+        r["qvae.iwae"] = _seconds(lambda: qvae.iwae(xc[:16], qcfg["nll_k"]), n=1) / 16
         r["qvae.elbo"] = _seconds(lambda: qvae.elbo(xc)) / len(xc)
         r["qvae.quad"] = _seconds(lambda: quadrature.log_likelihood_quadrature(
-            qvae, xc[:8], n_grid=qcfg["quadrature_grid"]), n=1) / 8
+            qvae, xc[:16], n_grid=qcfg["quadrature_grid"]), n=1) / 16
     clf = models.build("classifier", qcfg)
     cb = qcfg["classifier_batch_size"]
     xi, yi = images[:cb], torch.randint(0, 10, (cb,), generator=g)

@@ -86,7 +86,8 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     fixed01 = 0.0
     per_epoch = 0.0
     for n in names:
-        per_epoch += _steps(n_train, pri["batch_size"]) * r[f"step.priors.{n}"] + S * min(2000, n_test) * r[f"elbo.{n}"]
+        per_epoch += _steps(n_train, pri["batch_size"]) * r[f"step.priors.{n}"] + r.get(f"epoch.priors.{n}", 0.0) \
+            + S * min(2000, n_test) * r[f"elbo.{n}"]
         fixed01 += S * (n_test * (r[f"elbo.{n}"] + r[f"iwae.{n}"]) + Q * r[f"quad.{n}"])
         fixed01 += Q * sum(ks) / pri["iwae_k"] * r[f"iwae.{n}"]  # the IWAE-vs-K table
         fixed01 += n_conv * sum(g * g for g in (4, 8, 16, 32, 64, 128)) / G ** 2 * r[f"quad.{n}"]  # grid convergence
@@ -95,13 +96,15 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
 
     fl = config.resolve("flow", profile, dataset=dataset, _plan=False)
     n_flow = fl["train_subset"] or n_fit
-    flow_epoch = _steps(n_flow, fl["batch_size"]) * r["step.flow"] + (fl["eval_subset"] or 10_000) * r["flow.pass"]
+    flow_epoch = _steps(n_flow, fl["batch_size"]) * r["step.flow"] + r.get("epoch.flow", 0.0) \
+        + (fl["eval_subset"] or 10_000) * r["flow.pass"]
     fixed02 = 3 * (fl["test_subset"] or 10_000) * r["flow.pass"] + (fl["n_samples"] + 128) * r["flow.sample"]
 
     dd = config.resolve("ddpm", profile, dataset=dataset, _plan=False)
     q = config.resolve("quality", profile, dataset=dataset, _plan=False)
     T, steps = dd["T"], [int(s) for s in str(dd["compare_steps"]).split(",")]
-    ddpm_epoch = _steps(dd["train_subset"] or n_fit, dd["batch_size"]) * r["step.ddpm"] + 1000 * r["unet.fp32"]
+    ddpm_epoch = _steps(dd["train_subset"] or n_fit, dd["batch_size"]) * r["step.ddpm"] + r.get("epoch.ddpm", 0.0) \
+        + 1000 * r["unet.fp32"]
     unet_images = (dd["n_samples"] * dd["sample_steps"] + 4 * T + dd["compare_n"] * sum(steps)
                    + dd["compare_ancestral"] * T + dd["fid_n"] * (sum(steps) + T * dd["fid_ancestral"]))
     rows03 = len(steps) + dd["fid_ancestral"] + 1
@@ -111,7 +114,8 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
         + classifier
 
     n_q = q["train_subset"] or n_fit
-    qvae_epoch = _steps(n_q, q["vae_batch_size"]) * r["step.quality_vae"]
+    qvae_epoch = _steps(n_q, q["vae_batch_size"]) * r["step.quality_vae"] + r.get("epoch.quality_vae", 0.0) \
+        + 2000 * r["qvae.elbo"]
     N, n_lik, cn = q["n_eval"], min(q["nll_n"], 10_000), q["check_n"]
     abar = models.build("ddpm", dd).alphas_cumprod
     levels = lambda s: len(diffusion_nll.ode_levels(abar, s))  # noqa: E731
