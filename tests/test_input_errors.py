@@ -80,10 +80,20 @@ def test_the_config_command_names_its_errors():
     assert good.returncode == 0 and good.stdout.splitlines()[0].split()[:3] == ["parameter", "smoke", "default"]
 
 
-def test_make_refuses_an_unknown_profile_before_any_set_up():
-    done = subprocess.run(["make", "-s", "report", "PROFILE=nope"], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode != 0 and "PROFILE=nope is unknown" in done.stdout + done.stderr
-    assert "pip" not in done.stdout
+@pytest.mark.parametrize("args, words", [(["PROFILE=nope"], "PROFILE=nope is unknown; choose one of: default paper smoke"),
+                                          (["ONLY=02_nope"], "ONLY=02_nope is unknown; choose from: 01_priors"),
+                                          (["BUDGET=ten"], "BUDGET=ten: expected minutes")])
+def test_make_refuses_bad_arguments_before_any_set_up(args, words):
+    done = subprocess.run(["make", "-s", "report", *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and words in done.stdout + done.stderr
+    assert "pip" not in done.stdout and "apt-get" not in done.stdout
+
+
+def test_make_refuses_an_unknown_dataset_right_after_the_venv_and_lists_its_targets():
+    done = subprocess.run(["make", "-s", "check-dataset", "DATASET=nope"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "DATASET=nope is unknown; choose one of: mnist" in done.stdout + done.stderr
+    helped = subprocess.run(["make", "-s", "help"], capture_output=True, text=True, cwd=ROOT)
+    assert all(t in helped.stdout for t in ("make report", "PROFILE=", "BUDGET=", "make test", "make bench"))
 
 
 def _tensor_entries(path: Path) -> list[tuple[int, int]]:

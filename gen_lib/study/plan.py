@@ -307,7 +307,8 @@ def describe(plan: Mapping[str, Any], notebooks: list[str] | None = None,
         peak = (peaks or {}).get(nb)
         lines.append(f"  {nb:11s} {plan['minutes'][nb]:5.1f} min" + (
             f"  ({trained}: training {plan['train_minutes'][nb]:.1f} min)" if trained else "")
-            + (f"; peak memory {peak / 1024:.1f} GiB in its last run here" if peak else ""))
+            + (f"; peak memory {peak / 1024:.1f} GiB in its last run here" if peak
+               else "; peak memory: measured by its first run here"))
     total = sum(plan["minutes"][nb] for nb in nbs)
     lines.append(f"  total       {total:5.1f} min" + (f" of a {plan['budget']:g}-minute budget" if plan["budget"] else ""))
     return "\n".join(lines)
