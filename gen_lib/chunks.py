@@ -81,7 +81,7 @@ def chunk(profile: str, dataset: str = "mnist", limit: float = 540.0, extra: lis
         log(f"[gen_lib.chunks] chunk {state['chunks']}: {name}, at most {left:.0f} s")
         t_nb = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "gen_lib.run", "--profile", profile, "--dataset", dataset,
-                                 "--only", name, "--no-pdf", *(extra or [])], start_new_session=True)
+                                 "--only", name, "--no-pdf", "--no-plan", *(extra or [])], start_new_session=True)
         try:
             code = proc.wait(timeout=left)
         except subprocess.TimeoutExpired:

@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                         help="minutes for the whole run (default: the profile's [budget] minutes; 0 = the profile's "
                              "epochs whatever the time)")
+    parser.add_argument("--no-plan", action="store_true",
+                        help="skip measuring and planning (the profile's epochs or the current plan's; gen_lib.chunks)")
     parser.add_argument("--no-pdf", action="store_true", help="skip the LaTeX report")
     parser.add_argument("--pdf-only", action="store_true", help="only rebuild the PDF")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             _log(warning)
         expected = _estimates(args.profile, args.dataset, runs)
         the_plan = None
-        if config.resolve("budget", args.profile)["plan"]:
+        if config.resolve("budget", args.profile)["plan"] and not args.no_plan:
             the_plan = planner.make(args.profile, args.dataset, args.budget,  # PlanError: stops before any training
                                     rates=lambda: measure.rates(args.profile, args.dataset, _log))
             peaks = {n: r["peak_rss_mib"] for n, r in runs.items() if r.get("hardware") == system.hardware()

@@ -16,5 +16,5 @@ def test_every_benchmark_runs_at_quick_sizes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert "| bench | what | baseline | ours | ratio |" in text
-    for part in ("vae", "flow", "ddpm", "metrics"):
+    for part in ("vae", "flow", "ddpm", "metrics", "steps"):
         assert f"| {part} |" in text, f"no benchmark row for {part}"
