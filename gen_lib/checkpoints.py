@@ -1,9 +1,10 @@
 """Checkpoints: written atomically, read without running code, refused when they come from another configuration.
 
-A checkpoint of `gen_lib.training.fit` is a dict {"format", "config" (the run's identity), "epoch", "model",
-"optimizer", "ema", "history", "digest"} saved by `torch.save` to a temporary file, fsynced and renamed over the
-old one, so an interruption leaves the previous checkpoint whole. Every load is `torch.load(weights_only=True)`, and
-the SHA-256 `digest` of every tensor's bytes is checked: a file whose bytes changed is refused, not loaded with NaNs.
+A checkpoint of `gen_lib.training` (one per run: a model, or one seed of a stack) is a dict {"format", "config" (the
+run's identity), "epoch", "model", "optimizer", "ema", "history", "digest"} saved by `torch.save` to a temporary
+file, fsynced and renamed over the old one, so an interruption leaves the previous checkpoint whole. Every load is
+`torch.load(weights_only=True)`, and the SHA-256 `digest` of every tensor's bytes is checked: a file whose bytes
+changed is refused, not loaded with NaNs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -71,9 +72,31 @@ def digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def checkpoint_identity(config: dict[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's configuration with the loop's own fields, and its identity (without `epochs_total`, which may grow
+    on resume): what a checkpoint must match."""
+    config = jsonable({**config, **fields})
+    return config, {k: v for k, v in config.items() if k != "epochs_total"}
+
+
+def load_to_resume(path: Path | None, identity: dict[str, Any], epochs: int, label: str,
+                   log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at `path` that a run of `epochs` epochs resumes from (None when there is none), checked against
+    `identity` and refused when it has more epochs; logs whether it is resumed or reused whole."""
+    if path is None or not path.exists():
+        return None
+    ckpt = load_checkpoint(path, identity)
+    epoch = ckpt["epoch"]
+    if epoch > epochs:
+        raise CheckpointError(f"checkpoint {path} has {epoch} epochs, more than the {epochs} requested; delete it or "
+                              "use another folder")
+    log(f"{label}: {'reusing' if epoch >= epochs else 'resuming'} {path} (epoch {epoch} of {epochs})")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by `fit`, refusing a missing or corrupt one (its bytes no longer match its digest)
-    or one from another configuration."""
+    """Load a checkpoint written by `gen_lib.training`, refusing a missing or corrupt one (its bytes no longer match
+    its digest) or one from another configuration."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -115,7 +138,7 @@ def load_safely(path: str | Path, error: type[Exception] = RuntimeError) -> Any:
 
 def save(path: Path, identity: dict[str, Any], epoch: int, model: nn.Module, optimizer_state: dict[str, Any],
           ema: nn.Module | None, history: list[dict[str, Any]]) -> None:
-    """Write a `fit` checkpoint of epoch `epoch` atomically."""
+    """Write a run's checkpoint of epoch `epoch` atomically."""
     ckpt = {"format": CHECKPOINT_FORMAT, "config": identity, "epoch": epoch, "model": model.state_dict(),
             "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None, "history": history}
     save_atomic({**ckpt, "digest": digest(ckpt)}, path)

@@ -1,13 +1,14 @@
 """Several seeds of one model trained as one stacked model: a copy whose parameters carry a leading seed axis
 (S, ...), run by the model's own code, so that the fixed cost of each of a VAE step's ~100 small operations is
-paid once for S seeds (measured against plain `fit` in `benchmarks/README.md`).
+paid once for S seeds.
 
 `Linear` computes with weights (out, in) as `nn.Linear`, or with stacked weights (S, out, in) on inputs
 (..., S, in) as one batched GEMM; the models index from the right (`x[..., idx]`, `sum(-1)`), so the seed axis
 is the innermost batch axis (a prior with (S, K, D) means has batch shape (S,) and broadcasts against latents
 (B, S, D)). `stack(models)` is an ordinary module of `nn.Parameter`s (S, ...), so torch's fused Adam (elementwise:
-S independent Adams) and bf16 autocast apply as to any model; `unstack` writes the seeds back; `agrees` checks
-that a model class runs stacked. `gen_lib.training_seeds.fit_seeds` trains them.
+S independent Adams) and bf16 autocast apply as to any model; `unstack` writes the seeds back, `stack_adam_states`
+and `seed_adam_state` do the same for the optimizer's state; `agrees` checks that a model class runs stacked.
+`gen_lib.training.fit_seeds` trains them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     lead = x.shape[:-2]
     xs = x.movedim(-2, 0).reshape(s, -1, x.shape[-1])  # (S, N, in)
     # computed as (W x^T)^T, so that the weight's gradient g^T x arrives contiguous, as the weight is (no copy
-    # before Adam; x W^T was 10 % slower per stacked step, measured); the output is a transposed view
+    # before Adam: benchmarks/README.md); the output is a transposed view
     out_t = torch.bmm(weight, xs.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, xs.mT)  # (S, out, N)
     return out_t.mT.reshape(s, *lead, weight.shape[1]).movedim(0, -2)
 
@@ -70,6 +71,21 @@ def unstack(stacked: nn.Module, models: list[nn.Module]) -> None:
         for name, own in (dict(model.named_parameters()) | dict(model.named_buffers())).items():
             if tensors[name].dim() == own.dim() + 1:  # a shared buffer is the model's own already
                 own.copy_(tensors[name][s])
+
+
+def stack_adam_states(states: list[dict]) -> dict:
+    """The state dict of one Adam over `stack(models)` from each model's own Adam state dict (seed s in row s)."""
+    return {"param_groups": states[0]["param_groups"], "state": {
+        i: {key: v if key == "step" else torch.stack([own["state"][i][key] for own in states]) for key, v in st.items()}
+        for i, st in states[0]["state"].items()}}
+
+
+def seed_adam_state(state: dict, s: int) -> dict:
+    """Seed s's Adam state dict, as torch's Adam over that seed's own model keeps it, from the stacked one (on the
+    CPU, copied: a view would keep, and save, every seed's moments)."""
+    own = {i: {key: (v if key == "step" else v[s]).cpu().clone() for key, v in st.items()}
+           for i, st in state["state"].items()}
+    return {"state": own, "param_groups": state["param_groups"]}
 
 
 def agrees(models: list[nn.Module], fn: Callable[..., torch.Tensor], *args: torch.Tensor, tol: float = 1e-4) -> bool:

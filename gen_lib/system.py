@@ -1,5 +1,6 @@
-"""What machine and which commit produced a result: for the report's meta macros, the index page and
-the precision cache's key."""
+"""What machine and which commit produced a result (for the report's meta macros, the index page and the precision
+cache's key), and how many threads this process gives PyTorch (`configure_threads`, called once at the start of every
+process and notebook kernel that computes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,32 @@ from pathlib import Path
 import torch
 
 from . import paths
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Let PyTorch use exactly `n` threads: GEN_LIB_THREADS if set, else the cores this process has.
+
+    More threads than cores makes OpenMP threads spin against each other (many-fold slower); fewer leaves cores
+    idle. Call it once at the start of a process (importing gen_lib changes nothing); returns the thread count.
+    """
+    if n is None:
+        env = os.environ.get("GEN_LIB_THREADS", "").strip()
+        if env and not env.isdigit():
+            raise ValueError(f"GEN_LIB_THREADS={env!r}: expected a positive integer")
+        n = int(env) if env else available_cores()
+    if n < 1:
+        raise ValueError(f"threads={n}: need at least 1")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def hardware() -> str:

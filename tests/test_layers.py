@@ -10,7 +10,7 @@ import gen_lib
 PACKAGE = Path(gen_lib.__file__).parent
 FLOORS = {"paths": 0, "system": 0, "stats": 0,
           **dict.fromkeys(("data", "seeds", "priors", "flows", "unet", "samplers", "diffusion", "diffusion_nll", "vae",
-                           "classifier", "training", "training_seeds", "checkpoints", "quadrature", "vae_eval",
+                           "classifier", "training", "checkpoints", "quadrature", "vae_eval",
                            "sampling"), 1),
           "study": 2, **dict.fromkeys(("features", "metrics", "intervals", "report"), 3), "run": 4, "chunks": 4, "measure": 4}
 

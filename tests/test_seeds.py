@@ -1,4 +1,4 @@
-"""Seeds trained together as one stacked model (`gen_lib.seeds`, `gen_lib.training_seeds`): the stacked
+"""Seeds trained together as one stacked model (`gen_lib.seeds`, `gen_lib.training.fit_seeds`): the stacked
 computation is each seed's own, in value and gradient, for every registered prior; stacked training is each
 seed's own training (same init, data order and noise), in float64 up to round-off; a seed's training does not
 depend on the seeds trained beside it; checkpoints resume exactly and are `fit`'s format."""
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from gen_lib import checkpoints, priors, seeds, training, training_seeds, vae
+from gen_lib import checkpoints, priors, seeds, training, vae
 
 U = torch.finfo(torch.float64).eps / 2  # float64 unit round-off, 2^-53
 
@@ -114,10 +114,10 @@ def test_agrees_rejects_a_model_that_mixes_the_seeds():
 
 
 def _fit(models, x, epochs, ids, folder, lr=1e-2):
-    return training_seeds.fit_seeds(models, x, seeds=ids, epochs=epochs, batch_size=32, lr=lr,
-                                    configs=[{"test": "seeds"}] * len(models), loss_fn=lambda m, b, e: -_elbo(m, b, e),
-                                    noise_shape=(2,), checkpoints=[folder / f"seed{i}.pt" for i in ids], device="cpu",
-                                    progress=False)
+    return training.fit_seeds(models, x, seeds=ids, epochs=epochs, batch_size=32, lr=lr,
+                              configs=[{"test": "seeds"}] * len(models), loss_fn=lambda m, b, e: -_elbo(m, b, e),
+                              noise_shape=(2,), checkpoints=[folder / f"seed{i}.pt" for i in ids], device="cpu",
+                              progress=False)
 
 
 def _x(n=96, dtype=torch.float32):
@@ -211,9 +211,9 @@ def test_under_autocast_each_step_computes_with_the_updated_weights():
 def test_fit_seeds_in_bf16_learns_as_fit_does(tmp_path):
     x = _x(512)
     stacked = _models("gaussian", 2)
-    training_seeds.fit_seeds(stacked, x, seeds=[0, 1], epochs=2, batch_size=64, lr=3e-3, configs=[{}] * 2,
-                             loss_fn=lambda m, b, e: -_elbo(m, b, e), noise_shape=(2,), device="cpu", bf16=True,
-                             progress=False)
+    training.fit_seeds(stacked, x, seeds=[0, 1], epochs=2, batch_size=64, lr=3e-3, configs=[{}] * 2,
+                       loss_fn=lambda m, b, e: -_elbo(m, b, e), noise_shape=(2,), device="cpu", bf16=True,
+                       progress=False)
     alone = _models("gaussian", 1)[0]
     training.fit(alone, x, epochs=2, batch_size=64, lr=3e-3, seed=0, config={}, device="cpu", bf16=True, progress=False,
                  loss_fn=lambda m, b: m.loss(b, check=False))
@@ -233,8 +233,8 @@ def test_fit_seeds_is_each_seeds_own_adam_loop_in_float64(name):
     x = _x(n, torch.float64)
     ids = [3, 5]
     stacked = [_models(name, 6, torch.float64)[s] for s in ids]
-    training_seeds.fit_seeds(stacked, x, seeds=ids, epochs=epochs, batch_size=b, lr=lr, configs=[{}] * 2,
-                             loss_fn=lambda m, bb, e: -_elbo(m, bb, e), noise_shape=(2,), device="cpu", progress=False)
+    training.fit_seeds(stacked, x, seeds=ids, epochs=epochs, batch_size=b, lr=lr, configs=[{}] * 2,
+                       loss_fn=lambda m, bb, e: -_elbo(m, bb, e), noise_shape=(2,), device="cpu", progress=False)
     steps = epochs * n // b
     for k, s in enumerate(ids):
         m = _models(name, 6, torch.float64)[s]

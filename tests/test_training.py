@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from gen_lib import checkpoints, training
+from gen_lib import checkpoints, system, training
 from gen_lib.checkpoints import CheckpointError
 from gen_lib.training import NonFiniteLossError, fit
 
@@ -214,11 +214,11 @@ def test_threads_follow_the_cores_or_the_environment(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("GEN_LIB_THREADS", "1")
-        assert training.configure_threads() == 1 == torch.get_num_threads()
+        assert system.configure_threads() == 1 == torch.get_num_threads()
         monkeypatch.delenv("GEN_LIB_THREADS")
-        assert training.configure_threads() == training.available_cores() == torch.get_num_threads()
+        assert system.configure_threads() == system.available_cores() == torch.get_num_threads()
         monkeypatch.setenv("GEN_LIB_THREADS", "two")
         with pytest.raises(ValueError, match="GEN_LIB_THREADS='two'"):
-            training.configure_threads()
+            system.configure_threads()
     finally:
         torch.set_num_threads(before)

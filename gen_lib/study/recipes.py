@@ -5,7 +5,7 @@ its run folder. The notebooks call these; nothing else trains a model.
 - `train_vae`:        the VAE of Part 1 (binarized data, a registered prior) or of Part 2 (`section=
                       "quality_vae"`: continuous data, a continuous Bernoulli decoder, the prior `vae_prior`)
 - `train_vaes`:       Part 1's VAEs of one prior for several seeds, trained together as one stacked model
-                      (`training_seeds.fit_seeds`) where the profile says `stack_seeds`, else one by one
+                      (`training.fit_seeds`) where the profile says `stack_seeds`, else one by one
 - `train_flow`:       the RealNVP image flow on dequantized images
 - `train_ddpm`:       the DDPM on dequantized images in [-1, 1]
 - `train_classifier`: the CNN whose penultimate layer gives the FID/KID features
@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import checkpoints, data, flows, priors, training, training_seeds
+from .. import checkpoints, data, flows, priors, training
 from .. import seeds as stacking
 from ..classifier import accuracy
 from ..diffusion import DDPMConfig
@@ -144,7 +144,7 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
                log: Callable[[str], None] = print) -> list[Trained]:
     """Part 1's VAEs of `prior` for every seed of `seeds`, as `train_vae` trains each (same initial weights,
     data order, checkpoints per seed and `Trained` per seed), but where `cfg["stack_seeds"]` is true all seeds
-    train together as one stacked model (`gen_lib.training_seeds.fit_seeds`): one batched step for all of
+    train together as one stacked model (`gen_lib.training.fit_seeds`): one batched step for all of
     them. Stacked, a seed's noise comes from its own generator (not torch's global one), so stacking is part
     of the run identity. A prior whose code does not run stacked (`seeds.agrees` on a few images fails: a
     plugin written for one model) trains seed by seed, with a line in the log."""
@@ -169,7 +169,7 @@ def train_vaes(cfg: Mapping[str, Any], train_x: torch.Tensor, *, prior: str, see
         log(f"{prior}: its code does not run stacked (gen_lib.seeds.agrees); training seed by seed")
         return [train_vae({**cfg, "stack_seeds": False}, train_x, prior=prior, seed=s, eval_x=eval_x, device=device,
                           progress=progress, log=log) for s in seeds]
-    results = training_seeds.fit_seeds(
+    results = training.fit_seeds(
         nets, train_x, seeds=seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], configs=keys,
         loss_fn=_elbo_per_example, noise_shape=(nets[0].latent_dim,), checkpoints=[f / "model.pt" for f in folders],
         eval_fn=_vae_eval_fn(eval_x) if eval_x is not None else None, device=device, bf16=cfg["bf16"],
