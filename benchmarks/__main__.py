@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gen_lib import paths, report
+from gen_lib import paths, report, system
 
 
 def _modules(only: list[str] | None) -> list[str]:
@@ -36,6 +36,7 @@ def _modules(only: list[str] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    system.configure_threads()  # torch's threads for this process: GEN_LIB_THREADS, else its cores
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every benchmark runs")
     parser.add_argument("--only", action="append", help="a benchmark module without its bench_ prefix")

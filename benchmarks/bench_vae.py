@@ -2,7 +2,7 @@
 
 Per prior (default sizes: batch 128, hidden 512, latent 2, the precision `gen_lib.study.precision` chose for this
 machine): seconds per VAE-epoch (one seed's pass over the 50,000 "fit" training images) of `gen_lib.training.fit`
-training one seed, against `gen_lib.training_seeds.fit_seeds` training the default profile's 5 seeds together as one
+training one seed, against `gen_lib.training.fit_seeds` training the default profile's 5 seeds together as one
 stacked model, as the notebook does (its wall time divided by the 5 seeds). Each loop trains fresh models for
 two epochs over the first `n` training images; the second epoch is timed (the steady state, without the call's
 set-up) and scaled to 50,000 images. The same stacked training as of commit `OLD` (C kernels, the
@@ -99,7 +99,7 @@ def _stacked_epoch(name: str, x: torch.Tensor, bf16: bool) -> float:
     epochs over x, divided among the seeds)."""
     from gen_lib import vae
     from gen_lib.study.recipes import _elbo_per_example
-    from gen_lib.training_seeds import fit_seeds
+    from gen_lib.training import fit_seeds
 
     models = []
     for s in range(SEEDS):
@@ -215,7 +215,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    import sys
+    from gen_lib import system
 
+    system.configure_threads()
     for row in run(quick="--quick" in sys.argv):
         print(row)

@@ -2,10 +2,10 @@
 
 Floors, imports pointing down only (CONTRIBUTING.md, tests/test_layers.py): `paths`, `system`, `stats`;
 the models and their numerical methods (`data`, `priors`, `flows`, `unet`, `samplers`, `diffusion`, `diffusion_nll`,
-`vae`, `quadrature`, `vae_eval`, `classifier`, `sampling`, `seeds`), `training`, its `checkpoints` and
-`training_seeds`; `study` (profiles, precision, run identity, recipes, cache); `features`, `metrics`, `intervals`
-and `report` (feature maps, scores and their intervals, the report's sentences, tables, plots, pages, explorers);
-the runner (`run`, `chunks`).
+`vae`, `quadrature`, `vae_eval`, `classifier`, `sampling`, `seeds`), `training` (one loop: one model or stacked
+seeds) and its `checkpoints`; `study` (profiles, precision, run identity, recipes, cache); `features`, `metrics`,
+`intervals` and `report` (feature maps, scores and their intervals, the report's sentences, tables, plots, pages,
+explorers); the runner (`run`, `chunks`).
 
 Plugins: GEN_LIB_PLUGINS may name modules (comma-separated, importable from PYTHONPATH) that are
 imported with gen_lib, so that what they register (a prior, a sampler, a dataset, a feature map)

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, paths
+from . import data, paths, system
 from .study import config
 from .run import NOTEBOOKS, check_profile_and_dataset
 
@@ -116,6 +116,7 @@ def chunk(profile: str, dataset: str = "mnist", limit: float = 540.0, extra: lis
 
 
 def main(argv: list[str] | None = None) -> int:
+    system.configure_threads()  # torch's threads for this process: GEN_LIB_THREADS, else its cores
     parser = argparse.ArgumentParser(prog="python -m gen_lib.chunks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="paper", help=f"one of {', '.join(config.PROFILES)}")
     parser.add_argument("--dataset", default="mnist", help=" | ".join(data.INFO))

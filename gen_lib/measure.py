@@ -187,6 +187,7 @@ def _profile_hash(profile: str, dataset: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    system.configure_threads()  # torch's threads for this process: GEN_LIB_THREADS, else its cores
     parser = argparse.ArgumentParser(prog="python -m gen_lib.measure", description=__doc__.split("\n\n")[0].split(": ")[0])
     parser.add_argument("--profile", default="default", choices=config.PROFILES)
     parser.add_argument("--dataset", default="mnist", choices=list(data.INFO))

@@ -25,7 +25,6 @@ from pathlib import Path
 from . import data, measure, paths, report, system
 from .report import site
 from .study import cache, config, plan as planner
-from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
 SECTION_OF = {"01_priors": "priors", "02_flow": "flow", "03_ddpm": "ddpm", "04_quality": "quality",
@@ -123,7 +122,7 @@ def busy_warning(cores: int | None = None) -> str | None:
     spin against each other), so times measured then say nothing about the code.
     """
 
-    cores = cores or available_cores()
+    cores = cores or system.available_cores()
     load = os.getloadavg()[0]
     if load < 0.5 * cores:
         return None
@@ -181,6 +180,7 @@ def check_profile_and_dataset(parser: argparse.ArgumentParser, args: argparse.Na
 
 
 def main(argv: list[str] | None = None) -> None:
+    system.configure_threads()  # torch's threads for this process: GEN_LIB_THREADS, else its cores
     parser = argparse.ArgumentParser(prog="python -m gen_lib.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(config.PROFILES)}")
     parser.add_argument("--dataset", default="mnist", help=" | ".join(data.INFO))

@@ -8,6 +8,7 @@ import time
 import torch
 from torch import nn
 
+from gen_lib import system
 from gen_lib.training import fit
 
 
@@ -40,4 +41,5 @@ def main(ckpt, out, epochs, sleep=0.0):
 
 
 if __name__ == "__main__":
+    system.configure_threads()
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)

@@ -18,6 +18,8 @@ import os
 import pytest
 import torch
 
+from gen_lib import system
+
 
 def _env_int(name: str, default: int, allowed: str, ok) -> int:
     text = os.environ.get(name, "").strip()
@@ -37,8 +39,8 @@ THREADS = _env_int("GEN_LIB_TEST_THREADS", max(1, min(2, (os.cpu_count() or 2) /
                    lambda v: v >= 1)
 BF16 = bool(_env_int("GEN_LIB_TEST_BF16", 0, "0 or 1", lambda v: v in (0, 1)))
 SEED = _env_int("GEN_LIB_TEST_SEED", 0, "an integer >= 0", lambda v: v >= 0)
-os.environ["GEN_LIB_THREADS"] = str(THREADS)  # gen_lib sets torch's threads from it when imported
-torch.set_num_threads(THREADS)
+os.environ["GEN_LIB_THREADS"] = str(THREADS)  # for this process and the processes the tests start
+system.configure_threads()  # as every gen_lib process does at its start
 
 
 def pytest_report_header(config):
