@@ -215,16 +215,22 @@ def train_epochs(model: nn.Module, runs: list[Run], optimizer: torch.optim.Optim
                     bar.set_postfix(loss=", ".join(f"{v:.4g}" for v in losses.detach().view(-1).tolist()))
         _end_epoch(model, runs, optimizer, ema, eval_fn, epoch, totals.tolist(), n, t0)
         if progress:
-            names = [k for k in runs[0].result.history[-1] if k not in ("epoch", "seconds")]
-            values = [", ".join(f"{r.result.history[-1][k]:.4g}" for k in names) for r in runs]
-            metrics = (": " + ", ".join(f"{k} {v:.4g}" for k, v in runs[0].result.history[-1].items() if k in names)
-                       if not stacked else f" ({', '.join(names)} per seed): " + "; ".join(values))
-            log(epoch_line(label, epoch, epochs, metrics, time.perf_counter() - t_epoch, t0, first_epoch))
+            log(epoch_line(label, epoch, epochs, _metrics(runs, stacked), time.perf_counter() - t_epoch, t0,
+                           first_epoch))
     for run in runs:
         run.result.seconds = (time.perf_counter() - t0) / len(runs)
         run.model.eval()
     if ema is not None:
         ema.eval()
+
+
+def _metrics(runs: list[Run], stacked: bool) -> str:
+    """The last epoch's losses and metrics for the log: 'name value, ...', or per seed for a stack."""
+    names = [k for k in runs[0].result.history[-1] if k not in ("epoch", "seconds")]
+    if not stacked:
+        return ": " + ", ".join(f"{k} {runs[0].result.history[-1][k]:.4g}" for k in names)
+    values = (", ".join(f"{r.result.history[-1][k]:.4g}" for k in names) for r in runs)
+    return f" ({', '.join(names)} per seed): " + "; ".join(values)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -249,7 +255,7 @@ def _end_epoch(model: nn.Module, runs: list[Run], optimizer: torch.optim.Optimiz
     stacked = model is not runs[0].model
     if stacked:
         stacking.unstack(model, [r.model for r in runs])
-    state = optimizer.state_dict()
+    state = optimizer.state_dict() if any(run.checkpoint is not None for run in runs) else {}
     for k, run in enumerate(runs):
         record = {"epoch": epoch + 1, "train_loss": totals[k] / n, "seconds": (time.perf_counter() - t0) / len(runs)}
         if eval_fn is not None:
