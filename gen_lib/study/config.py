@@ -103,7 +103,7 @@ def resolve(section: str, profile: str, _plan: bool = True, **overrides: Any) ->
         raise ValueError(f"section={section!r} is unknown; choose one of {', '.join(table[profile])}")
     params = {"profile": profile, **table[profile].get("common", {}), **table[profile][section]}
     if _plan:
-        params.update(planned(profile).get(section, {}))
+        params.update({k: v for k, v in planned(profile).get(section, {}).items() if k in params})
     unknown = sorted(k for k in overrides if k not in params)
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {section}; "
@@ -121,15 +121,6 @@ def resolve(section: str, profile: str, _plan: bool = True, **overrides: Any) ->
                          f"only in the file: {sorted(set(params) - declared)}; only in the class: "
                          f"{sorted(declared - set(params))}")
     return cls(**params)
-
-
-def make(cls: type, params: dict[str, Any]):
-    """Build the dataclass `cls` from resolved params (ignoring keys it does not declare)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    missing = sorted(names - params.keys())
-    if missing:
-        raise ValueError(f"{cls.__name__} needs parameter(s) {', '.join(missing)} that the profile lacks")
-    return cls(**{k: v for k, v in params.items() if k in names})
 
 
 def _diff(a: str, b: str) -> None:
