@@ -2,7 +2,8 @@
 complete; `smoke` and `paper` list only what they change and inherit the rest.
 GEN_LIB_PROFILE_OVERRIDES may name a further TOML file of the same shape whose values
 replace the file's (the tests run the `paper` profile's code paths at tiny sizes this way);
-it may only change parameters that exist.
+it may only change parameters that exist. GEN_LIB_PARAMS (JSON of the same shape, written by the runner from its
+`--param section.key=value` arguments) changes values on top of both, under the same rule.
 
 A notebook's papermill parameters cell is a block of scalars (`profile`, `dataset`,
 and overrides left at None); `resolve` fills the rest from the profile, refuses unknown
@@ -24,6 +25,7 @@ from ..system import machine_key
 from .sections import SECTIONS, Section, precision_keys
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
+PARAMS_ENV = "GEN_LIB_PARAMS"  # {profile: {section: {key: value}}} as JSON: the runner's --param section.key=value
 PROFILES = ("smoke", "default", "paper")
 AUTO = "auto"
 # the parameters that may be "auto" (settled at training time by `precision.settle`), per section, and the model
@@ -64,11 +66,16 @@ def _load() -> dict[str, dict[str, dict[str, Any]]]:
     if unknown:
         raise ValueError(f"profile(s) {', '.join(unknown)} in {PROFILES_FILE} or {extra} are unknown; "
                          f"choose from {', '.join(PROFILES)}")
+    try:
+        params = json.loads(os.environ.get(PARAMS_ENV) or "{}")
+    except ValueError as err:
+        raise ValueError(f"{PARAMS_ENV}: not valid JSON: {err}") from None
     table = {}
     for profile in PROFILES:
         table[profile] = _merge(raw["default"], raw.get(profile, {}) if profile != "default" else {},
                                 f"{PROFILES_FILE} [{profile}]")
         table[profile] = _merge(table[profile], overrides.get(profile, {}), f"{extra} [{profile}]")
+        table[profile] = _merge(table[profile], params.get(profile, {}), f"--param ({PARAMS_ENV}) [{profile}]")
     return table
 
 
