@@ -56,7 +56,8 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     run = recipes.train_classifier(cfg, progress=False)
     info = run.history[-1]
     seconds = time.perf_counter() - t0
-    print(f"classifier: {cfg['epochs']}+{cfg['decay_epochs']} epochs in {seconds:.0f} s, accuracy {info['test_accuracy']:.4f}")
+    print(f"classifier: {cfg['epochs']}+{cfg['decay_epochs']} epochs in {seconds:.0f} s, "
+          f"accuracy {info['test_accuracy']:.4f}")
     # (time is reported, not asserted: CI machines are shared.) The CNN against an independent model of the same
     # data: least squares from pixels to one-hot labels (~86 % on MNIST). On the same test images the CNN must be
     # right on more of the images where the two disagree, by Z binomial standard errors (a sign test)

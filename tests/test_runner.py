@@ -38,5 +38,6 @@ def test_a_param_names_a_notebook_parameter_or_a_section_key(tmp_path, monkeypat
         assert words in capsys.readouterr().err and ran == []
     run.main([*args, "--param", "quality_vae.prior=mog", "--param", "classifier.epochs=1", "--param", "epochs=1"])
     assert ran and ran[0][3] == ["quality_vae.prior=mog", "classifier.epochs=1", "epochs=1"]
-    assert config.resolve("quality_vae", "smoke")["prior"] == "mog" and config.resolve("classifier", "smoke")["epochs"] == 1
+    assert config.resolve("quality_vae", "smoke")["prior"] == "mog"
+    assert config.resolve("classifier", "smoke")["epochs"] == 1
     assert config.resolve("quality_vae", "default")["prior"] == "flow"  # the run's profile only

@@ -301,8 +301,8 @@ def _classifier_schedule(cfg: Mapping[str, Any]) -> Callable[[int, int], float]:
 def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [classifier] section) on the
-    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by cross-entropy: Adam at `lr` for
-    `epochs`, then at a tenth of it for `decay_epochs`. `test_accuracy` joins the history after
+    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by
+    cross-entropy: Adam at `lr` for `epochs`, then at a tenth of it for `decay_epochs`. `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
 
