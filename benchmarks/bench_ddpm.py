@@ -13,8 +13,7 @@ import time
 import torch
 
 from benchmarks import ceiling
-from gen_lib.study import config
-from gen_lib.diffusion import DDPMConfig, build_ddpm
+from gen_lib.study import config, models, sections
 
 
 def _median_time(fn, reps: int) -> float:
@@ -27,10 +26,10 @@ def _median_time(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _train_step(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool):
+def _train_step(cfg: sections.DDPMSection, batch: int, bf16: bool, channels_last: bool):
     """One training step of a fresh U-Net of `cfg` (a function, called repeatedly)."""
     torch.manual_seed(0)
-    ddpm = build_ddpm(cfg)
+    ddpm = models.build("ddpm", cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ddpm.to(memory_format=fmt)
     opt = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
@@ -46,7 +45,7 @@ def _train_step(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool):
     return step
 
 
-def _train_step_time(cfg: DDPMConfig, batch: int, bf16: bool, channels_last: bool, reps: int) -> float:
+def _train_step_time(cfg: sections.DDPMSection, batch: int, bf16: bool, channels_last: bool, reps: int) -> float:
     return _median_time(_train_step(cfg, batch, bf16, channels_last), reps)
 
 
@@ -62,10 +61,10 @@ def run(quick: bool = False) -> list[dict]:
     load = os.getloadavg()[0]
     note = f"{torch.get_num_threads()} threads, load {load:.1f}"
     if quick:  # seconds: a tiny U-Net and T = 100
-        cfg = DDPMConfig(base_channels=8, channel_mults="1,2,2,2", n_res=1, T=100)
+        cfg = config.resolve("ddpm", "smoke", _plan=False).updated({"T": 100})  # c0 = 8, one block per level
         batch, reps, n, fast, slow = 8, 1, 2, (5, 10), 100
     else:  # the default profile's U-Net at its batch size
-        cfg = config.make(DDPMConfig, config.resolve("ddpm", "default"))
+        cfg = config.resolve("ddpm", "default")
         batch, reps, n, fast, slow = cfg.batch_size, 5, 16, (50, 100), cfg.T
     rows = []
     fp32 = _train_step_time(cfg, batch, False, False, reps)

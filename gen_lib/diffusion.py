@@ -17,7 +17,6 @@ The schedule is made of free functions in float64, stored as buffers; the networ
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -153,28 +152,13 @@ class DDPM(nn.Module):
 
 
 # ---------------------------------------------------------------- the study's DDPM
-@dataclass
-class DDPMConfig:
-    """The DDPM of the study: U-Net width, schedule and training protocol (profiles.toml, [*.ddpm])."""
-
-    epochs: int = 100  # passes over the training images
-    batch_size: int = 128
-    lr: float = 2e-4  # Adam, constant (Ho et al. used 2e-4 on CIFAR-10)
-    train_subset: int = 0  # first N training images, 0 = all 50,000 of the "fit" split
-    base_channels: int = 32  # U-Net width c0 of the 32×32 level
-    channel_mults: str = "1,2,2,4"  # widths of the four levels, c0 · mult
-    n_res: int = 2  # residual blocks per level and side
-    dropout: float = 0.1
-    T: int = 1000  # diffusion steps
-    ema_decay: float = 0.9999  # EMA of the weights, used for sampling
-    bf16: bool = False  # bf16 autocast for the network (loss and schedule stay fp32)
-    channels_last: bool = False
-    seed: int = 0
-
-
-def build_ddpm(cfg: DDPMConfig, shape: tuple[int, int, int] = (1, 28, 28)) -> DDPM:
+def build_ddpm(*, base_channels: int, channel_mults: str, n_res: int, dropout: float, T: int,
+               shape: tuple[int, int, int] = (1, 28, 28)) -> DDPM:
     """DDPM(UNet(...)) on images of `shape` (C, H, W) (the dataset's; MNIST's by default) with the linear
-    schedule 1e-4 → 0.02 (Ho et al.). Trained by `gen_lib.study.recipes.train_ddpm`."""
+    schedule 1e-4 → 0.02 (Ho et al.). Its arguments are the `[ddpm]` section's model fields, declared (with
+    their meaning) only in `gen_lib.study.sections.DDPMSection`; `gen_lib.study.models.build` passes them and
+    `gen_lib.study.recipes.train_ddpm` trains the result. `channel_mults`: the levels' width factors,
+    comma-separated ("1,2,2,2")."""
 
-    mults = tuple(int(m) for m in str(cfg.channel_mults).split(","))
-    return DDPM(UNet(shape[0], cfg.base_channels, mults, cfg.n_res, dropout=cfg.dropout), T=cfg.T, shape=shape)
+    mults = tuple(int(m) for m in str(channel_mults).split(","))
+    return DDPM(UNet(shape[0], base_channels, mults, n_res, dropout=dropout), T=T, shape=shape)

@@ -129,10 +129,11 @@ def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = p
     levels = len(diffusion_nll.ode_levels(ddpm.alphas_cumprod, 4))
     r["ode.level"] = _seconds(lambda: diffusion_nll.ode_nll(ddpm, x0[:16], steps=4), n=1) / (16 * levels)
 
-    qcfg = recipes.settled("quality_vae", config.resolve("quality", profile, dataset=dataset), quiet)
-    qb = qcfg["vae_batch_size"]
+    qcfg = config.resolve("quality", profile, dataset=dataset)
+    vcfg = recipes.settled("quality_vae", config.resolve("quality_vae", profile, dataset=dataset), quiet)
+    qb = vcfg["batch_size"]
     r["step.quality_vae"], r["epoch.quality_vae"], run = _training(lambda n, e: recipes.train_vae(
-        {**qcfg, "vae_epochs": e, "train_subset": n * qb}, images, section="quality_vae", progress=False, log=quiet),
+        {**vcfg, "epochs": e, "train_subset": n * qb}, images, section="quality_vae", progress=False, log=quiet),
         steps)
     qvae = run.model.eval()
     xc = data.dequantize(test[:qb], generator=g).flatten(1)
@@ -141,8 +142,9 @@ def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = p
         r["qvae.elbo"] = _seconds(lambda: qvae.elbo(xc)) / len(xc)
         r["qvae.quad"] = _seconds(lambda: quadrature.log_likelihood_quadrature(
             qvae, xc[:16], n_grid=qcfg["quadrature_grid"]), n=1) / 16
-    clf = models.build("classifier", qcfg)
-    cb = qcfg["classifier_batch_size"]
+    ccfg = config.resolve("classifier", profile, dataset=dataset)
+    clf = models.build("classifier", ccfg)
+    cb = ccfg["batch_size"]
     xi, yi = images[:cb], torch.randint(0, 10, (cb,), generator=g)
     opt = adam(clf, 1e-4)
 
@@ -155,8 +157,8 @@ def measure(profile: str, dataset: str = "mnist", log: Callable[[str], None] = p
 
     for key, n in (("score.quality", qcfg["n_eval"]), ("score.ddpm", ddpm_cfg["fid_n"])):
         if n:
-            f_ref = torch.randn(n, qcfg["feature_dim"], generator=g)
-            f_set = torch.randn(n, qcfg["feature_dim"], generator=g)
+            f_ref = torch.randn(n, ccfg["feature_dim"], generator=g)
+            f_set = torch.randn(n, ccfg["feature_dim"], generator=g)
             r[key] = _seconds(lambda: intervals.quality_intervals_from_features(
                 f_ref, f_set, n_boot=4, k=qcfg["pr_k"], seed=0), n=1) / 4  # per replicate and row
     return r

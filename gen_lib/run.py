@@ -1,9 +1,11 @@
 """The runner behind `make report` and the notebook tests.
 
     python -m gen_lib.run --profile default [--only 02_flow] [--no-pdf] [--param priors=gaussian,flow]
+                          [--param quality_vae.prior=mog]
 
 Executes each notebook with papermill (parameters: profile, dataset, and any `--param NAME=VALUE`
-that the notebook's parameters cell declares) into
+that the notebook's parameters cell declares; `--param SECTION.KEY=VALUE` changes any key of the profile,
+through GEN_LIB_PARAMS, before the plan and every notebook read it) into
 `build/notebooks/`, renders it to HTML beside it, writes the report's metadata
 (profile, date, commit, hardware, times), then compiles `report/report.tex` with
 latexmk into `build/report.pdf`. `--build-dir` and `--report-dir` move all outputs
@@ -39,13 +41,14 @@ def _log(msg: str) -> None:
 def parse_params(items: list[str] | None) -> dict[str, object]:
     """`["priors=gaussian,flow", "seeds=3", "bf16=false"]` -> {"priors": "gaussian,flow", "seeds": 3, "bf16": False}:
     a value is read as a Python literal where it is one (numbers, True, None), true/false/none in any case as
-    the booleans and None (as profiles.toml writes them), else kept as a string."""
+    the booleans and None (as profiles.toml writes them), else kept as a string. A name is a notebook parameter
+    (`seeds`) or a profile key `section.key` (`quality_vae.prior`, `classifier.epochs`)."""
     words = {"true": True, "false": False, "none": None, "null": None}
     out = {}
     for item in items or []:
         name, sep, text = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        if not sep or not all(part.isidentifier() for part in name.split(".")) or name.count(".") > 1:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE or SECTION.KEY=VALUE")
         if text.strip().lower() in words:
             out[name] = words[text.strip().lower()]
             continue
@@ -210,12 +213,20 @@ def main(argv: list[str] | None = None) -> None:
         params = parse_params(args.param)
     except ValueError as err:
         parser.error(str(err))
+    keys = {name: params.pop(name) for name in list(params) if "." in name}  # section.key: the profile's values
     for key in params:
         if not any(key in _declared(SOURCE_NOTEBOOKS / f"{name}.ipynb") for name in only):
-            parser.error(f"--param {key}: no notebook of {', '.join(only)} declares a parameter {key!r}")
+            parser.error(f"--param {key}: no notebook of {', '.join(only)} declares a parameter {key!r} "
+                         f"(a key of a profile's section is named section.key, e.g. quality_vae.prior)")
     extra = os.environ.get("GEN_LIB_PROFILE_OVERRIDES")
     if extra:  # the kernels run in notebooks/: a relative path is the caller's
         os.environ["GEN_LIB_PROFILE_OVERRIDES"] = str(Path(extra).resolve())
+    if keys:  # read by config.resolve here, in the plan and in every notebook's kernel (they inherit it)
+        changes: dict[str, dict[str, object]] = {}
+        for name, value in keys.items():
+            section, key = name.split(".")
+            changes.setdefault(section, {})[key] = value
+        os.environ[config.PARAMS_ENV] = json.dumps({args.profile: changes})
     try:  # every section of the profile, with the notebooks' --param values, checked before any work
         for section in config.sections():
             name = next((nb for nb, s in SECTION_OF.items() if s == section and nb in only), None)

@@ -47,16 +47,17 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
 
         def shifted_seed():
             table = load()
-            table["default"]["quality"]["classifier_seed"] += seed
+            table["default"]["classifier"]["seed"] += seed
             return table
 
         monkeypatch.setattr(config, "_load", shifted_seed)
-    cfg = config.resolve("quality", "default")
+    cfg = config.resolve("classifier", "default")
     t0 = time.perf_counter()
     run = recipes.train_classifier(cfg, progress=False)
     info = run.history[-1]
     seconds = time.perf_counter() - t0
-    print(f"classifier: {cfg['classifier_epochs']}+{cfg['classifier_decay_epochs']} epochs in {seconds:.0f} s, accuracy {info['test_accuracy']:.4f}")
+    print(f"classifier: {cfg['epochs']}+{cfg['decay_epochs']} epochs in {seconds:.0f} s, "
+          f"accuracy {info['test_accuracy']:.4f}")
     # (time is reported, not asserted: CI machines are shared.) The CNN against an independent model of the same
     # data: least squares from pixels to one-hot labels (~86 % on MNIST). On the same test images the CNN must be
     # right on more of the images where the two disagree, by Z binomial standard errors (a sign test)

@@ -1,10 +1,12 @@
+import ast
 import dataclasses
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
-from gen_lib.diffusion import DDPMConfig
+from gen_lib import classifier, diffusion, flows, vae
 from gen_lib.study import config, sections
 
 
@@ -68,7 +70,36 @@ def test_every_field_is_typed_documented_and_in_the_profiles():
         config.resolve("priors", "smoke", seeds=True)
 
 
-def test_the_ddpm_section_trains_what_the_ddpm_config_holds():
-    # gen_lib.diffusion.DDPMConfig is the model's own dataclass: every field of it but epochs decides a DDPM run
-    assert set(sections.identity("ddpm")) == {"dataset"} | {f.name for f in dataclasses.fields(DDPMConfig)} - {"epochs"}
-    assert sections.epochs("ddpm") == ("epochs",)
+# each model's constructor, and its arguments that come from the dataset rather than from the section
+CONSTRUCTORS = {"ddpm": (diffusion.build_ddpm, {"shape"}), "flow": (flows.build_image_flow, {"image_shape"}),
+                "classifier": (classifier.MNISTClassifier, {"self", "n_classes", "image_shape"}),
+                "quality_vae": (vae.build_vae, {"likelihood", "image_shape", "prior_params", "latent_dim", "hidden"})}
+
+
+def test_every_model_field_is_declared_once_as_a_constructor_argument():
+    """A run is configured by the section of its name; the fields it marks model=True are its constructor's
+    arguments by name (the VAE's fixed 2-D latent and 512 hidden units are build_vae's own, never configured)."""
+    assert sections.RUNS == ("priors", "flow", "ddpm", "quality_vae", "classifier")
+    for run, (build, from_data) in CONSTRUCTORS.items():
+        arguments = set(inspect.signature(build).parameters) - from_data
+        assert set(sections.model_args(run, config.resolve(run, "smoke"))) == arguments, run
+    # the DDPM's whole configuration is its section: no second dataclass with other defaults
+    unet = set(inspect.signature(diffusion.build_ddpm).parameters) - {"shape"}
+    assert set(sections.identity("ddpm")) == unet | {"dataset", "batch_size", "lr", "train_subset", "ema_decay", "bf16",
+                                                     "channels_last", "seed"}
+    assert sections.epochs("ddpm") == ("epochs",) and sections.epochs("classifier") == ("epochs", "decay_epochs")
+    model_fields = {f.name for cls in sections.SECTIONS.values() for f in dataclasses.fields(cls)
+                    if f.metadata.get("model")}
+    for path in Path(sections.__file__).parent.parent.rglob("*.py"):  # no other dataclass declares them
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and path.name != "sections.py" and any(
+                    "dataclass" in ast.unparse(d) for d in node.decorator_list):
+                names = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+                assert len(names & model_fields) < 2, (path, node.name, names & model_fields)
+
+
+def test_no_key_carries_a_prefix_of_another_run():
+    """[quality] configures no run: Part 2's VAE and the classifier are sections of their own."""
+    for name, cls in sections.SECTIONS.items():
+        assert not [f.name for f in dataclasses.fields(cls) if f.name.startswith(("vae_", "classifier_"))], name
+    assert not sections.QualitySection.TRAINS and "prior" in config.resolve("quality_vae", "smoke")

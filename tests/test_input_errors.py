@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
     ("ddpm", {"sample_method": "nosuch"}, ["sample_method='nosuch'", *samplers.SAMPLERS]),
     ("ddpm", {"channel_mults": "1,x"}, ["channel_mults='1,x'"]),
     ("priors", {"priors": "gaussian,bogus"}, ["priors='gaussian,bogus'", "bogus"]),
-    ("quality", {"vae_prior": "bogus"}, ["vae_prior='bogus'", "gaussian"]),
+    ("quality_vae", {"prior": "bogus"}, ["prior='bogus'", "[quality_vae]", "gaussian"]),
+    ("classifier", {"decay_epochs": 0}, ["decay_epochs=0", "[classifier]", ">= 1"]),
     ("priors", {"batch_size": 0}, ["batch_size=0", ">= 1"]),
 ])
 def test_resolve_refuses_bad_values_naming_them(section, bad, words):

@@ -32,9 +32,9 @@ def test_activation_bound_is_an_upper_bound_of_the_measured_peak(tmp_path):
     (measured in a fresh process, so that nothing else's memory counts)."""
     script = (
         "import resource, torch\n"
-        "from gen_lib import diffusion\nfrom gen_lib.study import config\n"
+        "from gen_lib.study import config, models\n"
         "torch.set_num_threads(1)\n"
-        "d = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve('ddpm', 'paper'))).eval()\n"
+        "d = models.build('ddpm', config.resolve('ddpm', 'paper')).eval()\n"
         "x, t = torch.randn(64, 1, 28, 28), torch.zeros(64, dtype=torch.long)\n"
         "with torch.no_grad(): d.network(x[:2], t[:2])\n"  # warm-up: allocator pools, kernels
         "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -42,10 +42,9 @@ def test_activation_bound_is_an_upper_bound_of_the_measured_peak(tmp_path):
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024)\n")
     measured = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                   check=True).stdout.split()[-1])
-    from gen_lib.study import config
-    from gen_lib import diffusion
+    from gen_lib.study import config, models
 
-    ddpm = diffusion.build_ddpm(config.make(diffusion.DDPMConfig, config.resolve("ddpm", "paper")))
+    ddpm = models.build("ddpm", config.resolve("ddpm", "paper"))
     bound = 64 * memory.activation_bytes_per_example(ddpm.network, torch.zeros(2, 1, 28, 28),
                                                      torch.zeros(2, dtype=torch.long))
     assert measured <= bound, (measured, bound)

@@ -8,7 +8,7 @@ from gen_lib.study import config, models
 
 
 def test_every_section_builds_the_model_its_configuration_sizes():
-    quality = config.resolve("quality", "smoke")
+    quality, classifier_cfg = config.resolve("quality_vae", "smoke"), config.resolve("classifier", "smoke")
     flow_cfg, ddpm_cfg = config.resolve("flow", "smoke"), config.resolve("ddpm", "smoke")
     part1 = models.build("priors", {**config.resolve("priors", "smoke"), "prior": "mog"})
     assert isinstance(part1, vae.VAE) and part1.decoder.likelihood == "bernoulli"
@@ -21,13 +21,13 @@ def test_every_section_builds_the_model_its_configuration_sizes():
     ddpm = models.build("ddpm", ddpm_cfg)
     assert isinstance(ddpm, diffusion.DDPM) and ddpm.T == ddpm_cfg["T"]
     assert ddpm.network.base_channels == ddpm_cfg["base_channels"]
-    net = models.build("classifier", quality)
+    net = models.build("classifier", classifier_cfg)
     assert isinstance(net, classifier.MNISTClassifier)
-    assert net.features(torch.rand(2, 1, 28, 28)).shape == (2, quality["feature_dim"])
+    assert net.features(torch.rand(2, 1, 28, 28)).shape == (2, classifier_cfg["feature_dim"])
 
 
 def test_bad_section_or_missing_prior_is_a_clear_error():
-    with pytest.raises(ValueError, match="section='gan'.*priors, quality_vae, flow, ddpm, classifier"):
+    with pytest.raises(ValueError, match="section='gan'.*priors, flow, ddpm, quality_vae, classifier"):
         models.build("gan", {})
     with pytest.raises(ValueError, match=r"cfg\['prior'\]"):
         models.build("priors", config.resolve("priors", "smoke"))

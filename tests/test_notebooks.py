@@ -192,11 +192,16 @@ compare_ancestral = 2
 fid_n = 32
 n_boot = 20
 
-[paper.quality]
-vae_epochs = 1
+[paper.quality_vae]
+epochs = 1
 train_subset = 512
-classifier_epochs = 1
+
+[paper.classifier]
+epochs = 1
+train_subset = 512
 feature_dim = 16
+
+[paper.quality]
 n_eval = 32
 fid_curve_max = 64
 n_boot = 20

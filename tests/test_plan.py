@@ -37,8 +37,7 @@ def build(tmp_path, monkeypatch):
 
 
 def _profile_epochs(profile: str) -> dict[str, int]:
-    return {run_: config.resolve(section, profile, _plan=False)[field]
-            for run_, (section, field) in plan.BUDGETED.items()}
+    return {run_: config.resolve(run_, profile, _plan=False)["epochs"] for run_ in plan.BUDGETED}
 
 
 def _total(p: dict) -> float:
@@ -74,7 +73,7 @@ def test_a_slow_machine_gets_fewer_epochs_within_the_budget_and_above_the_floors
     assert "fewer epochs for" in slow["why"]
     assert config.resolve("flow", "default")["epochs"] == slow["epochs"]["flow"]  # the notebooks see the plan
     assert config.resolve("ddpm", "default")["epochs"] == slow["epochs"]["ddpm"]
-    assert config.resolve("quality", "default")["vae_epochs"] == slow["epochs"]["quality_vae"]
+    assert config.resolve("quality_vae", "default")["epochs"] == slow["epochs"]["quality_vae"]
     assert config.resolve("priors", "default", epochs=3)["epochs"] == 3  # an explicit override still wins
 
 
@@ -130,10 +129,10 @@ def test_allocate_shares_and_caps():
 def test_a_larger_budget_continues_the_run(build):
     """Epochs are not part of a run's identity: the larger plan's run resumes the smaller one's checkpoint."""
     x = (torch.rand(64, 784) > 0.5).float()
-    cfg = {**config.resolve("quality", "smoke"), "train_subset": 64}
-    small = recipes.train_vae({**cfg, "vae_epochs": 1}, x.view(64, 1, 28, 28) * 0.5 + 0.25, section="quality_vae",
+    cfg = {**config.resolve("quality_vae", "smoke"), "train_subset": 64}
+    small = recipes.train_vae({**cfg, "epochs": 1}, x.view(64, 1, 28, 28) * 0.5 + 0.25, section="quality_vae",
                               progress=False)
-    large = recipes.train_vae({**cfg, "vae_epochs": 2}, x.view(64, 1, 28, 28) * 0.5 + 0.25, section="quality_vae",
+    large = recipes.train_vae({**cfg, "epochs": 2}, x.view(64, 1, 28, 28) * 0.5 + 0.25, section="quality_vae",
                               progress=False)
     assert large.folder == small.folder
     assert large.result.status == "resumed" and len(large.history) == 2

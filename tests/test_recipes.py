@@ -10,19 +10,18 @@ from gen_lib.study import config, recipes
 from gen_lib import checkpoints, data, priors, training
 
 
-@pytest.mark.parametrize("section, profile_section", [("priors", "priors"), ("quality_vae", "quality"),
-                                                      ("flow", "flow"), ("ddpm", "ddpm"), ("classifier", "quality")])
-def test_run_key_leaves_out_epochs_and_keeps_everything_else(section, profile_section):
-    cfg = recipes.settled(section, {**config.resolve(profile_section, "smoke"), "prior": "mog", "seed": 0})
+@pytest.mark.parametrize("section", ["priors", "quality_vae", "flow", "ddpm", "classifier"])
+def test_run_key_leaves_out_epochs_and_keeps_everything_else(section):  # each run is configured by its section
+    cfg = recipes.settled(section, {**config.resolve(section, "smoke"), "prior": "mog", "seed": 0})
     key = recipes.run_key(section, cfg)
-    assert recipes.run_key(section, {**cfg, **{k: "auto" for k in config.PRECISION_KEYS.get(profile_section, {})}}) \
+    assert recipes.run_key(section, {**cfg, **{k: "auto" for k in config.PRECISION_KEYS.get(section, {})}}) \
         == key  # "auto" settles to this machine's cached choice before the identity is taken
     for epochs in recipes.EPOCHS[section]:
         assert epochs not in key
         assert recipes.run_key(section, {**cfg, epochs: cfg[epochs] + 5}) == key  # same run, resumed
     for name in recipes.IDENTITY[section]:
         value = cfg[name]
-        other = {"prior": "flow", "vae_prior": "mog", "dataset": "fashion"}.get(name) or \
+        other = {"prior": "flow", "dataset": "fashion"}.get(name) or \
             ((not value) if isinstance(value, bool) else value + ("x" if isinstance(value, str) else 1))
         assert recipes.run_key(section, {**cfg, name: other}) != key, name
     assert recipes.run_key(section, {**cfg, "n_samples": 12345, "profile": "paper"}) == key  # not training
@@ -63,14 +62,14 @@ def test_a_longer_run_resumes_a_shorter_one(tmp_build):
 
 
 def test_classifier_schedule_drops_the_rate_for_the_decay_epochs():
-    cfg = {"classifier_epochs": 2, "classifier_decay_epochs": 1}
+    cfg = {"epochs": 2, "decay_epochs": 1}
     schedule = recipes._classifier_schedule(cfg)
     total = 3 * 10  # 3 epochs of 10 steps
     assert [schedule(s, total) for s in (0, 19, 20, 29)] == [1.0, 1.0, 0.1, 0.1]
-    longer = recipes._classifier_schedule({"classifier_epochs": 2, "classifier_decay_epochs": 3})
+    longer = recipes._classifier_schedule({"epochs": 2, "decay_epochs": 3})
     assert longer.__name__ == schedule.__name__  # the name joins the checkpoint's identity: epochs are not in it
-    with pytest.raises(ValueError, match="classifier_decay_epochs=0"):
-        recipes._classifier_schedule({"classifier_epochs": 2, "classifier_decay_epochs": 0})
+    with pytest.raises(ValueError, match="decay_epochs=0"):
+        recipes._classifier_schedule({"epochs": 2, "decay_epochs": 0})
 
 
 def test_fit_takes_a_schedule_function_and_records_its_name(tmp_path):
@@ -91,7 +90,7 @@ def test_fit_takes_a_schedule_function_and_records_its_name(tmp_path):
 
 def test_part2_vae_trains_on_dequantized_images(tmp_build, monkeypatch):
     """Table 3 scores the VAE's density of dequantized y: it must be trained on y, fresh u every epoch."""
-    cfg = config.resolve("quality", "smoke", train_subset=128, vae_batch_size=64, vae_epochs=1)
+    cfg = config.resolve("quality_vae", "smoke", train_subset=128, batch_size=64, epochs=1)
     key = recipes.run_key("quality_vae", cfg)
     assert "dequantized" in key["train_data"]  # a run trained on raw pixels has another identity
     x, _ = data.load_mnist("train")

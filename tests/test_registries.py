@@ -165,6 +165,5 @@ def test_models_are_built_for_the_dataset_shape(shape):
     assert flow.log_prob(x).shape == (3,) and flow.sample(2).shape == (2, *shape)
     masks = [layer.mask for layer in flow.layers if isinstance(layer, flows.AffineCoupling)]
     assert all(m.numel() == x[0].numel() for m in masks) and torch.equal(masks[0] + masks[1], torch.ones_like(masks[0]))
-    ddpm = diffusion.build_ddpm(diffusion.DDPMConfig(base_channels=8, channel_mults="1,1,1,1", n_res=1, T=10),
-                                shape=shape)
+    ddpm = diffusion.build_ddpm(base_channels=8, channel_mults="1,1,1,1", n_res=1, dropout=0.0, T=10, shape=shape)
     assert ddpm.loss(x * 2 - 1).shape == () and ddpm.sample(2, steps=2, method="ddim").shape == (2, *shape)

@@ -97,9 +97,8 @@ def test_bad_input():
 
 @pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
 def test_profiles_build(profile):
-    from gen_lib.study import config
-    from gen_lib.diffusion import DDPMConfig, build_ddpm
+    from gen_lib.study import config, models
 
-    ddpm = build_ddpm(config.make(DDPMConfig, config.resolve("ddpm", profile)))  # sizes: no timing
+    ddpm = models.build("ddpm", config.resolve("ddpm", profile))  # sizes: no timing
     out = ddpm.network(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]))
     assert out.shape == (2, 1, 28, 28) and ddpm.T == 1000

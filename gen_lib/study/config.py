@@ -2,7 +2,8 @@
 complete; `smoke` and `paper` list only what they change and inherit the rest.
 GEN_LIB_PROFILE_OVERRIDES may name a further TOML file of the same shape whose values
 replace the file's (the tests run the `paper` profile's code paths at tiny sizes this way);
-it may only change parameters that exist.
+it may only change parameters that exist. GEN_LIB_PARAMS (JSON of the same shape, written by the runner from its
+`--param section.key=value` arguments) changes values on top of both, under the same rule.
 
 A notebook's papermill parameters cell is a block of scalars (`profile`, `dataset`,
 and overrides left at None); `resolve` fills the rest from the profile, refuses unknown
@@ -24,6 +25,7 @@ from ..system import machine_key
 from .sections import SECTIONS, Section, precision_keys
 
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
+PARAMS_ENV = "GEN_LIB_PARAMS"  # {profile: {section: {key: value}}} as JSON: the runner's --param section.key=value
 PROFILES = ("smoke", "default", "paper")
 AUTO = "auto"
 # the parameters that may be "auto" (settled at training time by `precision.settle`), per section, and the model
@@ -64,11 +66,16 @@ def _load() -> dict[str, dict[str, dict[str, Any]]]:
     if unknown:
         raise ValueError(f"profile(s) {', '.join(unknown)} in {PROFILES_FILE} or {extra} are unknown; "
                          f"choose from {', '.join(PROFILES)}")
+    try:
+        params = json.loads(os.environ.get(PARAMS_ENV) or "{}")
+    except ValueError as err:
+        raise ValueError(f"{PARAMS_ENV}: not valid JSON: {err}") from None
     table = {}
     for profile in PROFILES:
         table[profile] = _merge(raw["default"], raw.get(profile, {}) if profile != "default" else {},
                                 f"{PROFILES_FILE} [{profile}]")
         table[profile] = _merge(table[profile], overrides.get(profile, {}), f"{extra} [{profile}]")
+        table[profile] = _merge(table[profile], params.get(profile, {}), f"--param ({PARAMS_ENV}) [{profile}]")
     return table
 
 
@@ -103,7 +110,7 @@ def resolve(section: str, profile: str, _plan: bool = True, **overrides: Any) ->
         raise ValueError(f"section={section!r} is unknown; choose one of {', '.join(table[profile])}")
     params = {"profile": profile, **table[profile].get("common", {}), **table[profile][section]}
     if _plan:
-        params.update(planned(profile).get(section, {}))
+        params.update({k: v for k, v in planned(profile).get(section, {}).items() if k in params})
     unknown = sorted(k for k in overrides if k not in params)
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {section}; "
@@ -121,15 +128,6 @@ def resolve(section: str, profile: str, _plan: bool = True, **overrides: Any) ->
                          f"only in the file: {sorted(set(params) - declared)}; only in the class: "
                          f"{sorted(declared - set(params))}")
     return cls(**params)
-
-
-def make(cls: type, params: dict[str, Any]):
-    """Build the dataclass `cls` from resolved params (ignoring keys it does not declare)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    missing = sorted(names - params.keys())
-    if missing:
-        raise ValueError(f"{cls.__name__} needs parameter(s) {', '.join(missing)} that the profile lacks")
-    return cls(**{k: v for k, v in params.items() if k in names})
 
 
 def _diff(a: str, b: str) -> None:

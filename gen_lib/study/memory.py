@@ -68,17 +68,18 @@ def plan(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> di
     overrides = overrides or {}
     ddpm_cfg = config.resolve("ddpm", profile, **overrides.get("ddpm", {}))  # sizes: no timing
     quality = config.resolve("quality", profile, **overrides.get("quality", {}))
+    classifier = config.resolve("classifier", profile, **overrides.get("classifier", {}))
     info = data.info(ddpm_cfg["dataset"])
     ddpm = models.build("ddpm", ddpm_cfg)
     x = torch.zeros(2, *info.shape)
     unet = activation_bytes_per_example(ddpm.network, x, torch.zeros(2, dtype=torch.long))
     weights = sum(p.numel() * p.element_size() for p in ddpm.parameters())
-    net = models.build("classifier", quality)
+    net = models.build("classifier", classifier)
     n = max(quality["n_eval"], quality["fid_curve_max"])
     return {
         "iwae": iwae_chunk_bytes(input_dim=info.dim),
         # one batch of x_t, its noise and the U-Net's activations, plus the weights (and their EMA copy)
         "sampling": ddpm_cfg["sample_batch"] * (unet + 3 * 4 * info.dim) + 2 * weights,
         "features": FEATURE_BATCH * activation_bytes_per_example(net, x),  # the logits' forward includes the features
-        "fid": fid_bytes(n, quality["feature_dim"]),
+        "fid": fid_bytes(n, classifier["feature_dim"]),
     }

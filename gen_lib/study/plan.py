@@ -37,11 +37,10 @@ from .. import data, diffusion_nll, paths, system
 from .. import priors as registry
 from . import config, models, recipes
 
-# the budgeted models: run -> (section, its epochs field)
-BUDGETED = {"priors": ("priors", "epochs"), "flow": ("flow", "epochs"), "ddpm": ("ddpm", "epochs"),
-            "quality_vae": ("quality", "vae_epochs")}
+# the budgeted models' runs: each configured by the section of its name, whose `epochs` the plan may cut
+BUDGETED = ("priors", "flow", "ddpm", "quality_vae")
 NOTEBOOK_OVERHEAD_S = 20.0  # a kernel's start, imports, figures and the HTML: the smoke profile's notebooks take 15-25 s
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the Part-2 VAE's epochs are [quality_vae] epochs
 
 
 class PlanError(SystemExit):
@@ -101,6 +100,8 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     fixed02 = 3 * (fl["test_subset"] or 10_000) * r["flow.pass"] + (fl["n_samples"] + 128) * r["flow.sample"]
 
     dd = config.resolve("ddpm", profile, dataset=dataset, _plan=False)
+    qv = config.resolve("quality_vae", profile, dataset=dataset, _plan=False)
+    cl = config.resolve("classifier", profile, dataset=dataset, _plan=False)
     q = config.resolve("quality", profile, dataset=dataset, _plan=False)
     T, steps = dd["T"], [int(s) for s in str(dd["compare_steps"]).split(",")]
     ddpm_epoch = _steps(dd["train_subset"] or n_fit, dd["batch_size"]) * r["step.ddpm"] + r.get("epoch.ddpm", 0.0) \
@@ -108,13 +109,13 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     unet_images = (dd["n_samples"] * dd["sample_steps"] + 4 * T + dd["compare_n"] * sum(steps)
                    + dd["compare_ancestral"] * T + dd["fid_n"] * (sum(steps) + T * dd["fid_ancestral"]))
     rows03 = len(steps) + dd["fid_ancestral"] + 1
-    classifier = (q["classifier_epochs"] + q["classifier_decay_epochs"]) \
-        * _steps(q["train_subset"] or n_fit, q["classifier_batch_size"]) * r["step.classifier"]
+    classifier = (cl["epochs"] + cl["decay_epochs"]) * _steps(cl["train_subset"] or n_fit, cl["batch_size"]) \
+        * r["step.classifier"]
     fixed03 = unet_images * r["unet.sample"] + (rows03 * dd["n_boot"] * r["score.ddpm"] if dd["fid_n"] else 0.0) \
         + classifier
 
-    n_q = q["train_subset"] or n_fit
-    qvae_epoch = _steps(n_q, q["vae_batch_size"]) * r["step.quality_vae"] + r.get("epoch.quality_vae", 0.0) \
+    n_q = qv["train_subset"] or n_fit
+    qvae_epoch = _steps(n_q, qv["batch_size"]) * r["step.quality_vae"] + r.get("epoch.quality_vae", 0.0) \
         + 2000 * r["qvae.elbo"]
     N, n_lik, cn = q["n_eval"], min(q["nll_n"], 10_000), q["check_n"]
     abar = models.build("ddpm", dd).alphas_cumprod
@@ -128,7 +129,7 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     return {"01_priors": {"train": {"priors": (per_epoch, pri["epochs"])}, "fixed": fixed01},
             "02_flow": {"train": {"flow": (flow_epoch, fl["epochs"])}, "fixed": fixed02},
             "03_ddpm": {"train": {"ddpm": (ddpm_epoch, dd["epochs"])}, "fixed": fixed03},
-            "04_quality": {"train": {"quality_vae": (qvae_epoch, q["vae_epochs"])}, "fixed": fixed04},
+            "04_quality": {"train": {"quality_vae": (qvae_epoch, qv["epochs"])}, "fixed": fixed04},
             "05_explore": {"train": {}, "fixed": 10.0}}
 
 
@@ -206,9 +207,9 @@ def floors_from_runs(profile: str = "default", dataset: str = "mnist") -> dict[s
     their checkpoints): {run: {"floor", "curve", "epochs"}}. For Part 1 the curve of each prior is the mean over its
     seeds, and the floor the latest prior's."""
     out = {}
-    for run, (section, _field) in BUDGETED.items():
+    for run in BUDGETED:
         metric, distance, kind = FLOOR_RULE[run]
-        cfg = config.resolve(section, profile, dataset=dataset)
+        cfg = config.resolve(run, profile, dataset=dataset)
         if run == "priors":
             curves = []
             for name in registry.select(cfg["priors"]):
@@ -256,8 +257,7 @@ def make(profile: str, dataset: str = "mnist", budget: float | None = None, *,
         plan["why"] = why(plan)
         plan["overrides"] = {}
         for run, e in epochs.items():
-            section, field = BUDGETED[run]
-            plan["overrides"].setdefault(section, {})[field] = int(e)
+            plan["overrides"][run] = {"epochs": int(e)}
     stored.setdefault("plans", {})[key] = plan
     stored["current"] = key
     _write(path, stored)
@@ -267,8 +267,8 @@ def make(profile: str, dataset: str = "mnist", budget: float | None = None, *,
 def _precisions(profile: str, dataset: str) -> str:
     quiet = lambda msg: None  # noqa: E731
     words = {}
-    for section, run in (("priors", "priors"), ("flow", "flow"), ("ddpm", "ddpm")):
-        cfg = recipes.settled(run, config.resolve(section, profile, dataset=dataset, _plan=False), quiet)
+    for run in ("priors", "flow", "ddpm"):
+        cfg = recipes.settled(run, config.resolve(run, profile, dataset=dataset, _plan=False), quiet)
         words[run] = "bf16" if cfg["bf16"] else "float32"
     kinds = sorted(set(words.values()))
     return kinds[0] if len(kinds) == 1 else ", ".join(f"{m} {p}" for m, p in words.items())

@@ -147,8 +147,7 @@ def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = pr
     params, notes = dict(params), []
     for k, kind in keys.items():
         if params[k] == config.AUTO:
-            sized = {k2.removeprefix("vae_"): v for k2, v in params.items()} if section == "quality" else params
-            entry = choose(kind, sized, log=log, measure=measure)
+            entry = choose(kind, params, log=log, measure=measure)
             if entry is None:
                 continue
             params[k], note = entry[k if k == "channels_last" else "bf16"], describe(entry)

@@ -3,7 +3,7 @@
 its run folder. The notebooks call these; nothing else trains a model.
 
 - `train_vae`:        the VAE of Part 1 (binarized data, a registered prior) or of Part 2 (`section=
-                      "quality_vae"`: continuous data, a continuous Bernoulli decoder, the prior `vae_prior`)
+                      "quality_vae"`: continuous data, a continuous Bernoulli decoder, the section's `prior`)
 - `train_vaes`:       Part 1's VAEs of one prior for several seeds, trained together as one stacked model
                       (`training.fit_seeds`) where the profile says `stack_seeds`, else one by one
 - `train_flow`:       the RealNVP image flow on dequantized images
@@ -35,22 +35,18 @@ from torch import nn
 from .. import checkpoints, data, flows, priors, training
 from .. import seeds as stacking
 from ..classifier import accuracy
-from ..diffusion import DDPMConfig
 from . import cache, config, models, precision, sections
 
 # What decides the weights of each recipe's runs, and what only extends them (epochs: see the module's note),
 # read from the fields' roles in gen_lib.study.sections; Part 1's runs add the prior and seed of one run.
 _PER_RUN = {"priors": ("prior", "seed")}
 IDENTITY: dict[str, tuple[str, ...]] = {run: (*sections.identity(run), *_PER_RUN.get(run, ()))
-                                        for run in sections.RUN_SECTION}
-EPOCHS: dict[str, tuple[str, ...]] = {run: sections.epochs(run) for run in sections.RUN_SECTION}
+                                        for run in sections.RUNS}
+EPOCHS: dict[str, tuple[str, ...]] = {run: sections.epochs(run) for run in sections.RUNS}
 # What a section's runs always do, recorded in their identity (a change of it moves the run folder).
 _FIT = {"train_images": f"the 'fit' split: the training split less its last {data.HELD_OUT} images"}
 FIXED: dict[str, dict[str, Any]] = {section: dict(_FIT) for section in IDENTITY}
 FIXED["quality_vae"]["train_data"] = "dequantized (255 x + u) / 256, u ~ U(0, 1), drawn afresh each epoch"
-
-
-_CONFIG_SECTION = {"priors": "priors", "quality_vae": "quality", "flow": "flow", "ddpm": "ddpm"}  # with precisions
 
 
 def settled(section: str, cfg: Mapping[str, Any], log: Callable[[str], None] = print,
@@ -60,8 +56,7 @@ def settled(section: str, cfg: Mapping[str, Any], log: Callable[[str], None] = p
     `measure=False`: only cached choices (an uncached "auto" stays)."""
     if section not in IDENTITY:
         raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(IDENTITY)}")
-    return precision.settle(_CONFIG_SECTION[section], dict(cfg), log=log, measure=measure) \
-        if section in _CONFIG_SECTION else dict(cfg)
+    return precision.settle(section, dict(cfg), log=log, measure=measure)
 
 
 def run_key(section: str, cfg: Mapping[str, Any], measure: bool = True) -> dict[str, Any]:
@@ -73,8 +68,8 @@ def run_key(section: str, cfg: Mapping[str, Any], measure: bool = True) -> dict[
         raise ValueError(f"the {section} configuration lacks {', '.join(missing)}; "
                          f"a {section} run needs {', '.join(IDENTITY[section])}")
     key = {"run": section, **{k: cfg[k] for k in IDENTITY[section]}, **FIXED.get(section, {})}
-    if section in models.PRIOR_KEY:
-        name = cfg[models.PRIOR_KEY[section]]
+    if section in _VAE:
+        name = cfg["prior"]
         key.update({f"{name}_{p}": v for p, v in priors.params(name, cfg).items()})
     return key
 
@@ -113,16 +108,7 @@ def subset(x: torch.Tensor, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------- VAE
 
 
-@dataclass(frozen=True)
-class _VAEKeys:
-    epochs: str
-    batch_size: str
-    lr: str
-    bf16: str
-
-
-_VAE = {"priors": _VAEKeys("epochs", "batch_size", "lr", "bf16"),
-        "quality_vae": _VAEKeys("vae_epochs", "vae_batch_size", "vae_lr", "vae_bf16")}
+_VAE = ("priors", "quality_vae")  # the VAEs' runs: Part 1's and Part 2's
 
 
 def _unchecked_loss(model, batch):
@@ -187,7 +173,7 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
     name) with its size parameters from `cfg`, the given `seed`. `section="quality_vae"` (Part 2): 8-bit
     images in [0, 1], dequantized afresh in every epoch as the flow's and the DDPM's are, y = (255 x + u)/256
     (so that its likelihood is a density of the same y as theirs: Table 3), a continuous Bernoulli decoder,
-    the prior `cfg["vae_prior"]`, `cfg["seed"]`, and the `vae_*` hyperparameters. The first `train_subset`
+    and the [quality_vae] section's prior, seed and hyperparameters. The first `train_subset`
     images are used. `eval_x` (optional): the test ELBO on those images after every epoch (`test_elbo` in
     the history; dequantized once, with a fixed seed, for the Part 2 VAE). Initial weights:
     `torch.manual_seed(seed)`.
@@ -195,10 +181,9 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
 
     if section not in _VAE:
         raise ValueError(f"section={section!r}: a VAE trains for one of {', '.join(_VAE)}")
-    keys, prior_key = _VAE[section], models.PRIOR_KEY[section]
-    cfg = {**cfg, **({prior_key: prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
+    cfg = {**cfg, **({"prior": prior} if prior is not None else {}), **({"seed": seed} if seed is not None else {})}
     cfg = settled(section, cfg, log)
-    name, seed = cfg[prior_key], cfg["seed"]
+    name, seed = cfg["prior"], cfg["seed"]
     key = run_key(section, cfg)
     folder = cache.run_dir(section, key)
     torch.manual_seed(seed)
@@ -211,12 +196,12 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
         eval_fn = _vae_eval_fn(eval_x)
     train_x = subset(train_x, cfg["train_subset"])
     model.check_data(train_x)  # once here, not in every step (its dequantized views stay in [0, 1])
-    result = training.fit(model, train_x, epochs=cfg[keys.epochs], loss_fn=_unchecked_loss,
+    result = training.fit(model, train_x, epochs=cfg["epochs"], loss_fn=_unchecked_loss,
                           transform=(lambda b, g: data.dequantize(b, generator=g)) if continuous else None,
-                          batch_size=cfg[keys.batch_size], lr=cfg[keys.lr], seed=seed, config=key, bf16=cfg[keys.bf16],
+                          batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, config=key, bf16=cfg["bf16"],
                           checkpoint=folder / "model.pt", device=device, eval_fn=eval_fn, progress=progress,
                           desc=f"{name} seed {seed}" if section == "priors" else f"{name}-prior VAE", log=log)
-    return _recorded(Trained(model, result, folder, cfg), section, cfg[keys.epochs])
+    return _recorded(Trained(model, result, folder, cfg), section, cfg["epochs"])
 
 
 # ---------------------------------------------------------------- image flow
@@ -272,7 +257,6 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     """
 
     cfg = settled("ddpm", cfg, log)
-    model_cfg = config.make(DDPMConfig, cfg)
     key = run_key("ddpm", cfg)
     folder = cache.run_dir("ddpm", key)
     ddpm = models.build("ddpm", cfg)
@@ -280,7 +264,7 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
     if eval_x is not None:
         g = torch.Generator().manual_seed(12345)
         x_eval = data.to_signed(data.dequantize(eval_x, g))
-        t_eval = torch.randint(0, model_cfg.T, (len(x_eval),), generator=g)
+        t_eval = torch.randint(0, cfg["T"], (len(x_eval),), generator=g)
         noise_eval = torch.randn(x_eval.shape, generator=g)
 
         def eval_fn(model):
@@ -291,34 +275,34 @@ def train_ddpm(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                     * len(x_eval[part])
             return {"test_loss": total / len(x_eval)}
 
-    result = training.fit(ddpm, subset(train_x, model_cfg.train_subset), epochs=model_cfg.epochs,
-                          batch_size=model_cfg.batch_size, lr=model_cfg.lr, seed=model_cfg.seed, config=key,
+    result = training.fit(ddpm, subset(train_x, cfg["train_subset"]), epochs=cfg["epochs"],
+                          batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"], config=key,
                           checkpoint=folder / "model.pt", transform=lambda b, g: data.to_signed(data.dequantize(b, g)),
-                          eval_fn=eval_fn, device=device, bf16=model_cfg.bf16, channels_last=model_cfg.channels_last,
-                          ema_decay=model_cfg.ema_decay, progress=progress, desc="ddpm", log=log)
-    return _recorded(Trained(ddpm, result, folder, cfg), "ddpm", model_cfg.epochs)
+                          eval_fn=eval_fn, device=device, bf16=cfg["bf16"], channels_last=cfg["channels_last"],
+                          ema_decay=cfg["ema_decay"], progress=progress, desc="ddpm", log=log)
+    return _recorded(Trained(ddpm, result, folder, cfg), "ddpm", cfg["epochs"])
 
 
 # ---------------------------------------------------------------- classifier
 
 
 def _classifier_schedule(cfg: Mapping[str, Any]) -> Callable[[int, int], float]:
-    """The classifier's step schedule: lr for `classifier_epochs`, then lr/10 for `classifier_decay_epochs`."""
-    if cfg["classifier_decay_epochs"] < 1:
-        raise ValueError(f"classifier_decay_epochs={cfg['classifier_decay_epochs']} must be >= 1 (the low-lr phase)")
-    epochs = cfg["classifier_epochs"] + cfg["classifier_decay_epochs"]
+    """The classifier's step schedule: lr for `epochs`, then lr/10 for `decay_epochs` ([classifier])."""
+    if cfg["decay_epochs"] < 1:
+        raise ValueError(f"decay_epochs={cfg['decay_epochs']} must be >= 1 (the classifier's low-lr phase)")
+    epochs = cfg["epochs"] + cfg["decay_epochs"]
 
     def step_lr_over_10_in_the_decay_epochs(step: int, total_steps: int) -> float:
-        return 1.0 if step * epochs < cfg["classifier_epochs"] * total_steps else 0.1
+        return 1.0 if step * epochs < cfg["epochs"] * total_steps else 0.1
 
     return step_lr_over_10_in_the_decay_epochs
 
 
 def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> Trained:
-    """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [quality] section) on the
-    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by cross-entropy: Adam at `classifier_lr` for
-    `classifier_epochs`, then at a tenth of it for `classifier_decay_epochs`. `test_accuracy` joins the history after
+    """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [classifier] section) on the
+    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by
+    cross-entropy: Adam at `lr` for `epochs`, then at a tenth of it for `decay_epochs`. `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
 
@@ -326,16 +310,16 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
     folder = cache.run_dir("classifier", key)
     x, y = data.load_mnist("fit", dataset=cfg["dataset"])
     xt, yt = data.load_mnist("test", dataset=cfg["dataset"])
-    torch.manual_seed(cfg["classifier_seed"])  # the initial weights
+    torch.manual_seed(cfg["seed"])  # the initial weights
     model = models.build("classifier", cfg)
     n = cfg["train_subset"] or len(x)
-    result = training.fit(model, (x[:n], y[:n]), epochs=cfg["classifier_epochs"] + cfg["classifier_decay_epochs"],
-                          batch_size=cfg["classifier_batch_size"], lr=cfg["classifier_lr"], seed=cfg["classifier_seed"],
+    result = training.fit(model, (x[:n], y[:n]), epochs=cfg["epochs"] + cfg["decay_epochs"],
+                          batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
                           config=key, checkpoint=folder / "model.pt", schedule=_classifier_schedule(cfg),
                           eval_fn=lambda m: {"test_accuracy": accuracy(m, xt, yt)}, device=device,
                           progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
     return _recorded(Trained(model.eval(), result, folder, dict(cfg)), "classifier",
-                     cfg["classifier_epochs"] + cfg["classifier_decay_epochs"])
+                     cfg["epochs"] + cfg["decay_epochs"])
 
 
 # the notebook and the recipe that train each section's model (for the errors of `load`)
@@ -348,7 +332,7 @@ def trained_path(section: str, cfg: Mapping[str, Any]) -> Path:
     folder: an "auto" precision this machine has not settled yet is tried both ways (a build folder may come from
     another machine); the settled run's path when none exists."""
     cfg = settled(section, cfg, measure=False)
-    autos = [k for k in config.PRECISION_KEYS.get(_CONFIG_SECTION.get(section, ""), {}) if cfg.get(k) == config.AUTO]
+    autos = [k for k in config.PRECISION_KEYS.get(section, {}) if cfg.get(k) == config.AUTO]
     options = [dict(zip(autos, values)) for values in itertools.product((False, True), repeat=len(autos))]
     paths_ = [cache.run_path(section, run_key(section, {**cfg, **o}, measure=False)) / "model.pt" for o in options]
     return next((p for p in paths_ if p.exists()), paths_[0])
@@ -393,4 +377,4 @@ def history(section: str, cfg: Mapping[str, Any]) -> list[dict[str, float]]:
 
 def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
     """The classifier that notebook 04_quality trained for `dataset` under `profile`, on this process's device."""
-    return load("classifier", config.resolve("quality", profile, dataset=dataset), device=training.default_device())
+    return load("classifier", config.resolve("classifier", profile, dataset=dataset), device=training.default_device())

@@ -1,10 +1,14 @@
 """The configuration: one frozen dataclass per section of `profiles.toml`, a comment per field (as nanoGPT's
 `GPTConfig`). `config.resolve` fills one from a profile; the values live in the TOML file, the meaning here.
 
+A section that configures a trained model (`TRAINS`) is named as the recipe's run: `priors`, `flow`, `ddpm`,
+`quality_vae`, `classifier`. Its fields are the model's whole configuration, declared here once: the ones marked
+`model=True` are the arguments of the model's constructor (`gen_lib.study.models.build`), by name.
+
 A field's role decides what a run's identity is (`identity`), so that no list of keys is kept by hand:
-- `trains(...)`: it decides the weights of the section's runs (all of them, or those named), so it is part of
-  their identity: a change trains a new run in a new folder;
-- `extends(...)`: it only extends a run (epochs): a larger value resumes the run from its last checkpoint;
+- `trains()`: it decides the weights of the section's run, so it is part of its identity: a change trains a new
+  run in a new folder;
+- `extends()`: it only extends a run (epochs): a larger value resumes the run from its last checkpoint;
 - `prior_size()`: a prior's size, `<prior>_<param>`, part of the identity of that prior's runs only;
 - no role: what the notebook does with the trained models (evaluation sizes, samples, seeds of draws).
 A field with `precision=` may be "auto", settled by `precision.settle` at training time.
@@ -21,19 +25,19 @@ from typing import Any, ClassVar
 from .. import priors, samplers
 from ..training import SCHEDULES
 
-ALL = "*"
 _POSITIVE = {"seeds", "T", "n_layers", "hidden", "base_channels", "feature_dim", "iwae_k", "pr_k", "n_eval", "n_boot",
-             "nll_k", "ode_steps", "ode_sample_steps", "sample_steps", "n_samples", "test_images"}
+             "nll_k", "ode_steps", "ode_sample_steps", "sample_steps", "n_samples", "test_images", "decay_epochs"}
 
 
-def trains(*runs: str, precision: str | None = None) -> Any:
-    """A field that decides the weights of `runs` (default: every run of its section)."""
-    return field(metadata={"runs": runs or (ALL,), "precision": precision})
+def trains(precision: str | None = None, model: bool = False) -> Any:
+    """A field that decides the weights of the section's run; `model=True`: also an argument of the model's
+    constructor (`models.build` passes it by name); `precision`: may be "auto" (`precision.settle`)."""
+    return field(metadata={"trains": True, "precision": precision, "model": model})
 
 
-def extends(*runs: str) -> Any:
-    """A field that only extends `runs` (default: every run of its section): epochs."""
-    return field(metadata={"extends": runs or (ALL,)})
+def extends() -> Any:
+    """A field that only extends the section's run: epochs."""
+    return field(metadata={"extends": True})
 
 
 def prior_size() -> Any:
@@ -55,7 +59,8 @@ def _accepts(kind: Any, value: Any) -> bool:
 class Section(Mapping):
     """What every section has: where its values came from and the dataset."""
 
-    RUNS: ClassVar[tuple[str, ...]] = ()  # the recipes (gen_lib.study.recipes) whose runs this section configures
+    TRAINS: ClassVar[bool] = False  # configures a model that a recipe trains (gen_lib.study.recipes): the run's name
+    # is the section's
     profile: str  # the profile the values came from: smoke | default | paper
     dataset: str = trains()  # mnist | fashion (gen_lib.data.INFO)
 
@@ -85,6 +90,11 @@ class Section(Mapping):
     def check(self) -> None:
         """Further checks of one section (a clear ValueError naming the field); none by default."""
 
+    def updated(self, values: Mapping[str, Any]) -> "Section":
+        """This section with the values of `values` for its own fields (e.g. a run's configuration, precisions
+        settled: `Trained.config`); other keys are left out."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if k in self._names()})
+
     def _names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self))
 
@@ -109,7 +119,7 @@ class CommonSection(Section):
 class PriorsSection(Section):
     """[priors], notebook 01_priors: Part 1, VAEs with a 2-D latent on binarized images, one run per prior and seed."""
 
-    RUNS: ClassVar[tuple[str, ...]] = ("priors",)
+    TRAINS: ClassVar[bool] = True
     seeds: int  # seeds per prior (0 .. seeds-1): the spread of every Table 1 entry
     epochs: int = extends()  # passes over the training images
     batch_size: int = trains()  # images per Adam step
@@ -145,11 +155,11 @@ class PriorsSection(Section):
 class FlowSection(Section):
     """[flow], notebook 02_flow: the RealNVP image flow on dequantized images."""
 
-    RUNS: ClassVar[tuple[str, ...]] = ("flow",)
-    n_layers: int = trains()  # affine couplings, alternating checkerboard masks
-    hidden: int = trains()  # hidden ReLU units of each scale / translation net
-    logit_alpha: float = trains()  # logit pre-transform logit(a + (1 - 2a) y); 0 = none
-    actnorm: bool = trains()  # centre every pixel after the logit (gen_lib.flows explains why: stability)
+    TRAINS: ClassVar[bool] = True
+    n_layers: int = trains(model=True)  # affine couplings, alternating checkerboard masks
+    hidden: int = trains(model=True)  # hidden ReLU units of each scale / translation net
+    logit_alpha: float = trains(model=True)  # logit pre-transform logit(a + (1 - 2a) y); 0 = none
+    actnorm: bool = trains(model=True)  # centre every pixel after the logit (gen_lib.flows explains why: stability)
     epochs: int = extends()  # passes over the training images
     batch_size: int = trains()  # images per Adam step
     lr: float = trains()  # Adam's learning rate
@@ -168,18 +178,19 @@ class FlowSection(Section):
 
 @dataclass(frozen=True)
 class DDPMSection(Section):
-    """[ddpm], notebook 03_ddpm: the DDPM (its trained part is gen_lib.diffusion.DDPMConfig), its samplers."""
+    """[ddpm], notebook 03_ddpm: the DDPM (`gen_lib.diffusion.build_ddpm` of the `model=True` fields), its training
+    and its samplers."""
 
-    RUNS: ClassVar[tuple[str, ...]] = ("ddpm",)
+    TRAINS: ClassVar[bool] = True
     epochs: int = extends()  # passes over the training images
     batch_size: int = trains()  # images per Adam step
     lr: float = trains()  # Adam, constant
     train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
-    base_channels: int = trains()  # U-Net width c0 of the 32x32 level
-    channel_mults: str = trains()  # widths of the four levels, c0 * mult, comma-separated
-    n_res: int = trains()  # residual blocks per level and side
-    dropout: float = trains()  # in every residual block
-    T: int = trains()  # diffusion steps
+    base_channels: int = trains(model=True)  # U-Net width c0 of the 32x32 level
+    channel_mults: str = trains(model=True)  # widths of the four levels, c0 * mult, comma-separated
+    n_res: int = trains(model=True)  # residual blocks per level and side
+    dropout: float = trains(model=True)  # in every residual block
+    T: int = trains(model=True)  # diffusion steps
     ema_decay: float = trains()  # EMA of the weights, used for sampling
     bf16: bool | str = trains(precision="unet")  # bf16 autocast for the U-Net (loss in fp32): true | false | "auto"
     channels_last: bool | str = trains(precision="unet")  # channels_last memory format: true | false | "auto"
@@ -211,24 +222,41 @@ class DDPMSection(Section):
 
 
 @dataclass(frozen=True)
-class QualitySection(Section):
-    """[quality], notebook 04_quality: Part 2's VAE, the feature classifier, Table 2 (samples) and Table 3
-    (likelihoods)."""
+class QualityVAESection(Section):
+    """[quality_vae], notebook 04_quality: Part 2's VAE, a continuous Bernoulli decoder on dequantized images."""
 
-    RUNS: ClassVar[tuple[str, ...]] = ("quality_vae", "classifier")
-    vae_prior: str = trains("quality_vae")  # the VAE of Part 2: this prior (its own default sizes), continuous
-    # Bernoulli decoder
-    vae_epochs: int = extends("quality_vae")  # passes over the training images
-    vae_batch_size: int = trains("quality_vae")  # images per Adam step
-    vae_lr: float = trains("quality_vae")  # Adam's learning rate
-    vae_bf16: bool | str = trains("quality_vae", precision="vae")  # as [priors] bf16
-    train_subset: int = trains()  # training images of the VAE and the classifier; 0 = all 50,000 of the "fit" split
-    classifier_epochs: int = extends("classifier")  # CNN whose penultimate layer gives the FID/KID features
-    classifier_decay_epochs: int = extends("classifier")  # then epochs at classifier_lr / 10
-    classifier_batch_size: int = trains("classifier")  # images per Adam step
-    classifier_lr: float = trains("classifier")  # Adam's learning rate (a tenth of it in the decay epochs)
-    classifier_seed: int = trains("classifier")  # initial weights and data order
-    feature_dim: int = trains("classifier")  # feature dimension d; FID needs N >= 2d samples per set
+    TRAINS: ClassVar[bool] = True
+    prior: str = trains(model=True)  # its prior (with the prior's own default sizes): a name of gen_lib.priors.REGISTRY
+    epochs: int = extends()  # passes over the training images
+    batch_size: int = trains()  # images per Adam step
+    lr: float = trains()  # Adam's learning rate
+    bf16: bool | str = trains(precision="vae")  # as [priors] bf16
+    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+    seed: int = trains()  # initial weights, data order, dequantization noise
+
+    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
+        return {"prior": (priors.names(), "gen_lib.priors.REGISTRY")}
+
+
+@dataclass(frozen=True)
+class ClassifierSection(Section):
+    """[classifier], notebooks 03_ddpm and 04_quality: the CNN whose penultimate layer gives the FID/KID features."""
+
+    TRAINS: ClassVar[bool] = True
+    feature_dim: int = trains(model=True)  # feature dimension d; FID needs N >= 2d samples per set
+    epochs: int = extends()  # passes over the training images at lr
+    decay_epochs: int = extends()  # then passes at lr / 10
+    batch_size: int = trains()  # images per Adam step
+    lr: float = trains()  # Adam's learning rate (a tenth of it in the decay epochs)
+    seed: int = trains()  # initial weights and data order
+    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+
+
+@dataclass(frozen=True)
+class QualitySection(Section):
+    """[quality], notebook 04_quality: Table 2 (samples) and Table 3 (likelihoods) of the trained models (it trains
+    nothing: its models are configured by [quality_vae], [classifier], [flow] and [ddpm])."""
+
     n_eval: int  # N for Table 2 (generated vs test, held-out vs test)
     n_boot: int  # bootstrap replicates of every Table 2 interval (95 %, basic bootstrap)
     pr_k: int  # precision/recall: k-th neighbour radius (Kynkaanniemi et al., 2019)
@@ -243,10 +271,7 @@ class QualitySection(Section):
     # batch of Table 3's dequantization, so these images get the same y
     quadrature_grid: int  # ... the VAE's near-exact log p(y): n x n grid (gen_lib.vae.log_likelihood_quadrature)
     ode_sample_steps: int  # Table 2's DDPM row of the ODE's own sampler: DDIM (eta = 0) without clipping, this many steps
-    seed: int = trains("quality_vae")  # the Part-2 VAE's initial weights and data order; the evaluation's draws
-
-    def choices(self) -> dict[str, tuple[tuple[Any, ...], str]]:
-        return {"vae_prior": (priors.names(), "gen_lib.priors.REGISTRY")}
+    seed: int  # the evaluation's draws: test and held-out images, samples, dequantization of the test images
 
 
 @dataclass(frozen=True)
@@ -280,31 +305,38 @@ class BudgetSection(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {"common": CommonSection, "priors": PriorsSection, "flow": FlowSection,
-                                      "ddpm": DDPMSection, "quality": QualitySection, "explore": ExploreSection,
-                                      "budget": BudgetSection}
-# each recipe's run -> the section that configures it
-RUN_SECTION = {run: name for name, cls in SECTIONS.items() for run in cls.RUNS}
+                                      "ddpm": DDPMSection, "quality_vae": QualityVAESection,
+                                      "classifier": ClassifierSection, "quality": QualitySection,
+                                      "explore": ExploreSection, "budget": BudgetSection}
+# the recipes' runs: each is configured by the section of its name
+RUNS: tuple[str, ...] = tuple(name for name, cls in SECTIONS.items() if cls.TRAINS)
 
 
 def section_name(cls: type[Section]) -> str:
     return next(name for name, c in SECTIONS.items() if c is cls)
 
 
-def _role(cls: type[Section], run: str, role: str) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls)
-                 if ALL in f.metadata.get(role, ()) or run in f.metadata.get(role, ()))
+def _role(run: str, role: str) -> tuple[str, ...]:
+    if run not in RUNS:
+        raise ValueError(f"run={run!r} is unknown; choose one of {', '.join(RUNS)}")
+    return tuple(f.name for f in dataclasses.fields(SECTIONS[run]) if f.metadata.get(role))
 
 
 def identity(run: str) -> tuple[str, ...]:
-    """The fields that decide the weights of `run` (a recipe's section: "priors", "quality_vae", "flow", "ddpm",
+    """The fields that decide the weights of `run` (a recipe's run: "priors", "flow", "ddpm", "quality_vae",
     "classifier"). A VAE's run adds the sizes of its own prior only (`prior_size()` fields, read by
     `gen_lib.priors.params` in `recipes.run_key`)."""
-    return _role(SECTIONS[RUN_SECTION[run]], run, "runs")
+    return _role(run, "trains")
 
 
 def epochs(run: str) -> tuple[str, ...]:
     """The fields that only extend `run`: left out of its identity so that a longer run resumes a shorter one."""
-    return _role(SECTIONS[RUN_SECTION[run]], run, "extends")
+    return _role(run, "extends")
+
+
+def model_args(run: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} of `cfg` for the fields of `run`'s section that are its model's constructor arguments."""
+    return {name: cfg[name] for name in _role(run, "model")}
 
 
 def precision_keys(section: str) -> dict[str, str]:
