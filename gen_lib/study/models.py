@@ -6,7 +6,7 @@
     build("ddpm", cfg)         the DDPM (its U-Net and noise schedule)
     build("classifier", cfg)   the CNN whose penultimate layer gives the FID/KID features ([quality] section)
 
-The recipes train what `build` returns, `recipes.load` fills it with a run's weights, the precision probe
+The recipes train what `build` returns, `trained.load` fills it with a run's weights, the precision probe
 times it and the memory plan sizes it, so a model's shape is decided in one place. The image shape and
 class count come from the dataset (`cfg["dataset"]`). Weights are drawn from torch's global generator:
 seed it first for a reproducible start (the recipes do).
