@@ -9,7 +9,7 @@ import torch
 
 from _bounds import Z, fid_self_roundoff
 from gen_lib import classifier, data, features, intervals, metrics
-from gen_lib.study import config, recipes, trained
+from gen_lib.study import config, precision, recipes, trained
 
 
 def test_shapes_and_gradients():
@@ -38,6 +38,21 @@ def test_missing_classifier_is_a_clear_error(tmp_build):
     with pytest.raises(FileNotFoundError, match=r"no trained mnist classifier for profile 'default'.*"
                                                 r"train_classifier.*--only 04_quality"):
         trained.load_classifier("mnist", "default")
+
+
+def test_lookups_time_nothing_and_create_nothing(tmp_build, monkeypatch):
+    """Finding a trained model never times a training step (`precision.settle`) and never creates a run folder."""
+    monkeypatch.setattr(precision, "trainer", lambda *a, **k: pytest.fail("a lookup timed a training step"))
+    cfg = config.resolve("ddpm", "smoke")
+    assert cfg["bf16"] == "auto"  # the machine's choice, not cached in this empty build folder
+    folder = trained.run_folder("ddpm", cfg)
+    assert folder.parent == tmp_build / "build" / "runs" / "ddpm"
+    with pytest.raises(FileNotFoundError, match="run notebook 03_ddpm first"):
+        trained.history("ddpm", cfg)
+    with pytest.raises(FileNotFoundError, match="no trained fashion classifier for profile 'smoke'"):
+        trained.load_classifier("fashion", "smoke")
+    assert not (tmp_build / "build" / "runs").exists()  # no run folder, no config.json
+    assert not (tmp_build / "build" / "precision.json").exists()  # nothing timed, nothing cached
 
 
 @pytest.mark.slow

@@ -162,3 +162,6 @@ def test_loaders_find_what_the_notebooks_train(tmp_build):
 
     run = recipes.train_ddpm(config.resolve("ddpm", "smoke"), images, device="cpu", progress=False)  # 03_ddpm
     torch.testing.assert_close(trained.load_ddpm("smoke").state_dict(), run.result.ema.state_dict())  # the EMA
+    # the lookups find the run that training wrote (its precision settled and cached by training)
+    assert trained.run_folder("ddpm", config.resolve("ddpm", "smoke")) == run.folder
+    assert trained.history("ddpm", config.resolve("ddpm", "smoke")) == run.history
