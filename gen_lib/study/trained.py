@@ -102,7 +102,8 @@ def load_vaes(profile: str, dataset: str = "mnist", seed: int = 0,
     cfg = config.resolve("priors", profile, dataset=dataset)
     if not 0 <= seed < cfg["seeds"]:
         raise ValueError(f"seed={seed}: profile {profile!r} trains seeds 0..{cfg['seeds'] - 1}")
-    return {name: load("priors", {**cfg, "prior": name, "seed": seed}) for name in names or priors.select(cfg.get("priors"))}
+    return {name: load("priors", {**cfg, "prior": name, "seed": seed})
+            for name in names or priors.select(cfg.get("priors"))}
 
 
 def load_flow(profile: str, dataset: str = "mnist", device: torch.device | str = "cpu") -> flows.ImageFlow:
