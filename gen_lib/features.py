@@ -6,8 +6,9 @@ The metrics (`gen_lib.metrics`, `gen_lib.intervals`) compare two sets of images 
 A feature map is a callable, or the name of one in the registry `FEATURES` (`feature_names()` lists them):
 "inception" (Inception-v3 pool features, only where torch-fidelity and its weights are on disk), and each
 dataset's trained classifier ("mnist", "fashion"), which the study layer registers when
-`gen_lib.study.trained` is imported (every `gen_lib.study` import does it). This module imports nothing of
-the study: like torchmetrics' `FrechetInceptionDistance(feature=...)`, it takes its extractor as given.
+`gen_lib.study.trained` is imported (`gen_lib.report`, the runner and `gen_lib.measure` import it). This
+module imports nothing of the study: like torchmetrics' `FrechetInceptionDistance(feature=...)`, it takes
+its extractor as given.
 """
 
 from __future__ import annotations
@@ -131,5 +132,5 @@ def feature_map(features: Union[str, FeatureMap] = "mnist", profile: str = "defa
     registered = ", ".join(feature_names()) or "none"
     raise ValueError(f"features={features!r} is not a registered feature map; registered: {registered}. "
                      f"Each dataset's trained classifier ({', '.join(INFO)}) is registered by "
-                     "`import gen_lib.study.trained` (every import of gen_lib.study does it); "
+                     "`import gen_lib.study.trained` (gen_lib.report and the runner import it); "
                      "or pass a callable mapping images (N, C, H, W) to an (N, d) tensor")

@@ -25,6 +25,7 @@ from pathlib import Path
 from . import data, measure, paths, report, system
 from .report import site
 from .study import cache, config, plan as planner
+from .study import trained  # noqa: F401  (registers each dataset's classifier as a feature map)
 from .training import available_cores
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS

@@ -4,6 +4,8 @@ being named here. float64 where numbers are compared, fixed seeds."""
 
 import inspect
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -142,6 +144,15 @@ def test_feature_registry():
             features.register_features("mnist", lambda profile: None)
     finally:
         del features.FEATURES["mean_pixel"]
+
+
+@pytest.mark.parametrize("entry", ["gen_lib.report", "gen_lib.run", "gen_lib.measure", "gen_lib.study.trained"])
+def test_every_entry_to_the_pipeline_registers_the_datasets_classifiers(entry):
+    """A notebook (through gen_lib.report), the runner and the measurements find features="mnist" in a fresh
+    interpreter; the scores alone do not (tests/test_metrics.py)."""
+    code = f"import {entry}, gen_lib.data as d, gen_lib.features as f; print(set(d.INFO) <= set(f.feature_names()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", list(data.INFO))

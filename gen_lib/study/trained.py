@@ -8,7 +8,7 @@ load it, found without training, without timing a step and without creating a fo
 - `load_classifier`: the feature classifier that 04_quality trained for a dataset under a profile. Importing
   this module registers each dataset's classifier as the feature map of the dataset's name in
   `gen_lib.features` (so `gen_lib.metrics.sample_quality(real, fake, features="mnist")` finds it);
-  `gen_lib.study` imports it, so every import of the study layer does.
+  `gen_lib.study.plan` (so `gen_lib.report`), `gen_lib.run` and `gen_lib.measure` import it.
 
 A model that was never trained, or whose training stopped early, is a FileNotFoundError naming the notebook (and
 recipe) that trains it.
