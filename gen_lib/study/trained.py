@@ -39,7 +39,7 @@ def trained_path(section: str, cfg: Mapping[str, Any]) -> Path:
     cached choice; one not settled here yet is tried both ways (a build folder may come from another machine).
     The settled run's path when no checkpoint exists."""
     cfg = recipes.settled(section, cfg, measure=False)
-    autos = [k for k, v in cfg.items() if v == config.AUTO]  # only precisions may be "auto" (config.resolve)
+    autos = [k for k in recipes.IDENTITY[section] if cfg.get(k) == config.AUTO]  # precisions not settled here
     options = [dict(zip(autos, values)) for values in itertools.product((False, True), repeat=len(autos))]
     paths = [cache.run_path(section, recipes.run_key(section, {**cfg, **o}, measure=False)) / "model.pt"
              for o in options]
