@@ -19,9 +19,10 @@ activations make KID values of thousands); and d is kept modest (128) so that
 N = 2,000 samples estimate a d x d covariance well.
 
 `gen_lib.study.recipes.train_classifier` trains it (images and labels, one `fit` call with a step
-schedule of the learning rate) into `build/runs/classifier/<hash>/`; `recipes.load_classifier` finds
-the trained one (a clear error says how to train it when there is none). The network adapts to the
-dataset's image shape and number of classes (`gen_lib.data.INFO`).
+schedule of the learning rate) into `build/runs/classifier/<hash>/`; `gen_lib.study.trained.load_classifier`
+finds the trained one (a clear error says how to train it when there is none), and that module registers its
+features as the feature map of the dataset's name (`features="mnist"`). The network adapts to the dataset's image shape
+and number of classes (`gen_lib.data.INFO`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class MNISTClassifier(nn.Module):
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels (N,) of images (N, 1, 28, 28), in batches, in eval mode."""
+    """Predicted labels (N,) of images (N, C, H, W), in batches, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
     return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()

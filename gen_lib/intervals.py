@@ -14,7 +14,7 @@ from typing import Union
 
 import torch
 
-from .features import FeatureMap, extract, feature_map
+from .features import FeatureMap, check_image_shape, extract, feature_map
 from .metrics import KnnBalls, check_features, check_images, fid_weighted, kid_weighted
 
 INTERVALS = ("basic", "percentile")
@@ -110,10 +110,11 @@ def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: U
                              profile: str = "default", n_boot: int = 200, level: float = 0.95, seed: int = 0,
                              k: int = 3, interval: str = "basic",
                              metrics: tuple[str, ...] = QUALITY_METRICS) -> dict:
-    """`metrics.sample_quality` with a bootstrap interval on every metric: images (N, 1, 28, 28) and (M, 1, 28, 28)
+    """`metrics.sample_quality` with a bootstrap interval on every metric: images (N, C, H, W) and (M, C, H, W)
     in [0, 1], features computed once, then `quality_intervals_from_features` (see there for the
     interval and why it is the basic bootstrap by default)."""
     check_images(real, fake)
+    check_image_shape(features, real)
     phi = feature_map(features, profile)
     return quality_intervals_from_features(extract(phi, real), extract(phi, fake), n_boot=n_boot, level=level,
                                            seed=seed, k=k, interval=interval, metrics=metrics)

@@ -23,6 +23,7 @@ import torch
 from . import data, diffusion_nll, intervals, paths, quadrature, system
 from . import priors as registry
 from .study import config, models, plan, recipes
+from .study import trained  # noqa: F401  (registers each dataset's classifier as a feature map)
 from .study.plan import _read, _write
 from .training import adam
 from .vae import IWAE_CHUNK

@@ -1,7 +1,7 @@
 """Sample-quality metrics: FID, KID and precision/recall in a feature space.
 
 Every metric compares a set of real images with a set of generated ones through a
-feature map phi: images (N, 1, 28, 28) in [0, 1] -> (N, d) (`gen_lib.features`). The feature
+feature map phi: images (N, C, H, W) in [0, 1] -> (N, d) (`gen_lib.features`). The feature
 network runs once per set; FID, KID and precision/recall are then pure functions of the two
 feature matrices (so the FID-vs-N curve of a notebook costs no extra network pass).
 
@@ -33,7 +33,7 @@ from typing import Union
 
 import torch
 
-from .features import FeatureMap, extract, feature_map
+from .features import FeatureMap, check_image_shape, extract, feature_map
 
 
 def min_samples(d: int) -> int:
@@ -164,13 +164,14 @@ def sample_quality(real: torch.Tensor, fake: torch.Tensor, features: Union[str, 
                    seed: int = 0) -> dict[str, float]:
     """FID, KID (mean, std), precision and recall of generated images `fake` against `real`.
 
-    real, fake: float images (N, 1, 28, 28) and (M, 1, 28, 28) in [0, 1]. `features`:
-    "mnist" / "fashion" (the classifier 04_quality trained under `profile`, loaded from
-    the cache; a clear error says how to train it when missing), "inception" (only with
-    its weights on disk) or a callable images -> (N, d). Each set needs at least 2d images.
+    real, fake: float images (N, C, H, W) and (M, C, H, W) in [0, 1]. `features`: a registered name
+    (`gen_lib.features.FEATURES`: "mnist" / "fashion", the classifier 04_quality trained under `profile`,
+    registered by the study layer, with a clear error saying how to train it when missing; "inception",
+    only with its weights on disk) or a callable images -> (N, d). Each set needs at least 2d images.
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "n_real", "n_fake"}.
     """
     check_images(real, fake)
+    check_image_shape(features, real)
     phi = feature_map(features, profile)
     f_real, f_fake = extract(phi, real), extract(phi, fake)
     return quality_from_features(f_real, f_fake, k=k, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,

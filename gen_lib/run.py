@@ -27,6 +27,7 @@ from pathlib import Path
 from . import data, measure, paths, report, system
 from .report import site
 from .study import cache, config, plan as planner
+from .study import trained  # noqa: F401  (registers each dataset's classifier as a feature map)
 
 NOTEBOOKS, SOURCE_NOTEBOOKS = paths.NOTEBOOKS, paths.SOURCE_NOTEBOOKS
 SECTION_OF = {"01_priors": "priors", "02_flow": "flow", "03_ddpm": "ddpm", "04_quality": "quality",

@@ -9,7 +9,7 @@ import torch
 
 from _bounds import Z, fid_self_roundoff
 from gen_lib import classifier, data, features, intervals, metrics
-from gen_lib.study import config, recipes
+from gen_lib.study import config, precision, recipes, trained
 
 
 def test_shapes_and_gradients():
@@ -37,7 +37,22 @@ def test_features_are_deterministic_in_eval_mode():
 def test_missing_classifier_is_a_clear_error(tmp_build):
     with pytest.raises(FileNotFoundError, match=r"no trained mnist classifier for profile 'default'.*"
                                                 r"train_classifier.*--only 04_quality"):
-        recipes.load_classifier("mnist", "default")
+        trained.load_classifier("mnist", "default")
+
+
+def test_lookups_time_nothing_and_create_nothing(tmp_build, monkeypatch):
+    """Finding a trained model never times a training step (`precision.settle`) and never creates a run folder."""
+    monkeypatch.setattr(precision, "trainer", lambda *a, **k: pytest.fail("a lookup timed a training step"))
+    cfg = config.resolve("ddpm", "smoke")
+    assert cfg["bf16"] == "auto"  # the machine's choice, not cached in this empty build folder
+    folder = trained.run_folder("ddpm", cfg)
+    assert folder.parent == tmp_build / "build" / "runs" / "ddpm"
+    with pytest.raises(FileNotFoundError, match="run notebook 03_ddpm first"):
+        trained.history("ddpm", cfg)
+    with pytest.raises(FileNotFoundError, match="no trained fashion classifier for profile 'smoke'"):
+        trained.load_classifier("fashion", "smoke")
+    assert not (tmp_build / "build" / "runs").exists()  # no run folder, no config.json
+    assert not (tmp_build / "build" / "precision.json").exists()  # nothing timed, nothing cached
 
 
 @pytest.mark.slow
@@ -68,7 +83,7 @@ def test_trained_classifier_beats_a_linear_model_and_serves_as_feature_map(tmp_b
     w = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=torch.float64),
                            a.T @ torch.nn.functional.one_hot(fit_y, 10).double())
     linear_right = (design(test_x) @ w).argmax(1) == test_y
-    cnn = recipes.load_classifier("mnist", "default")
+    cnn = trained.load_classifier("mnist", "default")
     with torch.no_grad():
         cnn_right = torch.cat([cnn(test_x[i:i + 1000]).argmax(1) for i in range(0, len(test_x), 1000)]) == test_y
     only_cnn, only_linear = int((cnn_right & ~linear_right).sum()), int((linear_right & ~cnn_right).sum())

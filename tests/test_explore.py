@@ -1,5 +1,5 @@
 """The explorers of notebook 05_explore, driven through their Python API (what a widget's slider sets),
-and the loaders that find the models notebooks 01-03 cached."""
+and the loaders (`gen_lib.study.trained`) that find the models notebooks 01-03 cached."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gen_lib.study import config, recipes
+from gen_lib.study import config, recipes, trained
 from gen_lib import data, flows, priors, vae
 from gen_lib.report import explore
 from gen_lib.diffusion import DDPM
@@ -137,12 +137,12 @@ def test_static_figures_draw():
 
 
 def test_missing_cache_names_the_notebook_to_run(tmp_build):
-    for load, notebook in ((explore.load_vaes, "01_priors"), (explore.load_flow, "02_flow"),
-                           (explore.load_ddpm, "03_ddpm")):
+    for load, notebook in ((trained.load_vaes, "01_priors"), (trained.load_flow, "02_flow"),
+                           (trained.load_ddpm, "03_ddpm")):
         with pytest.raises(FileNotFoundError, match=f"run notebook {notebook} first"):
             load("smoke")
     with pytest.raises(ValueError, match="seeds 0..1"):
-        explore.load_vaes("smoke", seed=5)
+        trained.load_vaes("smoke", seed=5)
 
 
 @pytest.mark.slow
@@ -152,13 +152,16 @@ def test_loaders_find_what_the_notebooks_train(tmp_build):
     cfg = config.resolve("priors", "smoke")
     for name in priors.names():  # 01_priors, seed 0
         model = recipes.train_vae(cfg, x, prior=name, seed=0, device="cpu", progress=False).model
-    loaded = explore.load_vaes("smoke")
+    loaded = trained.load_vaes("smoke")
     assert list(loaded) == list(priors.names())
     torch.testing.assert_close(loaded[priors.names()[-1]].state_dict(), model.cpu().state_dict())
 
     images = torch.rand(8, 1, 28, 28)
     flow = recipes.train_flow(config.resolve("flow", "smoke"), images, device="cpu", progress=False).model  # 02_flow
-    torch.testing.assert_close(explore.load_flow("smoke").state_dict(), flow.float().state_dict())
+    torch.testing.assert_close(trained.load_flow("smoke").state_dict(), flow.float().state_dict())
 
     run = recipes.train_ddpm(config.resolve("ddpm", "smoke"), images, device="cpu", progress=False)  # 03_ddpm
-    torch.testing.assert_close(explore.load_ddpm("smoke").state_dict(), run.result.ema.state_dict())  # the EMA
+    torch.testing.assert_close(trained.load_ddpm("smoke").state_dict(), run.result.ema.state_dict())  # the EMA
+    # the lookups find the run that training wrote (its precision settled and cached by training)
+    assert trained.run_folder("ddpm", config.resolve("ddpm", "smoke")) == run.folder
+    assert trained.history("ddpm", config.resolve("ddpm", "smoke")) == run.history

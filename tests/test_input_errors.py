@@ -11,7 +11,7 @@ import pytest
 
 
 from gen_lib import checkpoints, run, samplers
-from gen_lib.study import config, precision, recipes
+from gen_lib.study import config, precision, recipes, trained
 from gen_lib.training import SCHEDULES, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -130,5 +130,5 @@ def test_loading_an_untrained_model_times_nothing_and_creates_nothing(tmp_path, 
     monkeypatch.setenv("GEN_LIB_BUILD", str(tmp_path / "b"))
     monkeypatch.setattr(precision, "trainer", lambda *a, **k: pytest.fail("a load timed a training step"))
     with pytest.raises(FileNotFoundError, match="run notebook 02_flow first"):
-        recipes.load("flow", config.resolve("flow", "smoke"))
+        trained.load("flow", config.resolve("flow", "smoke"))
     assert not (tmp_path / "b" / "runs").exists()  # no run folder for a model that was never trained

@@ -1,5 +1,8 @@
 """Contracts of gen_lib.metrics: FID, KID and precision/recall on known feature sets (float64, fixed seed)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -181,8 +184,36 @@ def test_rejects_too_few_samples_for_the_covariance():
 
 
 def test_rejects_unknown_feature_name():
-    with pytest.raises(ValueError, match=r"features='vgg' is unknown; choose one of mnist, fashion, inception"):
+    from gen_lib.study import trained  # noqa: F401  (registers the datasets' classifiers)
+
+    with pytest.raises(ValueError, match=r"features='vgg' is not a registered feature map; registered: "
+                                         r"inception, mnist, fashion\. .*import gen_lib\.study\.trained"):
         metrics.sample_quality(_imgs(), _imgs(), features="vgg")
+
+
+def test_scores_without_the_study_take_callables_and_name_how_mnist_is_registered():
+    """In a process that never imported the study, a callable scores as usual and "mnist" is one clear error
+    that says which import registers it."""
+    code = ("import sys, torch\n"
+            "from gen_lib import metrics\n"
+            "x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))\n"
+            "phi = lambda im: im.flatten(1)[:, :4]\n"
+            "print(metrics.sample_quality(x, x, features=phi, kid_subsets=2)['fid'] < 1e-6)\n"
+            "try:\n"
+            "    metrics.sample_quality(x, x, features='mnist')\n"
+            "except ValueError as err:\n"
+            "    print(err)\n"
+            "print(any(m.startswith('gen_lib.study') for m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "True" and out[-1] == "False", out
+    assert out[1].startswith("features='mnist' is not a registered feature map; registered: inception.")
+    assert "import gen_lib.study.trained" in out[1]
+
+
+def test_a_dataset_classifier_checks_the_image_shape_of_its_registry_entry():
+    with pytest.raises(ValueError, match=r"features='mnist' is the mnist classifier, which takes images of shape "
+                                         r"\(1, 28, 28\); got \(1, 32, 32\)"):
+        metrics.sample_quality(torch.rand(64, 1, 32, 32), torch.rand(64, 1, 32, 32), features="mnist")
 
 
 def test_inception_without_weights_is_a_clear_error(monkeypatch, tmp_path):
@@ -192,6 +223,8 @@ def test_inception_without_weights_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_missing_classifier_says_how_to_train_it(tmp_build):
+    from gen_lib.study import trained  # noqa: F401  (registers the datasets' classifiers)
+
     with pytest.raises(FileNotFoundError, match=r"no trained mnist classifier for profile 'smoke'.*04_quality"):
         metrics.sample_quality(_imgs(), _imgs(), features="mnist", profile="smoke")
 

@@ -68,11 +68,11 @@ def _check_fid_cells(tmp_path, monkeypatch):
     import torch
 
     from gen_lib import data, features
-    from gen_lib.study import cache, config, recipes
+    from gen_lib.study import cache, config, trained
     from test_metrics import _fid_scipy
 
     monkeypatch.setenv("GEN_LIB_BUILD", str(tmp_path / "build"))
-    phi = recipes.load_classifier("mnist", "smoke").features
+    phi = trained.load_classifier("mnist", "smoke").features
     held_x, _ = data.load_mnist("held_out")
     test_x, _ = data.load_mnist("test")
     tables = tmp_path / "report" / "tables"

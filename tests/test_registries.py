@@ -4,6 +4,8 @@ being named here. float64 where numbers are compared, fixed seeds."""
 
 import inspect
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from gen_lib.study import config
+from gen_lib.study import config, trained
 from gen_lib import data, diffusion, features, priors, samplers
 from gen_lib.vae import GaussianEncoder
 
@@ -128,17 +130,44 @@ def test_unknown_sampler_lists_the_registry():
 
 
 def test_feature_registry():
-    assert features.feature_names() == (*data.INFO, *features.FEATURES)
-    with pytest.raises(ValueError, match="features='vgg' is unknown; choose one of mnist, fashion, inception"):
+    assert features.feature_names() == tuple(features.FEATURES)
+    assert set(data.INFO) <= set(features.feature_names())  # the study registered every dataset's classifier
+    with pytest.raises(ValueError, match="features='vgg' is not a registered feature map; registered: inception, "
+                                         "mnist, fashion"):
         features.feature_map("vgg")
-    features.register_features("mean_pixel", lambda: lambda x: x.flatten(1).mean(1, keepdim=True).repeat(1, 2))
+    features.register_features("mean_pixel",
+                               lambda profile: lambda x: x.flatten(1).mean(1, keepdim=True).repeat(1, 2))
     try:
         phi = features.feature_map("mean_pixel")
         assert phi(torch.rand(3, 1, 28, 28)).shape == (3, 2)
         with pytest.raises(ValueError, match="already registered"):
-            features.register_features("mnist", lambda: None)
+            features.register_features("mnist", lambda profile: None)
     finally:
         del features.FEATURES["mean_pixel"]
+
+
+@pytest.mark.parametrize("entry", ["gen_lib.report", "gen_lib.run", "gen_lib.measure", "gen_lib.study.trained"])
+def test_every_entry_to_the_pipeline_registers_the_datasets_classifiers(entry):
+    """A notebook (through gen_lib.report), the runner and the measurements find features="mnist" in a fresh
+    interpreter; the scores alone do not (tests/test_metrics.py)."""
+    code = f"import {entry}, gen_lib.data as d, gen_lib.features as f; print(set(d.INFO) <= set(f.feature_names()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", list(data.INFO))
+def test_a_dataset_feature_map_is_its_trained_classifier_for_the_profile(name, monkeypatch):
+    from gen_lib.classifier import MNISTClassifier
+
+    loaded, net = [], MNISTClassifier(4, image_shape=data.info(name).shape)
+
+    def load_classifier(dataset, profile):
+        loaded.append((dataset, profile))
+        return net
+
+    monkeypatch.setattr(trained, "load_classifier", load_classifier)
+    phi = features.feature_map(name, profile="smoke")
+    assert loaded == [(name, "smoke")] and phi == net.features  # the penultimate layer of the loaded classifier
 
 
 def test_a_registered_dataset_reaches_the_profiles_the_loader_and_the_feature_maps(monkeypatch):
@@ -149,6 +178,8 @@ def test_a_registered_dataset_reaches_the_profiles_the_loader_and_the_feature_ma
     assert config.resolve("flow", "smoke", dataset="mnist_again")["dataset"] == "mnist_again"
     x, y = data.load_mnist("test", dataset="mnist_again")
     assert x.shape == (10_000, *entry.shape) and y.shape == (10_000,)
+    monkeypatch.setattr(features, "FEATURES", dict(features.FEATURES))  # the registration below is undone
+    trained.register_classifier_features()  # what importing the study does for the datasets registered by then
     assert "mnist_again" in features.feature_names()
 
 

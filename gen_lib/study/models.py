@@ -8,7 +8,7 @@
 
 Each run is configured by the section of its name (`gen_lib.study.sections`); the fields it marks `model=True`
 are passed to the model's constructor by name (`sections.model_args`), so a size is declared once. The recipes
-train what `build` returns, `recipes.load` fills it with a run's weights, the precision probe times it and the
+train what `build` returns, `trained.load` fills it with a run's weights, the precision probe times it and the
 memory plan sizes it. The image shape and class count come from the dataset (`cfg["dataset"]`). Weights are
 drawn from torch's global generator: seed it first for a reproducible start (the recipes do).
 """

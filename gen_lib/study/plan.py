@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 from .. import data, diffusion_nll, paths, system
 from .. import priors as registry
-from . import config, models, recipes
+from . import config, models, recipes, trained
 
 # the budgeted models' runs: each configured by the section of its name, whose `epochs` the plan may cut
 BUDGETED = ("priors", "flow", "ddpm", "quality_vae")
@@ -213,10 +213,10 @@ def floors_from_runs(profile: str = "default", dataset: str = "mnist") -> dict[s
         if run == "priors":
             curves = []
             for name in registry.select(cfg["priors"]):
-                seeds = [recipes.history("priors", {**cfg, "prior": name, "seed": s}) for s in range(cfg["seeds"])]
+                seeds = [trained.history("priors", {**cfg, "prior": name, "seed": s}) for s in range(cfg["seeds"])]
                 curves.append([sum(h[e][metric] for h in seeds) / len(seeds) for e in range(len(seeds[0]))])
         else:
-            curves = [[h[metric] for h in recipes.history(run, cfg)]]
+            curves = [[h[metric] for h in trained.history(run, cfg)]]
         floors = [floor_epoch(c, distance, kind) for c in curves]
         out[run] = {"floor": max(floors), "curve": curves[floors.index(max(floors))], "epochs": len(curves[0])}
     return out

@@ -23,7 +23,6 @@ Reusing the shorter run is the point; to train the longer schedule from scratch,
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import checkpoints, data, flows, priors, training
+from .. import data, flows, priors, training
 from .. import seeds as stacking
 from ..classifier import accuracy
-from . import cache, config, models, precision, sections
+from . import cache, models, precision, sections
 
 # What decides the weights of each recipe's runs, and what only extends them (epochs: see the module's note),
 # read from the fields' roles in gen_lib.study.sections; Part 1's runs add the prior and seed of one run.
@@ -72,11 +71,6 @@ def run_key(section: str, cfg: Mapping[str, Any], measure: bool = True) -> dict[
         name = cfg["prior"]
         key.update({f"{name}_{p}": v for p, v in priors.params(name, cfg).items()})
     return key
-
-
-def run_folder(section: str, cfg: Mapping[str, Any]) -> Path:
-    """`build/runs/<section>/<hash of run_key>/`, created with its config.json."""
-    return cache.run_dir(section, run_key(section, cfg))
 
 
 @dataclass
@@ -320,61 +314,3 @@ def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | Non
                           progress=progress, desc=f"classifier ({cfg['dataset']})", log=log)
     return _recorded(Trained(model.eval(), result, folder, dict(cfg)), "classifier",
                      cfg["epochs"] + cfg["decay_epochs"])
-
-
-# the notebook and the recipe that train each section's model (for the errors of `load`)
-WRITER = {"priors": ("01_priors", "train_vaes"), "quality_vae": ("04_quality", "train_vae"),
-          "flow": ("02_flow", "train_flow"), "ddpm": ("03_ddpm", "train_ddpm"), "classifier": ("04_quality", "train_classifier")}
-
-
-def trained_path(section: str, cfg: Mapping[str, Any]) -> Path:
-    """The checkpoint a trained run of `section` under `cfg` has, found without timing anything or creating a
-    folder: an "auto" precision this machine has not settled yet is tried both ways (a build folder may come from
-    another machine); the settled run's path when none exists."""
-    cfg = settled(section, cfg, measure=False)
-    autos = [k for k in config.PRECISION_KEYS.get(section, {}) if cfg.get(k) == config.AUTO]
-    options = [dict(zip(autos, values)) for values in itertools.product((False, True), repeat=len(autos))]
-    paths_ = [cache.run_path(section, run_key(section, {**cfg, **o}, measure=False)) / "model.pt" for o in options]
-    return next((p for p in paths_ if p.exists()), paths_[0])
-
-
-def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "cpu", ema: bool = True) -> nn.Module:
-    """The trained model of `section` under the resolved configuration `cfg` (as its recipe trained it: the same
-    run folder), in eval mode on `device` (the weights in the dtypes `models.build` gives them, whatever the
-    training precision); a DDPM with its EMA weights unless `ema=False`.
-
-    Raises FileNotFoundError naming the notebook (and recipe) to run when the model was not trained, or its
-    training stopped before the configured epochs.
-    """
-    if section not in WRITER:
-        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(WRITER)}")
-    notebook, recipe = WRITER[section]
-    profile, dataset = cfg.get("profile", "default"), cfg.get("dataset", "mnist")
-    what = "classifier" if section == "classifier" else f"{section} model"
-    path = trained_path(section, cfg)
-    how = (f"train it with gen_lib.study.recipes.{recipe}, or run notebook {notebook} first "
-           f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only {notebook} --no-pdf)")
-    if not path.exists():
-        raise FileNotFoundError(f"no trained {dataset} {what} for profile {profile!r} at {path}; {how}")
-    ckpt = checkpoints.load_checkpoint(path)  # the folder is the configuration's: its hash names it
-    epochs = sum(cfg[k] for k in EPOCHS[section])
-    if ckpt.get("epoch", epochs) < epochs:
-        raise FileNotFoundError(f"the {dataset} {what} at {path} stopped after {ckpt['epoch']} of {epochs} epochs "
-                                f"(an interrupted run); {how}")
-    model = models.build(section, cfg)
-    model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"])
-    return model.to(device).eval()
-
-
-def history(section: str, cfg: Mapping[str, Any]) -> list[dict[str, float]]:
-    """The per-epoch history that the trained run of `section` under `cfg` stored in its checkpoint."""
-    path = cache.run_path(section, run_key(section, cfg)) / "model.pt"
-    if not path.exists():
-        notebook, _ = WRITER[section]
-        raise FileNotFoundError(f"no trained {section} run at {path}; run notebook {notebook} first")
-    return checkpoints.load_checkpoint(path)["history"]
-
-
-def load_classifier(dataset: str = "mnist", profile: str = "default") -> nn.Module:
-    """The classifier that notebook 04_quality trained for `dataset` under `profile`, on this process's device."""
-    return load("classifier", config.resolve("classifier", profile, dataset=dataset), device=training.default_device())
