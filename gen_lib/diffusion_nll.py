@@ -154,10 +154,9 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
     `ode_levels` (at most `steps` of the model's levels, evenly spaced in u), ε_θ at those integer t only.
     In u a pixel whose data are sharper than σ̄ contributes σ̄ div ≈ 1 (div ≈ 1/σ̄), which the trapezoid
     integrates exactly, and the levels are placed where the log-density changes, at every scale of the
-    data (levels evenly spaced in t leave σ̄ from 0.01 to 0.03 to one step: on Gaussian data of std 0.003,
-    an error of 0.007 nats/dim at S = 100 against 0.0008 here; std 0.05-0.2: 0.013 against 0.010). About 2S network evaluations with a vector-Jacobian product each (the
-    default U-Net on 28×28 images, float32, 2 CPU threads, batch 100: ≈ 5 ms per image and evaluation
-    pair, 0.5 s per image at S = 100).
+    data (levels evenly spaced in t leave σ̄ from 0.01 to 0.03 to one step; the errors of both grids on
+    Gaussian data: benchmarks/README.md). About 2S network evaluations with a vector-Jacobian product each
+    (their cost: benchmarks/README.md).
 
     The divergence is Hutchinson's v^T (∂ε/∂x̄) v with Rademacher probes v (never more variance than Gaussian
     ones), drawn once per example from `generator` and held fixed along the path: unbiased, its noise part of

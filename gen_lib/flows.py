@@ -52,6 +52,7 @@ from torch.distributions import Distribution, constraints
 from .data import INFO, dequantized_bits_per_dim
 from .data import bits_per_dim  # noqa: F401  (SPEC's gen_lib.flows.bits_per_dim: the one function, in data)
 from .seeds import Linear
+from .stats import mean_ci
 
 _LOG_2PI = math.log(2 * math.pi)
 MNIST_SHAPE = INFO["mnist"].shape  # the registry's default dataset: the image flow's shape where none is given
@@ -189,7 +190,8 @@ class Flow(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for a wrong shape or non-finite values (subclasses add ranges)."""
         if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"flow input has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, self.event_shape))})")
+            event = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"flow input has shape {tuple(x.shape)}; expected (N, {event})")
         if not torch.isfinite(x).all():
             raise ValueError("flow input has non-finite values (nan or inf)")
 
@@ -343,6 +345,6 @@ def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error std / sqrt(n) over examples."""
-    v = values.double()
-    return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+    """Mean and its standard error std / sqrt(n) over examples (`stats.mean_ci`'s, without the interval)."""
+    ci = mean_ci(values)
+    return ci["mean"], ci["se"]
