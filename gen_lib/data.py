@@ -249,6 +249,37 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return (x * 255.0 + u) / 256.0
 
 
+def bits_per_dim(log_prob: torch.Tensor, dim: int | None = None, n_bins: int = 256) -> torch.Tensor:
+    """Bits per dimension of 8-bit data from log p(y) (nats) of its dequantization y in [0, 1]^dim:
+
+        bits/dim = -(log p(y) - dim * ln 256) / (dim * ln 2).
+
+    With y = (x * 255 + u) / 256, log P(x) >= E_u[log p(y)] - dim * ln 256 (Theis et al., 2016), so averaged
+    over u this bounds the discrete model's bits/dim from above. `dim` is the numbers per image (None: the
+    default dataset's, `INFO["mnist"].dim`). Per example: same shape as `log_prob`.
+    """
+    dim = INFO["mnist"].dim if dim is None else dim
+    return -(log_prob - dim * math.log(n_bins)) / (dim * math.log(2.0))
+
+
+def dequantized_bits_per_dim(images: torch.Tensor, log_prob: Callable[[torch.Tensor], torch.Tensor],
+                             seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` (N, *shape) in [0, 1] under a density of their dequantization:
+    the one route every model's bits/dim takes, so that all of them score the same y.
+
+    y = `dequantize` of each batch of `batch_size` images on the CPU, from one generator seeded by `seed`;
+    `log_prob(y)` gives log p(y) (b,) in nats on any device and dtype (the caller moves y), and `bits_per_dim`
+    converts it with dim = the numbers of one image. Returned on the CPU, in `log_prob`'s dtype.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    dim = images[0].numel()
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen)  # the same y on every device
+        out.append(bits_per_dim(log_prob(y), dim=dim).cpu())
+    return torch.cat(out)
+
+
 def to_signed(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1]."""
     return x * 2.0 - 1.0

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from .data import dequantize, to_signed
-from .flows import bits_per_dim
+from .data import INFO, bits_per_dim, dequantized_bits_per_dim, to_signed
+from .samplers import predict_x0
 
 
 def ode_levels(alphas_cumprod: torch.Tensor, steps: int) -> list[int]:
@@ -126,9 +126,7 @@ def nll_bound(ddpm: nn.Module, x0: torch.Tensor, generator: torch.Generator | No
                 a = abar[t].reshape(-1, *([1] * (xb.dim() - 1)))  # (P, 1, 1, 1), float64
                 x_t = a.sqrt() * xb + (1.0 - a).sqrt() * noise
                 eps = ddpm.network(x_t.to(dtype), t).to(torch.float64)
-                x0_hat = (x_t - (1.0 - a).sqrt() * eps) / a.sqrt()
-                if clip_denoised:
-                    x0_hat = x0_hat.clamp(-1.0, 1.0)
+                x0_hat = predict_x0(x_t, eps, a, clip_denoised)
                 sq = (xb - x0_hat).flatten(1).pow(2).sum(1)  # (P,)
                 total.index_add_(0, b, w * (const[t] + weight[t] * sq))
     finally:
@@ -156,10 +154,9 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
     `ode_levels` (at most `steps` of the model's levels, evenly spaced in u), ε_θ at those integer t only.
     In u a pixel whose data are sharper than σ̄ contributes σ̄ div ≈ 1 (div ≈ 1/σ̄), which the trapezoid
     integrates exactly, and the levels are placed where the log-density changes, at every scale of the
-    data (levels evenly spaced in t leave σ̄ from 0.01 to 0.03 to one step: on Gaussian data of std 0.003,
-    an error of 0.007 nats/dim at S = 100 against 0.0008 here; std 0.05-0.2: 0.013 against 0.010). About 2S network evaluations with a vector-Jacobian product each (the
-    default U-Net on 28×28 images, float32, 2 CPU threads, batch 100: ≈ 5 ms per image and evaluation
-    pair, 0.5 s per image at S = 100).
+    data (levels evenly spaced in t leave σ̄ from 0.01 to 0.03 to one step; the errors of both grids on
+    Gaussian data: benchmarks/README.md). About 2S network evaluations with a vector-Jacobian product each
+    (their cost: benchmarks/README.md).
 
     The divergence is Hutchinson's v^T (∂ε/∂x̄) v with Rademacher probes v (never more variance than Gaussian
     ones), drawn once per example from `generator` and held fixed along the path: unbiased, its noise part of
@@ -228,35 +225,38 @@ def _ode_drift(network: nn.Module, xbar: torch.Tensor, t: int, abar: float, dtyp
         return f.detach(), div.detach()
 
 
-def bound_bits_per_dim(nll_x0: torch.Tensor, dim: int = 784, n_bins: int = 256) -> torch.Tensor:
-    """Bits/dim of 8-bit data from a bound on −log p(x0) (nats) with x0 = 2y − 1, y dequantized in [0, 1]^dim.
+def log_prob_y(nll_x0: torch.Tensor, dim: int) -> torch.Tensor:
+    """log p(y) (nats) of y = (x0 + 1)/2 in [0, 1]^dim from −log p(x0) (or a bound on it) of x0 in [−1, 1]^dim.
 
-    The map y → x0 = 2y − 1 has Jacobian 2^dim, so −log p(y) = −log p(x0) − dim·ln 2, and then
-    `gen_lib.flows.bits_per_dim` (bits/dim = (−log p(y) + dim·ln 256)/(dim·ln 2)): the same scale
-    as the flow's test bits/dim, and an upper bound like it. Per example: same shape as `nll_x0`.
+    The map y → x0 = 2y − 1 has Jacobian 2^dim, so log p(y) = −(−log p(x0) − dim·ln 2): what
+    `data.bits_per_dim` reads, the same scale as every model's bits/dim. Per example: same shape as `nll_x0`.
     """
+    return -(nll_x0 - dim * math.log(2.0))
 
-    return bits_per_dim(-(nll_x0 - dim * math.log(2.0)), dim=dim, n_bins=n_bins)
+
+def bound_bits_per_dim(nll_x0: torch.Tensor, dim: int | None = None, n_bins: int = 256) -> torch.Tensor:
+    """Bits/dim of 8-bit data from a bound on −log p(x0) (nats), x0 = 2y − 1 with y dequantized in [0, 1]^dim:
+    `data.bits_per_dim` of `log_prob_y` (an upper bound, like the flow's). `dim` None: the default dataset's."""
+    dim = INFO["mnist"].dim if dim is None else dim
+    return bits_per_dim(log_prob_y(nll_x0, dim), dim=dim, n_bins=n_bins)
 
 
 @torch.no_grad()
 def dataset_bits_per_dim(ddpm: nn.Module, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
                          n_t: int | None = None, clip_denoised: bool = False) -> torch.Tensor:
-    """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1] from `DDPM.nll_bound`.
+    """Per-image bits/dim (N,) of 8-bit `images` (N, *shape) in [0, 1] from `DDPM.nll_bound`.
 
-    Dequantized exactly as `gen_lib.flows.dataset_bits_per_dim` does with the same `seed` and
-    `batch_size` (so both models score the same y and their difference can be paired), mapped to
-    [-1, 1], then bounded with the diffusion noise drawn from a generator seeded by `seed`.
+    `data.dequantized_bits_per_dim`: the same y as every model's for the same `seed` and `batch_size` (so
+    their differences can be paired), mapped to [-1, 1], then bounded with the diffusion noise drawn from a
+    generator seeded by `seed`.
     """
 
     dev = ddpm.betas.device
-    gen_y = torch.Generator(device="cpu").manual_seed(seed)
     gen_t = torch.Generator(device=dev).manual_seed(seed)
     dim = math.prod(ddpm.shape)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen_y)
-        nll = ddpm.nll_bound(to_signed(y).to(dev), generator=gen_t, n_t=n_t, clip_denoised=clip_denoised)
-        out.append(bound_bits_per_dim(nll, dim=dim).cpu())
-    return torch.cat(out)
 
+    def log_prob(y: torch.Tensor) -> torch.Tensor:
+        nll = ddpm.nll_bound(to_signed(y).to(dev), generator=gen_t, n_t=n_t, clip_denoised=clip_denoised)
+        return log_prob_y(nll, dim)
+
+    return dequantized_bits_per_dim(images, log_prob, seed, batch_size)

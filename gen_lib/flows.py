@@ -1,11 +1,15 @@
 """RealNVP-style normalizing flows (Dinh et al., 2017), written once for the 2-D flow
-prior of the VAE and for the 784-D image flow.
+prior of the VAE and for the image flow.
 
 A flow maps data x to a base variable z through invertible layers. Each layer's
 `forward(x)` goes data -> base and returns `(z, log|det dz/dx|)`; `inverse(z)` goes
 back. By the change of variables,
 
     log p(x) = log N(z; 0, I) + sum_layers log|det dz/dx|.
+
+The density is one `torch.distributions.Distribution`, `flow()` (a `FlowDistribution`, zuko's shape):
+`Flow.log_prob`, `Flow.sample` and the training loss `Flow.loss` are its faces, and `data_to_base` /
+`base_to_data` the transform it is built on.
 
 Affine coupling with a binary mask m (1 = passed through, 0 = transformed):
 
@@ -17,26 +21,24 @@ coordinates and predict only the transformed ones (a gather instead of multiplyi
 the mask): the same function as a D -> hidden -> D network on `m * x` whose outputs are
 multiplied by `1 - m`, at half the arithmetic for a checkerboard.
 
-The image flow (`build_image_flow`) models dequantized images y in [0, 1]^784: a logit
-pre-transform `y -> logit(alpha + (1 - 2 alpha) y)` (RealNVP, Sec. 4.1) with its
-Jacobian, an actnorm layer that centres every pixel (initialised from data), then 20
+The image flow (`build_image_flow`) models dequantized images y in [0, 1]^D (D = C * H * W of the
+dataset's registry shape): a logit pre-transform `y -> logit(alpha + (1 - 2 alpha) y)` (RealNVP, Sec. 4.1)
+with its Jacobian, an actnorm layer that centres every pixel (initialised from data), then 20
 couplings with alternating checkerboard masks on a Gaussian base.
 
-Why the actnorm: after the logit every background pixel sits near logit(alpha) = -2.9 with
-a width of ~0.07 (the dequantization noise). Maximum likelihood expands that narrow
-background, and without centring every expansion by exp(s) also moves the pixel's offset
-by -2.9 (exp(s) - 1), which the translation t must cancel exactly: an ill-conditioned pair
-in which one ordinary Adam step, or bf16 rounding of a large t, throws a batch far into the
-Gaussian's tail (training losses of 10^2 to 10^5 nats/dim were seen, differently on every CPU).
-Centred pixels expand about zero and need no compensating shift.
+Why the actnorm: after the logit every background pixel sits near logit(alpha) = -2.9 with the narrow
+width of the dequantization noise. Maximum likelihood expands that narrow background, and without
+centring every expansion by exp(s) also moves the pixel's offset by -2.9 (exp(s) - 1), which the
+translation t must cancel exactly: an ill-conditioned pair in which one ordinary Adam step, or bf16
+rounding of a large t, can throw a batch far into the Gaussian's tail. Centred pixels expand about zero
+and need no compensating shift.
 
 Why the gradient is clipped at about its typical norm (1 for this loss, in nats/dim): a pixel that
 is background in nearly every image is expanded by maximum likelihood, so the rare image with ink
-there lands far out in the Gaussian's tail and its batch's gradient is tens to thousands of times
-the typical one. Adam's momentum then carries that one batch's direction for ~20 steps, a push that
-threw training off for tens of steps (an epoch's mean loss rising by 0.25 nats/dim). Adam's step does
-not depend on the gradient's scale, so clipping at the typical norm changes nothing for ordinary
-batches and takes the excess weight away from the rare ones.
+there lands far out in the Gaussian's tail and its batch's gradient is many times the typical one.
+Adam's momentum then carries that one batch's direction for many steps. Adam's step does not depend
+on the gradient's scale, so clipping at the typical norm changes nothing for ordinary batches and takes
+the excess weight away from the rare ones. What was seen without either: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -47,10 +49,19 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
-from .data import dequantize
+from .data import INFO, dequantized_bits_per_dim
+from .data import bits_per_dim  # noqa: F401  (SPEC's gen_lib.flows.bits_per_dim: the one function, in data)
 from .seeds import Linear
+from .stats import mean_ci
 
 _LOG_2PI = math.log(2 * math.pi)
+MNIST_SHAPE = INFO["mnist"].shape  # the registry's default dataset: the image flow's shape where none is given
+
+
+def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a module's parameters (CPU float32 without any)."""
+    p = next(module.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -141,8 +152,8 @@ class ActNorm(nn.Module):
 
         With `expand=False` a dimension with std < 1 is not blown up to unit std: a pixel that is
         background in every image of the batch has a tiny std, and an image with ink there would
-        land hundreds of standard deviations out (a loss spike of 10^4 nats). The couplings learn
-        that expansion gradually instead.
+        land hundreds of standard deviations out (a loss spike). The couplings learn that expansion
+        gradually instead.
         """
         x = x.double()
         self.loc.copy_(x.mean(0))
@@ -160,8 +171,10 @@ class ActNorm(nn.Module):
 class Flow(nn.Module):
     """A stack of invertible layers on a standard-normal base, for events of `event_shape`.
 
-    Layers act on flattened events (B, D); the API takes and returns (B, *event_shape).
-    `forward()` returns the flow as a `torch.distributions.Distribution`.
+    `flow()` is its density, a `FlowDistribution`: the one implementation of log p(x) and of sampling.
+    `log_prob(x)` (which first checks x as data from outside), `sample(n)` and the training `loss(x)` are
+    that distribution's faces; `data_to_base`/`base_to_data` are the transform it is built on. Layers act on
+    flattened events (B, D); the API takes and returns (B, *event_shape).
     """
 
     def __init__(self, layers: list[nn.Module], event_shape: tuple[int, ...]):
@@ -170,10 +183,15 @@ class Flow(nn.Module):
         self.event_shape = tuple(event_shape)
         self.dim = math.prod(self.event_shape)
 
+    def forward(self) -> "FlowDistribution":
+        """The flow's density as a `torch.distributions.Distribution` (log_prob, sample, rsample)."""
+        return FlowDistribution(self)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for a wrong shape or non-finite values (subclasses add ranges)."""
         if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"flow input has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, self.event_shape))})")
+            event = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"flow input has shape {tuple(x.shape)}; expected (N, {event})")
         if not torch.isfinite(x).all():
             raise ValueError("flow input has non-finite values (nan or inf)")
 
@@ -214,27 +232,21 @@ class Flow(nn.Module):
             yield h, log_det
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) per example (B,), every Jacobian included."""
-        z, log_det = self.data_to_base(x)
-        return self.base_log_prob(z) + log_det
+        """log p(x) per example (B,), every Jacobian included: `flow().log_prob` of x checked as data."""
+        self.check_input(x)
+        return self().log_prob(x)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood per dimension (nats), the training objective."""
+        """Negative log-likelihood per dimension (nats) under `flow()`, the training objective."""
         return -self.log_prob(x).float().mean() / self.dim
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples (n, *event): z ~ N(0, temperature^2 I) mapped to data space."""
-        p = next(self.parameters(), None)
-        device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-        z = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype) * temperature
-        return self.base_to_data(z)
-
-    def forward(self) -> "FlowDistribution":
-        return FlowDistribution(self)
+        """n samples (n, *event) of `flow()` at `temperature`: z ~ N(0, temperature^2 I) mapped to data space."""
+        return self().rsample((n,), temperature=temperature, generator=generator)
 
 
 class ImageFlow(Flow):
-    """A `Flow` on images (B, 1, 28, 28) with values in [0, 1] (dequantized pixels)."""
+    """A `Flow` on images (B, C, H, W) with values in [0, 1] (dequantized pixels)."""
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
@@ -245,7 +257,12 @@ class ImageFlow(Flow):
 
 
 class FlowDistribution(Distribution):
-    """A `Flow` seen as a `torch.distributions.Distribution` (reparameterised samples)."""
+    """The density of a `Flow` (what `flow()` returns): log p(x) = log N(z; 0, I) + log|det dz/dx| with
+    (z, log|det|) = `flow.data_to_base(x)`, and samples `flow.base_to_data(z)` of z ~ N(0, I), reparameterised.
+
+    Any sample and batch shape (the layers act on the last axis). A density, not a data loader: no input
+    checks (validate_args=False); `Flow.log_prob` checks data before it calls this.
+    """
 
     arg_constraints: dict = {}
     support = constraints.real_vector
@@ -256,19 +273,22 @@ class FlowDistribution(Distribution):
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(flow.event_shape), validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        # any sample/batch shape (the layers act on the last axis); a density: no data checks (validate_args=False)
         z, log_det = self.flow.data_to_base(value, check=False)
         return self.flow.base_log_prob(z) + log_det
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = torch.Size(), temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Samples (*sample_shape, *event): z ~ N(0, temperature^2 I) in the parameters' device and dtype."""
         n = math.prod(sample_shape)
-        return self.flow.sample(n).reshape(*sample_shape, *self.event_shape)
+        device, dtype = _device_dtype(self.flow)
+        z = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype) * temperature
+        return self.flow.base_to_data(z).reshape(*sample_shape, *self.event_shape)
 
 
 # ---------------------------------------------------------------- the image flow
 
 
-def checkerboard_mask(height: int = 28, width: int = 28, parity: int = 0) -> torch.Tensor:
+def checkerboard_mask(height: int = MNIST_SHAPE[1], width: int = MNIST_SHAPE[2], parity: int = 0) -> torch.Tensor:
     """Flat (height * width,) mask: 1 where (row + col) % 2 == parity (passed through), else 0."""
     if parity not in (0, 1):
         raise ValueError(f"parity={parity!r}; choose 0 or 1")
@@ -278,11 +298,12 @@ def checkerboard_mask(height: int = 28, width: int = 28, parity: int = 0) -> tor
 
 
 def build_image_flow(n_layers: int = 20, hidden: int = 256, logit_alpha: float | None = 0.05,
-                     image_shape: tuple[int, int, int] = (1, 28, 28), actnorm: bool = True) -> ImageFlow:
+                     image_shape: tuple[int, int, int] = MNIST_SHAPE, actnorm: bool = True) -> ImageFlow:
     """The study's image flow: [logit pre-transform] + [actnorm] + `n_layers` affine couplings with
     checkerboard masks alternating layer to layer (parity 0, 1, 0, ...), on N(0, I).
 
-    Models dequantized images y in [0, 1]^784; `log_prob(y)` includes the logit's Jacobian.
+    Models dequantized images y in [0, 1]^(C·H·W) of `image_shape` (a dataset's registry shape, MNIST's by
+    default); `log_prob(y)` includes the logit's Jacobian.
     `base_to_data` inverts the logit onto (-alpha, 1 + alpha) / (1 - 2 alpha), a little wider
     than [0, 1]: clamp samples to [0, 1] for display and saving.
     `logit_alpha=None` drops the pre-transform (the base then models [0, 1] directly). The actnorm
@@ -310,35 +331,20 @@ def initialize_actnorm(flow: Flow, y: torch.Tensor) -> None:
         h, _ = layer(h)
 
 
-def bits_per_dim(log_prob: torch.Tensor, dim: int = 784, n_bins: int = 256) -> torch.Tensor:
-    """Bits per dimension of 8-bit data from log p(y) (nats) of its dequantization y in [0, 1]^dim:
-
-        bits/dim = -(log p(y) - dim * ln 256) / (dim * ln 2).
-
-    With y = (x * 255 + u) / 256, log P(x) >= E_u[log p(y)] - dim * ln 256 (Theis et al., 2016),
-    so averaged over u this bounds the discrete model's bits/dim from above.
-    Per example: same shape as `log_prob`.
-    """
-    return -(log_prob - dim * math.log(n_bins)) / (dim * math.log(2.0))
-
-
 @torch.no_grad()
 def dataset_bits_per_dim(flow: Flow, images: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
-    """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1], dequantized with a fixed
-    seed (so every call scores the same y), evaluated in float32 without autocast."""
+    """Per-image bits/dim (N,) of 8-bit `images` (N, *event) in [0, 1] under `flow` (`data.dequantized_bits_per_dim`:
+    y dequantized with a fixed seed, so every call and every model scores the same y), in float32 without autocast."""
+    device, dtype = _device_dtype(flow)
 
-    p = next(flow.parameters(), None)
-    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen)  # same y on every device
+    def log_prob(y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, enabled=False):  # metrics in full precision, even inside autocast
-            out.append(bits_per_dim(flow.log_prob(y.to(device, dtype)).float(), dim=flow.dim).cpu())
-    return torch.cat(out)
+            return flow.log_prob(y.to(device, dtype)).float()
+
+    return dequantized_bits_per_dim(images, log_prob, seed, batch_size)
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error std / sqrt(n) over examples."""
-    v = values.double()
-    return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+    """Mean and its standard error std / sqrt(n) over examples (`stats.mean_ci`'s, without the interval)."""
+    ci = mean_ci(values)
+    return ci["mean"], ci["se"]

@@ -88,9 +88,13 @@ def sampler(name: str) -> SamplerSpec:
     return SAMPLERS[name]
 
 
-def _predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: float, clip: bool) -> torch.Tensor:
-    x0 = (x_t - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5  # x̂_0 (Ho et al., Eq. 15)
-    return x0.clamp(-1.0, 1.0) if clip else x0
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: float | torch.Tensor,
+               clip_denoised: bool = False) -> torch.Tensor:
+    """The clean image the network predicts, x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t (Ho et al., Eq. 15), clamped to
+    [−1, 1] when `clip_denoised`: the one x̂_0 of every sampler step, the variational bound and the explorer.
+    `abar` is ᾱ_t as a float or a tensor that broadcasts against x_t (one ᾱ per example or per step)."""
+    x0 = (x_t - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5
+    return x0.clamp(-1.0, 1.0) if clip_denoised else x0
 
 
 @register_sampler("ancestral", "ancestral")
@@ -102,7 +106,7 @@ def ancestral_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, sc
     if variance not in VARIANCES:
         raise ValueError(f"variance={variance!r} is unknown; choose one of {', '.join(VARIANCES)}")
     abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    x0_hat = predict_x0(x_t, eps, abar, clip_denoised)
     beta = 1.0 - abar / abar_prev
     mean = (abar_prev ** 0.5 * beta / (1.0 - abar)) * x0_hat \
         + ((1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)) * x_t
@@ -118,7 +122,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedul
     """Song et al.'s deterministic DDIM step (η = 0, Eq. 12): x_{t'} = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂, with ε̂ made
     consistent with a clamped x̂_0 (`noise` is not used)."""
     abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    x0_hat = predict_x0(x_t, eps, abar, clip_denoised)
     if clip_denoised:  # the ε consistent with the clamped x̂_0
         eps = (x_t - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
     return abar_prev ** 0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps
@@ -133,7 +137,7 @@ def ddim_eta_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, sch
     if not eta >= 0:
         raise ValueError(f"eta={eta!r} must be >= 0")
     abar, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-    x0_hat = _predict_x0(x_t, eps, abar, clip_denoised)
+    x0_hat = predict_x0(x_t, eps, abar, clip_denoised)
     if clip_denoised:  # the ε consistent with the clamped x̂_0
         eps = (x_t - abar ** 0.5 * x0_hat) / (1.0 - abar) ** 0.5
     var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)

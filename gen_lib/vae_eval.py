@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import dequantize
-from .flows import bits_per_dim
+from .data import dequantized_bits_per_dim
 from .quadrature import log_likelihood_quadrature
 from .vae import IWAE_CHUNK, VAE
 
@@ -82,16 +81,17 @@ def decoded_plane(vae: VAE, x: torch.Tensor, n: int = 12, tail: float = 2.0) -> 
 
 @torch.no_grad()
 def dataset_bits_per_dim(vae: VAE, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_size: int = 500,
-                         method: str = "iwae", chunk: int = 2**16) -> torch.Tensor:
-    """Per-image bits/dim (N,) of 8-bit `images` (N, 1, 28, 28) in [0, 1] under a continuous-Bernoulli VAE,
-    on the flow's scale (`gen_lib.flows.bits_per_dim` of log p(y), y dequantized in [0, 1]^784).
+                         method: str = "iwae", chunk: int = 2**16, n_grid: int = 32,
+                         quadrature_batch: int = 64) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` (N, *image_shape) in [0, 1] under a continuous-Bernoulli VAE,
+    on the flow's scale: `data.dequantized_bits_per_dim` of log p(y), the same y as every model's for the same
+    `seed` and `batch_size`.
 
-    y is dequantized exactly as `gen_lib.flows.dataset_bits_per_dim` does with the same `seed` and
-    `batch_size`, so the models score the same y. method="iwae": log p(y) >= IWAE_K(y) (Burda et al.,
-    2016) with K = `k` importance samples drawn `chunk` decoder evaluations at a time, so the result
-    is an upper bound on the bits/dim in expectation (tighter as K grows); the draws come from the
-    global RNG seeded by `seed` inside a forked RNG state. method="quadrature": the near-exact
-    log p(y) of `log_likelihood_quadrature` (2-D latent only).
+    method="iwae": log p(y) >= IWAE_K(y) (Burda et al., 2016) with K = `k` importance samples drawn `chunk`
+    decoder evaluations at a time, so the result is an upper bound on the bits/dim in expectation (tighter
+    as K grows); the draws come from the global RNG seeded by `seed` inside a forked RNG state.
+    method="quadrature": the near-exact log p(y) of `log_likelihood_quadrature` on an `n_grid`² grid,
+    `quadrature_batch` images per grid evaluation (2-D latent only).
     """
 
     if getattr(vae.decoder, "likelihood", None) != "continuous_bernoulli":
@@ -102,12 +102,13 @@ def dataset_bits_per_dim(vae: VAE, images: torch.Tensor, k: int = 1000, seed: in
         raise ValueError(f"method={method!r} is unknown; choose one of {', '.join(BPD_METHODS)}")
     vae.eval()
     dev, dtype = vae._device(), vae._dtype()
-    gen_y = torch.Generator(device="cpu").manual_seed(seed)
-    out = []
+
+    def log_prob(y: torch.Tensor) -> torch.Tensor:
+        y = y.to(dev, dtype)
+        if method == "iwae":
+            return vae.iwae(y, k, chunk=chunk).double()
+        return log_likelihood_quadrature(vae, y, n_grid=n_grid, batch=quadrature_batch).double()
+
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        for i in range(0, images.shape[0], batch_size):
-            y = dequantize(images[i:i + batch_size].float().cpu(), generator=gen_y).to(dev, dtype)
-            log_p = vae.iwae(y, k, chunk=chunk) if method == "iwae" else log_likelihood_quadrature(vae, y)
-            out.append(bits_per_dim(log_p.double(), dim=y[0].numel()).cpu())
-    return torch.cat(out)
+        return dequantized_bits_per_dim(images, log_prob, seed, batch_size)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _bounds import Z
-from gen_lib import checkpoints, data, training
+from gen_lib import checkpoints, data, flows, training
 from gen_lib.study import recipes
 from gen_lib.flows import (AffineCoupling, Flow, ImageFlow, LogitTransform, bits_per_dim, build_image_flow,
                            checkerboard_mask, dataset_bits_per_dim, mean_and_stderr)
@@ -141,6 +141,20 @@ def test_dataset_bits_per_dim_uses_fixed_dequantization():
     torch.testing.assert_close(a.double(), -log_p / (784 * math.log(2)) + 8, rtol=0, atol=1e-5)
     mean, se = mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert mean == pytest.approx(2.5) and se == pytest.approx(math.sqrt(5 / 3) / 2)
+
+
+def test_one_bits_per_dim_of_y_for_every_model():
+    """`gen_lib.flows.bits_per_dim` is `gen_lib.data.bits_per_dim`, and `data.dequantized_bits_per_dim` reads the
+    dimension from the images: a uniform density on [0, 1]^D (log p(y) = 0) is 8 bits/dim at any image shape."""
+    assert flows.bits_per_dim is data.bits_per_dim
+    for shape in [(1, 4, 4), (3, 5, 6)]:
+        x = torch.randint(0, 256, (5, *shape)).float() / 255
+        seen = []
+        bpd = data.dequantized_bits_per_dim(x, lambda y: seen.append(y) or torch.zeros(len(y), dtype=torch.float64),
+                                            seed=2, batch_size=2)
+        assert torch.equal(bpd, torch.full((5,), 8.0, dtype=torch.float64))
+        gen = torch.Generator().manual_seed(2)  # the y it scored: the seed's stream, batch by batch
+        assert torch.equal(torch.cat(seen), torch.cat([data.dequantize(x[i:i + 2], generator=gen) for i in (0, 2, 4)]))
 
 
 def test_checkerboard_masks_alternate_and_cover_every_pixel():

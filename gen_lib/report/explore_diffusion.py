@@ -2,8 +2,8 @@
 
 `denoising_trajectory` records one run of the sampler step by step; `DiffusionExplorer` shows a
 batch of samples at a noise level t set by a slider, ancestral (T steps) beside DDIM (S steps), from
-the same x_T, and beside each x_t its prediction of the clean image
-x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t.
+the same x_T, and beside each x_t its prediction of the clean image x̂_0 (`samplers.predict_x0`, the
+samplers' own).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..diffusion import DDPM
-from ..samplers import sampling_timesteps
+from ..samplers import predict_x0, sampling_timesteps
 from .widgets import Explorer, show, tile
 
 
@@ -38,9 +38,9 @@ def denoising_trajectory(ddpm: DDPM, n: int, steps: int | None, method: str, see
                          bf16: bool = False) -> dict[str, torch.Tensor]:
     """One run of `ddpm.sample` recorded step by step, in the data's scale [-1, 1] (unclamped):
 
-    `x` (S + 1, n, 1, 28, 28): x_T, then x after every step; `x0_hat` (S + 1, n, 1, 28, 28): the
-    clean image predicted before each step, x̂_0 = clamp((x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t, −1, 1)
-    (as the sampler computes it), and the final sample last; `level` (S + 1,): the noise level of
+    `x` (S + 1, n, *ddpm.shape): x_T, then x after every step; `x0_hat` (S + 1, n, *ddpm.shape): the
+    clean image predicted before each step, clamped (`samplers.predict_x0`, as the sampler computes it),
+    and the final sample last; `level` (S + 1,): the noise level of
     each entry, t + 1 for x_t (T for x_T) and 0 for the final sample. The same `seed` gives the
     same x_T for every method. Recording does not change the samples: `x[-1]` is what
     `ddpm.sample(n, steps, method, generator)` returns for the same seed.
@@ -53,8 +53,8 @@ def denoising_trajectory(ddpm: DDPM, n: int, steps: int | None, method: str, see
     _, xs = twin.sample(n, steps=steps, method=method, generator=g, bf16=bf16, return_trajectory=True)
     ts = sampling_timesteps(ddpm.T, steps or ddpm.T)  # (S,) decreasing, as the sampler walks them
     abar = ddpm.alphas_cumprod.cpu()[ts].reshape(-1, 1, 1, 1, 1)  # (S, 1, 1, 1, 1) float64
-    eps = torch.stack(recorder.outputs).double()  # (S, n, 1, 28, 28)
-    x0_hat = ((xs[:-1].double() - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+    eps = torch.stack(recorder.outputs).double()  # (S, n, *shape)
+    x0_hat = predict_x0(xs[:-1].double(), eps, abar, clip_denoised=True)
     x0_hat = torch.cat([x0_hat.to(xs.dtype), xs[-1:]])
     level = torch.cat([ts + 1, torch.zeros(1, dtype=torch.long)])
     return {"x": xs, "x0_hat": x0_hat, "level": level}

@@ -30,7 +30,7 @@ class FlowExplorer(Explorer):
         self.eps = torch.randn((n_samples, *flow.event_shape), generator=g).to(p.device, p.dtype)
         y = dequantize(test_x[:n_walk].float().cpu(), generator=g).to(p.device, p.dtype)
         with torch.no_grad():
-            self.walk = [h.float().cpu() for h in flow.trajectory(y)]  # L + 1 states (n_walk, 1, 28, 28)
+            self.walk = [h.float().cpu() for h in flow.trajectory(y)]  # L + 1 states (n_walk, *event_shape)
         self.names = ["data y"] + [self._layer_name(k) for k in range(len(flow.layers))]
         self._samples: dict[float, torch.Tensor] = {}
         self._make_widget(self._controls())
@@ -57,7 +57,7 @@ class FlowExplorer(Explorer):
         return {"temperature": self.temperature.value, "layer": self.layer.value}
 
     def samples(self, temperature: float) -> torch.Tensor:
-        """Samples (n, 1, 28, 28) clamped to [0, 1] from z = τ ε for the explorer's fixed ε."""
+        """Samples (n, *event_shape) clamped to [0, 1] from z = τ ε for the explorer's fixed ε."""
         key = round(float(temperature), 4)
         if key not in self._samples:
             with torch.no_grad():

@@ -1,7 +1,7 @@
 """Table 3: the three models' likelihoods on one scale, exact values beside bounds, and what they allow us to say.
 
 Every value is bits/dim of the same dequantized 8-bit test images y = (255 x + u)/256 (the same u for
-every model: the same images, `seed` and batches), `gen_lib.flows.bits_per_dim`. Lower is better.
+every model: the same images, `seed` and batches), `gen_lib.data.dequantized_bits_per_dim`. Lower is better.
 
 An estimate is *exact* (the flow's change of variables; the VAE's log p(y) by quadrature over its 2-D
 latent; the DDPM's probability-flow ODE, up to the solver's error) or an *upper bound* (the VAE's IWAE
@@ -27,12 +27,12 @@ from itertools import combinations
 import torch
 
 from .. import report
-from ..data import dequantize, to_signed
+from ..data import dequantized_bits_per_dim, to_signed
 from ..diffusion import DDPM
-from ..diffusion_nll import bound_bits_per_dim
-from ..flows import bits_per_dim
+from ..diffusion_nll import log_prob_y
 from ..stats import mean_ci
-from ..vae import VAE, log_likelihood_quadrature
+from ..vae import VAE
+from ..vae_eval import dataset_bits_per_dim
 
 KINDS = ("exact", "bound")
 QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call: 64 images at 64x64, ~2 GB of activations
@@ -70,35 +70,26 @@ def test_sample(n_test: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:n]
 
 
-def _on_same_y(images: torch.Tensor, seed: int, batch_size: int, score) -> torch.Tensor:
-    """score(y) (b,) for y dequantized batch by batch from a CPU generator seeded by `seed`: the y of
-    `flows.dataset_bits_per_dim` for the same images, seed and batch size."""
-    gen_y = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.cat([score(dequantize(images[i:i + batch_size].float().cpu(), generator=gen_y)).double().cpu()
-                      for i in range(0, images.shape[0], batch_size)])
-
-
 @torch.no_grad()
 def ode_bits_per_dim(ddpm: DDPM, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
                      steps: int | None = None) -> torch.Tensor:
     """Per-image bits/dim (N,) of 8-bit `images` in [0, 1] under the DDPM's probability-flow ODE (`DDPM.ode_nll`,
-    Hutchinson probes from a generator seeded by `seed`), on the same y as `flows.dataset_bits_per_dim`."""
+    Hutchinson probes from a generator seeded by `seed`), on every model's y (`data.dequantized_bits_per_dim`)."""
     dev = ddpm.betas.device
     gen_v = torch.Generator(device=dev).manual_seed(seed)
-    return _on_same_y(images, seed, batch_size, lambda y: bound_bits_per_dim(
-        ddpm.ode_nll(to_signed(y).to(dev), steps=steps, generator=gen_v), dim=math.prod(ddpm.shape)))
+    dim = math.prod(ddpm.shape)
+    return dequantized_bits_per_dim(images, lambda y: log_prob_y(
+        ddpm.ode_nll(to_signed(y).to(dev), steps=steps, generator=gen_v), dim), seed, batch_size)
 
 
-@torch.no_grad()
 def quadrature_bits_per_dim(vae: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
                             n_grid: int = 64) -> torch.Tensor:
     """Per-image bits/dim (N,) of 8-bit `images` under a continuous-Bernoulli VAE with a 2-D latent, from its
-    near-exact log p(y) (`vae.log_likelihood_quadrature` on an `n_grid`² grid), on the flow's y."""
-    dev, dtype = vae._device(), vae._dtype()
-    vae.eval()
-    per_call = max(1, QUADRATURE_ROWS // n_grid ** 2)  # images per grid evaluation: bounded memory at any n_grid
-    return _on_same_y(images, seed, batch_size, lambda y: bits_per_dim(
-        log_likelihood_quadrature(vae, y.to(dev, dtype), n_grid=n_grid, batch=per_call).double(), dim=y[0].numel()))
+    near-exact log p(y) on an `n_grid`² grid (`vae_eval.dataset_bits_per_dim(method="quadrature")`), on every
+    model's y, with bounded memory at any `n_grid`."""
+    per_call = max(1, QUADRATURE_ROWS // n_grid ** 2)  # images per grid evaluation
+    return dataset_bits_per_dim(vae, images, seed=seed, batch_size=batch_size, method="quadrature", n_grid=n_grid,
+                                quadrature_batch=per_call)
 
 
 def paired(a: Estimate, b: Estimate) -> dict[str, float]:
