@@ -108,5 +108,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from gen_lib import system
+
+    system.configure_threads()
     for row in run(quick="--quick" in sys.argv):
         print(row)

@@ -88,5 +88,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from gen_lib import system
+
+    system.configure_threads()
     for row in run():
         print(row)

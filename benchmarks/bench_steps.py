@@ -67,6 +67,9 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from gen_lib import system
+
+    system.configure_threads()
     import sys
     for row in run(quick="--quick" in sys.argv):
         print(row)

@@ -2,7 +2,7 @@
 
 Floors, imports pointing down only (CONTRIBUTING.md, tests/test_layers.py): `paths`, `system`, `stats`;
 the models and their numerical methods (`data`, `priors`, `flows`, `unet`, `samplers`, `diffusion`, `diffusion_nll`,
-`vae`, `quadrature`, `vae_eval`, `classifier`, `sampling`, `seeds`), `training` (one loop: one model or stacked
+`vae`, `quadrature`, `vae_eval`, `classifier`, `sample_sets`, `seeds`), `training` (one loop: one model or stacked
 seeds) and its `checkpoints`; the scores (`features`, `metrics`, `intervals`: feature maps, scores and their
 intervals, from tensors, importing nothing of the study); `study` (profiles, precision, run identity, recipes, the
 lookups of trained models, cache; it registers each dataset's trained classifier as a feature map); `report` (the

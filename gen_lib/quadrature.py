@@ -58,8 +58,7 @@ def _grid(n, device):
     return torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)  # (n*n, 2)
 
 
-GRID_CHUNK = 1024  # grid points per decoder call (times the images of a batch): a decoder's log-density holds about
-# ten (rows, D) float32 temporaries (the continuous Bernoulli's), so a whole 128 x 128 grid of 16 images took ~8 GiB
+GRID_CHUNK = 1024  # grid points per decoder call (times the images of a batch): bounds the decoder's temporaries
 
 
 def _log_integrand(vae, p, x, centre, half, u):

@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 
 from _bounds import Z  # noqa: E402
-from gen_lib import metrics, report, run, sampling, stats, vae, vae_eval
+from gen_lib import metrics, report, run, sample_sets, stats, vae, vae_eval
 from gen_lib.report import plots  # noqa: E402
 
 
@@ -64,14 +64,14 @@ def test_draw_is_seeded_batched_and_independent_of_the_batch_size():
         calls.append(k)
         return torch.rand(k, 1, 2, 2, generator=g, dtype=torch.float64)
 
-    a = sampling.draw(sample, 10, batch_size=4, seed=3)
+    a = sample_sets.draw(sample, 10, batch_size=4, seed=3)
     assert calls == [4, 4, 2] and a["images"].shape == (10, 1, 2, 2) and a["images"].dtype == torch.float32
     assert a["seconds_per_sample"] >= 0
-    b = sampling.draw(sample, 10, batch_size=10, seed=3)  # one generator for the run: the same stream
+    b = sample_sets.draw(sample, 10, batch_size=10, seed=3)  # one generator for the run: the same stream
     assert torch.equal(a["images"], b["images"])
-    assert not torch.equal(a["images"], sampling.draw(sample, 10, batch_size=4, seed=4)["images"])
+    assert not torch.equal(a["images"], sample_sets.draw(sample, 10, batch_size=4, seed=4)["images"])
     with pytest.raises(ValueError, match="batch_size=0"):
-        sampling.draw(sample, 10, batch_size=0, seed=3)
+        sample_sets.draw(sample, 10, batch_size=0, seed=3)
 
 
 def test_fid_vs_n_and_disjoint_subsets():

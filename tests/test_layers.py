@@ -14,7 +14,7 @@ PACKAGE = Path(gen_lib.__file__).parent
 FLOORS = {"paths": 0, "system": 0, "stats": 0,
           **dict.fromkeys(("data", "seeds", "priors", "flows", "unet", "samplers", "diffusion", "diffusion_nll", "vae",
                            "classifier", "training", "checkpoints", "quadrature", "vae_eval",
-                           "sampling"), 1),
+                           "sample_sets"), 1),
           **dict.fromkeys(("features", "metrics", "intervals"), 2), "study": 3, "report": 4,
           **dict.fromkeys(("run", "chunks", "measure"), 5)}
 SCORES = ("features", "metrics", "intervals")

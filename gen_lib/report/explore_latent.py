@@ -21,7 +21,7 @@ from .widgets import Explorer, show, tile
 class LatentExplorer(Explorer):
     """The 2-D latent plane of each prior's VAE: decoded digit, log p(z) and nearest test encodings at z.
 
-    `vaes` maps prior names to trained VAEs with a 2-D latent; `test_x` (N, 1, 28, 28) are the images
+    `vaes` maps prior names to trained VAEs with a 2-D latent; `test_x` (N, 1, H, W) are the images
     the VAEs were trained on the view of (binarized for 01_priors), `test_y` (N,) their labels.
     Nearest encodings: the k test images whose posterior means μ(x) are closest to z (Euclidean).
     """
@@ -78,7 +78,7 @@ class LatentExplorer(Explorer):
         return {"prior": self.prior.value, "z": (self.z1.value, self.z2.value)}
 
     def view(self, prior: str, z: tuple[float, float]) -> dict[str, Any]:
-        """At z under `prior`: the decoded image (1, 28, 28), log p(z), and the nearest test encodings."""
+        """At z under `prior`: the decoded image (1, H, W), log p(z), and the nearest test encodings."""
         model = self.vaes[prior]
         zt = torch.tensor([z], dtype=torch.float32)  # (1, 2)
         with torch.no_grad():
@@ -145,9 +145,10 @@ class LatentExplorer(Explorer):
             self._plane(row[0], prior, points)
             for j, z in enumerate(points):
                 v = self.view(prior, z)
-                strip = torch.cat([v["image"][None], self.test_x[v["neighbours"][:3]]])  # (4, 1, 28, 28)
+                strip = torch.cat([v["image"][None], self.test_x[v["neighbours"][:3]]])  # (4, C, H, W)
                 show(row[j + 1], tile(strip, nrow=2, pad=2), f"{j + 1}: log p(z) = {v['log_pz']:.1f}")
-                row[j + 1].add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), 28, 28, fill=False, ec="red", lw=2))
+                h, w = v["image"].shape[-2:]
+                row[j + 1].add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), w, h, fill=False, ec="red", lw=2))
         fig.suptitle("At each point z: the decoded image (red frame) and the 3 test images whose encodings are nearest",
                      fontsize=10)
         fig.tight_layout()

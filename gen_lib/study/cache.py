@@ -20,6 +20,7 @@ from .. import paths
 from ..data import info
 from ..system import git_commit, hardware
 from ..checkpoints import load_safely, save_atomic
+from .sections import TRAINED_BY
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -116,9 +117,6 @@ def samples_path(model: str, profile: str, dataset: str = "mnist") -> Path:
     return paths.samples_dir() / f"{model}_{profile}_{dataset}.pt"
 
 
-WRITER = {"flow": "02_flow", "ddpm": "03_ddpm"}
-
-
 def save_samples(model: str, images: torch.Tensor, profile: str, dataset: str = "mnist", **meta: Any) -> Path:
     """Save samples (N, C, H, W) in [0, 1], the shape of `dataset`'s images, with metadata (config, method,
     seconds per sample...)."""
@@ -139,7 +137,7 @@ def load_samples(model: str, profile: str, dataset: str = "mnist") -> dict[str, 
     """Load what `save_samples` wrote; a clear error names the notebook to run first."""
     path = samples_path(model, profile, dataset)
     if not path.exists():
-        writer = WRITER.get(model, "the notebook that trains it")
+        writer = TRAINED_BY.get(model, ("the notebook that trains it",))[0]
         raise FileNotFoundError(f"no {model} samples for profile {profile!r} at {path}; run notebook {writer} first "
                                 f"(python -m gen_lib.run --profile {profile} --only {writer} --no-pdf)")
     return load_safely(path)

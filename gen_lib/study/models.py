@@ -24,14 +24,13 @@ from ..classifier import MNISTClassifier
 from ..diffusion import build_ddpm
 from . import sections
 
-SECTIONS = sections.RUNS  # the sections that configure a model
 _DECODER = {"priors": "bernoulli", "quality_vae": "continuous_bernoulli"}  # the VAEs' runs
 
 
 def build(section: str, cfg: Mapping[str, Any]) -> nn.Module:
     """The untrained model of `section` sized by `cfg` (a resolved section; "auto" precisions may stay)."""
-    if section not in SECTIONS:
-        raise ValueError(f"section={section!r} has no model; choose one of {', '.join(SECTIONS)}")
+    if section not in sections.RUNS:
+        raise ValueError(f"section={section!r} has no model; choose one of {', '.join(sections.RUNS)}")
     info = data.info(cfg.get("dataset", "mnist"))
     if section in _DECODER:  # Part 1's section names no prior: each of its runs adds one
         if "prior" not in cfg:

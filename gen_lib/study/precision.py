@@ -13,13 +13,14 @@ run's identity records the resolved values. Evaluation is always float32.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Mapping
 
 import torch
 
-from .. import paths
+from .. import data, paths
 from ..system import machine, machine_key
 from ..training import adam, autocast, default_device
 from . import config, models
@@ -69,15 +70,17 @@ def _candidate(kind: str, cfg: Mapping[str, Any]) -> tuple[str, str, Mapping[str
     """(cache key, section to build, its configuration, a batch, the loss, steps timed) of the model `kind` sized
     by `cfg`."""
     b, g = int(cfg.get("batch_size", 128)), torch.Generator().manual_seed(0)
+    shape = data.info(cfg.get("dataset", "mnist")).shape  # the images the model is built for
     if kind == "vae":
-        return f"vae 784-512-512-2 batch {b}", "priors", {"prior": "gaussian"}, \
-            (torch.rand(b, 784, generator=g) > 0.5).float(), lambda m, x: m.loss(x, check=False), 20
+        d = math.prod(shape)
+        return f"vae {d}-512-512-2 batch {b}", "priors", {"prior": "gaussian", "dataset": cfg.get("dataset", "mnist")}, \
+            (torch.rand(b, d, generator=g) > 0.5).float(), lambda m, x: m.loss(x, check=False), 20
     if kind == "flow":
         return f"flow {cfg['n_layers']}x{cfg['hidden']} batch {b}", "flow", cfg, \
-            torch.rand(b, 1, 28, 28, generator=g).mul(0.98).add(0.01), lambda m, x: m.loss(x), 3
+            torch.rand(b, *shape, generator=g).mul(0.98).add(0.01), lambda m, x: m.loss(x), 3
     if kind == "unet":
         return f"unet c{cfg['base_channels']} m{cfg['channel_mults']} r{cfg['n_res']} batch {b}", "ddpm", cfg, \
-            torch.rand(b, 1, 28, 28, generator=g) * 2 - 1, lambda m, x: m.loss(x), 2
+            torch.rand(b, *shape, generator=g) * 2 - 1, lambda m, x: m.loss(x), 2
     raise ValueError(f"kind={kind!r} is unknown; choose one of vae, flow, unet")
 
 
@@ -162,6 +165,9 @@ def settle(section: str, params: dict[str, Any], log: Callable[[str], None] = pr
 
 
 if __name__ == "__main__":
+    from ..system import configure_threads
+
+    configure_threads()
     for section, keys in config.PRECISION_KEYS.items():
         cfg = settle(section, config.resolve(section, "default", **dict.fromkeys(keys, config.AUTO)))
         print(f"[{section}] {cfg['precision']}")

@@ -310,6 +310,10 @@ SECTIONS: dict[str, type[Section]] = {"common": CommonSection, "priors": PriorsS
                                       "explore": ExploreSection, "budget": BudgetSection}
 # the recipes' runs: each is configured by the section of its name
 RUNS: tuple[str, ...] = tuple(name for name, cls in SECTIONS.items() if cls.TRAINS)
+# the notebook and the recipe (gen_lib.study.recipes) that train each run, named by the errors of a missing model
+TRAINED_BY: dict[str, tuple[str, str]] = {"priors": ("01_priors", "train_vaes"), "flow": ("02_flow", "train_flow"),
+                                          "ddpm": ("03_ddpm", "train_ddpm"), "quality_vae": ("04_quality", "train_vae"),
+                                          "classifier": ("04_quality", "train_classifier")}
 
 
 def section_name(cls: type[Section]) -> str:

@@ -26,12 +26,7 @@ from torch import nn
 from .. import checkpoints, data, features, flows, priors, vae
 from ..diffusion import DDPM
 from ..training import default_device
-from . import cache, config, models, recipes
-
-# the notebook and the recipe that train each section's model (for the errors of `load`)
-WRITER = {"priors": ("01_priors", "train_vaes"), "quality_vae": ("04_quality", "train_vae"),
-          "flow": ("02_flow", "train_flow"), "ddpm": ("03_ddpm", "train_ddpm"),
-          "classifier": ("04_quality", "train_classifier")}
+from . import cache, config, models, recipes, sections
 
 
 def trained_path(section: str, cfg: Mapping[str, Any]) -> Path:
@@ -53,7 +48,7 @@ def run_folder(section: str, cfg: Mapping[str, Any]) -> Path:
 
 
 def _how(section: str, cfg: Mapping[str, Any]) -> str:
-    notebook, recipe = WRITER[section]
+    notebook, recipe = sections.TRAINED_BY[section]
     profile, dataset = cfg.get("profile", "default"), cfg.get("dataset", "mnist")
     return (f"train it with gen_lib.study.recipes.{recipe}, or run notebook {notebook} first "
             f"(python -m gen_lib.run --profile {profile} --dataset {dataset} --only {notebook} --no-pdf)")
@@ -67,8 +62,8 @@ def load(section: str, cfg: Mapping[str, Any], *, device: torch.device | str = "
     Raises FileNotFoundError naming the notebook (and recipe) to run when the model was not trained, or its
     training stopped before the configured epochs.
     """
-    if section not in WRITER:
-        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(WRITER)}")
+    if section not in sections.TRAINED_BY:
+        raise ValueError(f"section={section!r} has no recipe; choose one of {', '.join(sections.TRAINED_BY)}")
     profile, dataset = cfg.get("profile", "default"), cfg.get("dataset", "mnist")
     what = "classifier" if section == "classifier" else f"{section} model"
     path = trained_path(section, cfg)
@@ -89,7 +84,7 @@ def history(section: str, cfg: Mapping[str, Any]) -> list[dict[str, float]]:
     """The per-epoch history that the trained run of `section` under `cfg` stored in its checkpoint."""
     path = trained_path(section, cfg)
     if not path.exists():
-        raise FileNotFoundError(f"no trained {section} run at {path}; run notebook {WRITER[section][0]} first")
+        raise FileNotFoundError(f"no trained {section} run at {path}; run notebook {sections.TRAINED_BY[section][0]} first")
     return checkpoints.load_checkpoint(path)["history"]
 
 
