@@ -21,8 +21,9 @@ def _writers() -> set[str]:
     from gen_lib.report import numbers
 
     own = {"write_macros", "dataframe_table", "write_table"}
-    return own | {name for name, f in vars(numbers).items() if inspect.isfunction(f) and f.__module__ == numbers.__name__
-                  and any(f"{w}(" in inspect.getsource(f) for w in own)}
+    functions = [(name, f) for name, f in vars(numbers).items()
+                 if inspect.isfunction(f) and f.__module__ == numbers.__name__]
+    return own | {name for name, f in functions if any(f"{w}(" in inspect.getsource(f) for w in own)}
 
 
 def _writes(tree: ast.AST, writers: set[str]) -> bool:

@@ -13,8 +13,10 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
+from .. import data, samplers, stats
 from .. import priors as prior_registry
-from .. import stats
+from ..flows import mean_and_stderr
+from ..study import config, models
 from . import dataframe_table, fmt, join_words, latex_escape, mean_pm, write_macros
 from . import likelihood as likelihood_text
 from . import quality as quality_text
@@ -185,7 +187,8 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
         "priors.base": label[base], "priors.ncompare": str(2 * len(others)),
         "priors.precision": latex_escape(next(iter(runs.values())).config["precision"]),
         "priors.stacking": ("trained together as one stacked model, each seed's loss, Adam state and checkpoint its "
-                            "own (\\texttt{gen\\_lib/seeds.py})" if cfg["stack_seeds"] else "trained one after the other")})
+                            "own (\\texttt{gen\\_lib/seeds.py})" if cfg["stack_seeds"]
+                            else "trained one after the other")})
     macros.update({  # lists and sentences, each computed from the results (gen_lib.report.table1)
         "priors.delbo.list": each({n: _f2(by_prior[n].elbo.mean() - by_prior[base].elbo.mean()) for n in others}),
         "priors.pelbo.list": each({n: f"{pvals['elbo'][n]:.2g}" for n in others}),
@@ -229,8 +232,6 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
 
 def flow_table(bpd: Mapping[str, torch.Tensor], profile: str) -> pd.DataFrame:
     """Bits/dim of the flow (`flow_bpd.tex`): `bpd[row name]` per-image values, mean with its standard error."""
-    from ..flows import mean_and_stderr
-
     rows = {}
     for name, values in bpd.items():
         mean, se = mean_and_stderr(values)
@@ -248,9 +249,6 @@ def flow(cfg: Mapping[str, Any], run, test_bpd: torch.Tensor, train_bpd: torch.T
     """Write `macros_flow.tex`, every `\\val{flow.*}`, and return it. `run`: the trained flow (`.model`, `.result`,
     `.config`); the bits/dim are per image; `clamped`: the share of sample pixels outside [0, 1]; `recon_err`: the
     largest |y - f^-1(f(y))|; `paper_epochs` come from the paper profile (the report compares)."""
-    from ..flows import mean_and_stderr
-    from ..study import config
-
     history = run.result.history
     bpd_mean, bpd_se = mean_and_stderr(test_bpd)
     train_mean, init_mean = mean_and_stderr(train_bpd)[0], mean_and_stderr(init_bpd)[0]
@@ -318,9 +316,6 @@ def ddpm(cfg: Mapping[str, Any], run, *, n_train: int, ms_per_sample: float, ste
     `.result.history`, `.config` as trained); `ms_per_sample`: the samples for 04's; `steps`: the sampler timing
     rows of `ddpm_steps_table`; `fid_q`/`fid_ms` the FID-against-steps rows, None or empty when the profile skips
     them: then no `ddpm.fid.*` is written and the report leaves that part out (it tests for `ddpm.fid.on`)."""
-    from .. import samplers
-    from ..study import config, models
-
     model, history, trained = run.model, run.result.history, run.config
     last = history[-1]
     steps_per_epoch = -(-min(n_train, trained["train_subset"] or n_train) // trained["batch_size"])
@@ -350,8 +345,9 @@ def ddpm(cfg: Mapping[str, Any], run, *, n_train: int, ms_per_sample: float, ste
             "ddpm.fid.on": "1", "ddpm.fidn": f"{cfg['fid_n']:,}", "ddpm.nboot": str(cfg["n_boot"]),
             "ddpm.fid.samplers": join_words(compared + ([f"the {trained['T']}-step ancestral sampler"]
                                                         if cfg["fid_ancestral"] else [])),
-            "ddpm.fid.list": join_words([f"{n} {fid_q[n]['fid']:.2f} (bias-corrected {quality_text.cell(fid_q[n], 'fid')}"
-                                         f", {t:.1f}\\,ms per sample)" for n, t in fid_ms.items()]),
+            "ddpm.fid.list": join_words([f"{n} {fid_q[n]['fid']:.2f} (bias-corrected "
+                                         f"{quality_text.cell(fid_q[n], 'fid')}, {t:.1f}\\,ms per sample)"
+                                         for n, t in fid_ms.items()]),
             "ddpm.fid.real": f"{fid_q[floor]['fid']:.2f}", "ddpm.fid.realci": quality_text.cell(fid_q[floor], "fid"),
             "ddpm.fid.best": top, "ddpm.fid.tied": quality_text.tied_sentence(tied, "sampler"),
             "ddpm.fid.floorsep": quality_text.floor_sentence(fid_q, top, floor),
@@ -365,6 +361,12 @@ def ddpm(cfg: Mapping[str, Any], run, *, n_train: int, ms_per_sample: float, ste
 
 OWN_SAMPLES = {"flow": "flow", "ddpm_ode": "ddpmode", "vae": "vaedraw"}  # a density -> the model key of its samples
 VAE_WORDS = {"vae": "the mean", "vaeparam": "the parameter $\\lambda$", "vaedraw": "the draw"}  # the VAE's outputs
+
+
+def table3_tag(n: int, seed: int, batch: int, epochs: tuple[int, ...]) -> str:
+    """The part of Table 3's cached per-image results' names that changes their numbers: the images (`n`, `seed`),
+    the batches, the models' epochs (flow, DDPM, VAE) and the estimators' `likelihood.VERSION`."""
+    return f"{n}_s{seed}_b{batch}_e{'-'.join(str(e) for e in epochs)}_v{likelihood_text.VERSION}"
 
 
 def quality_table2(q: Mapping[str, Mapping[str, float]], fid_small: Mapping[str, float], models: Mapping[str, str], *,
@@ -391,7 +393,8 @@ def quality_table2(q: Mapping[str, Mapping[str, float]], fid_small: Mapping[str,
     return table
 
 
-def quality_table3(estimates: Sequence, q: Mapping[str, Mapping[str, float]], models: Mapping[str, str]) -> pd.DataFrame:
+def quality_table3(estimates: Sequence, q: Mapping[str, Mapping[str, float]],
+                   models: Mapping[str, str]) -> pd.DataFrame:
     """Table 3 (`quality_table3.tex`): the likelihood `estimates` (`likelihood.Estimate`, the same images each) beside
     the bias-corrected FID of each density's own samples in Table 2."""
     n_lik = len(estimates[0].values)
@@ -402,9 +405,9 @@ def quality_table3(estimates: Sequence, q: Mapping[str, Mapping[str, float]], mo
         f"test images, a fixed random sample (mean $\\pm$ standard error over the images; lower is better). The "
         f"DDPM's two rows are two densities of one $\\epsilon$-network: its probability-flow ODE (deterministic DDIM "
         f"in the continuous limit) and its ancestral sampler ($\\sigma_t^2=\\beta_t$), whose bound is held against the "
-        f"ODE's value. Columns: the paired difference to the flow and a bound's excess over the exact value, with 95\\% "
-        f"intervals; the FID (bias-corrected) of the density's own samples in Table~\\ref{{tab:quality}} (the VAE: "
-        f"draws; the ODE: DDIM without clipping)."))
+        f"ODE's value. Columns: the paired difference to the flow and a bound's excess over the exact value, with "
+        f"95\\% intervals; the FID (bias-corrected) of the density's own samples in Table~\\ref{{tab:quality}} "
+        f"(the VAE: draws; the ODE: DDIM without clipping)."))
     return table3
 
 
@@ -418,8 +421,6 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     `curve[row][N]`: (mean, std) FID against N; `nn_dist[row]`: (n, k) distances to the nearest training images,
     `nn_reference` the real test images' row; `estimates`, `checks`: Table 3 and its refinement texts
     ({"ddpm_ode", "vae"}); `vae_images[key]`/`test_images`: N images each, for the background level."""
-    from .. import data
-
     n = cfg["n_eval"]
     key = {real: "real", **{name: k for k, name in models.items()}}
     sizes = sorted(next(iter(curve.values())))

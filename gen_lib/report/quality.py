@@ -40,14 +40,6 @@ def scope(n: int, n_test: int, n_samples: int) -> str:
     return f"N = {n:,}, fewer than the samples allow"
 
 
-def table3_tag(n: int, seed: int, batch: int, epochs: tuple[int, ...]) -> str:
-    """The part of Table 3's cached per-image results' names that changes their numbers: the images (`n`, `seed`),
-    the batches, the models' epochs (flow, DDPM, VAE) and the estimators' `likelihood.VERSION`."""
-    from .likelihood import VERSION
-
-    return f"{n}_s{seed}_b{batch}_e{'-'.join(str(e) for e in epochs)}_v{VERSION}"
-
-
 def score(reference: torch.Tensor, sets: Mapping[str, torch.Tensor], *, n_boot: int, k: int, seed: int
           ) -> dict[str, dict]:
     """Every feature set of `sets` against the `reference` features, with intervals; adds `fid_corrected`."""
