@@ -50,8 +50,8 @@ def latent_view(vae: VAE, x: torch.Tensor, n_grid: int = 200, n_prior: int = 500
                 seed: int = 0) -> dict[str, torch.Tensor]:
     """What Figure 1 shows of a VAE with a 2-D latent: the encoder means `mu` (N, 2) of the images x,
     and log p(z) of the prior on an `n_grid` x `n_grid` grid, `logp` (n_grid, n_grid) (row = z_2,
-    column = z_1), over the box `extent` = (z1_lo, z1_hi, z2_lo, z2_hi) that holds all but `tail` % on
-    either side of both the encodings and `n_prior` prior samples (padded by 10 %)."""
+    column = z_1), over the box `extent` = (z1_lo, z1_hi, z2_lo, z2_hi) that holds every encoding and all but
+    `tail` % on either side of `n_prior` prior samples (padded by 10 %): the density lies under every point."""
     if vae.latent_dim != 2:
         raise ValueError(f"latent_view draws a 2-D latent; this VAE has latent_dim={vae.latent_dim}")
     dev = vae._device()
@@ -59,8 +59,8 @@ def latent_view(vae: VAE, x: torch.Tensor, n_grid: int = 200, n_prior: int = 500
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         pz = vae.prior().sample((n_prior,)).cpu()  # the box covers the prior's mass and the encodings
-    lo = torch.minimum(mu.double().quantile(tail / 100, 0), pz.double().quantile(tail / 100, 0))
-    hi = torch.maximum(mu.double().quantile(1 - tail / 100, 0), pz.double().quantile(1 - tail / 100, 0))
+    lo = torch.minimum(mu.double().min(0).values, pz.double().quantile(tail / 100, 0))
+    hi = torch.maximum(mu.double().max(0).values, pz.double().quantile(1 - tail / 100, 0))
     pad = 0.1 * (hi - lo)
     lo, hi = (lo - pad).float(), (hi + pad).float()
     g1, g2 = torch.meshgrid(torch.linspace(lo[0], hi[0], n_grid), torch.linspace(lo[1], hi[1], n_grid), indexing="xy")

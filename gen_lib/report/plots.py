@@ -25,7 +25,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8, ax=None, title: str | None =
 
 
 def learning_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("train_loss",), ax=None,
-                    ylabel: str = "loss", spread: float = 4.0):
+                    ylabel: str = "loss", spread: float = 4.0, title: str | None = None):
     """Plot per-epoch curves: one line per (run, key).
 
     The y axis stays readable whatever a run did: when some points lie far above the rest (above
@@ -60,6 +60,8 @@ def learning_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     return ax
 
 
@@ -76,11 +78,69 @@ def panels(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 4.0), **kwa
     return fig, flat[:n]
 
 
+def even_columns(n: int) -> int:
+    """Columns for n panels that fill every row: the smallest divisor of n at least sqrt(n) (4 -> 2 x 2, 3 -> 1 x 3,
+    6 -> 2 x 3), so a grid has no empty panel."""
+    return next(c for c in range(1, n + 1) if n % c == 0 and c * c >= n)
+
+
+def grids(images: dict[str, torch.Tensor], nrow: int = 8, ncols: int | None = None,
+          size: tuple[float, float] = (4.0, 4.0)):
+    """One image grid per entry of `images` (title -> images (N, C, H, W) in [0, 1]), in rows of `ncols` panels
+    (default: all in one row); returns the figure."""
+    fig, axes = panels(len(images), ncols or len(images), size=size)
+    for ax, (title, x) in zip(axes, images.items()):
+        image_grid(x, nrow=nrow, ax=ax, title=title)
+    return fig
+
+
+def strip(images: torch.Tensor, nrow: int, title: str, size: tuple[float, float] = (8, 3.4)):
+    """Images in one grid of `nrow` columns under a small title (a trajectory: one row per sample)."""
+    fig, ax = plt.subplots(figsize=size)
+    image_grid(images, nrow=nrow, ax=ax)
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
+def flow_walk(steps: list[tuple[str, torch.Tensor]], diverging: tuple[str, ...] = ("base z",)):
+    """One image (1, 1, H, W) per (title, image) of `steps`, side by side: grey, but the titles in `diverging`
+    (the base variable) on a red-blue scale over [-3, 3]; a colour bar for the last (an error, in powers of 10)."""
+    fig, axes = plt.subplots(1, len(steps), figsize=(1.9 * len(steps), 2.3))
+    for ax, (title, img) in zip(axes, steps):
+        style = dict(cmap="RdBu_r", vmin=-3, vmax=3) if title in diverging else dict(cmap="gray")
+        im = ax.imshow(img[0, 0].float().cpu(), interpolation="nearest", **style)
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes[-1], fraction=0.046, format="%.0e")
+    return fig
+
+
+def fid_against_n(curve: dict[str, dict[int, tuple[float, float]]], original_n: int = 256):
+    """FID against N (log-log), mean +- std over subsets per set (`metrics.fid_vs_n`: name -> {N: (mean, std)}),
+    with the original study's N marked."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, points in curve.items():
+        sizes = sorted(points)
+        ax.errorbar(sizes, [points[n][0] for n in sizes], yerr=[points[n][1] for n in sizes], marker="o", ms=4,
+                    capsize=2, label=name)
+    ax.axvline(original_n, color="grey", ls=":", lw=1)
+    ax.annotate(f" N = {original_n}\n (original)", (original_n, 0.03), xycoords=("data", "axes fraction"),
+                fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("N (samples per set)")
+    ax.set_ylabel("FID (classifier features)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
 def latent_densities(views: dict[str, dict], labels: torch.Tensor, classes: tuple[str, ...], n_points: int = 5000,
-                     ncols: int = 3, span: float = 12.0):
+                     span: float = 12.0):
     """Figure 1: per model (label -> `vae_eval.latent_view`), log p(z) of its prior as an image (the lowest `span`
-    nats below the peak shaded alike) with the encoder means on top, coloured by class `labels` (N,)."""
-    fig, axes = panels(len(views), ncols, size=(4.6, 4.1))
+    nats below the peak shaded alike) with the encoder means on top, coloured by class `labels` (N,). As many
+    panels as models, in full rows (`even_columns`); the axes are the density's box, which holds every encoding."""
+    fig, axes = panels(len(views), even_columns(len(views)), size=(4.6, 4.1))
     for ax, (title, view) in zip(axes, views.items()):
         logp, (x0, x1, y0, y1) = view["logp"], view["extent"].tolist()
         im = ax.imshow(logp.numpy(), origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto",
@@ -90,6 +150,8 @@ def latent_densities(views: dict[str, dict], labels: torch.Tensor, classes: tupl
         keep = torch.randperm(len(mu), generator=torch.Generator().manual_seed(0))[:n_points]
         ax.scatter(mu[keep, 0].numpy(), mu[keep, 1].numpy(), c=labels[keep].numpy(), cmap="tab10", s=2, alpha=0.6,
                    vmin=-0.5, vmax=9.5)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
         ax.set_title(title)
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")

@@ -25,6 +25,21 @@ COLUMNS = {"fid": "FID, bias-corr. [95 %]", "kid": "KID [95 %]", "precision": "p
 ORIGINAL = {"vaeparam": (4.168, 0.189), "flow": (0.452, 0.158), "ddpm": (0.018, 0.012)}  # (FID, KID)
 
 
+ORIGINAL_N = 256  # the original study's N: generated and test images per FID
+
+
+def scope(n: int, n_test: int, n_samples: int) -> str:
+    """What N = `n` is, for Table 2's caption: every test image (`n_test`), too small to mean anything (below the
+    original study's N), or all that the models' samples allow (`n_samples`, the fewest any model supplies)."""
+    if n >= n_test:
+        return "the study's N"
+    if n < ORIGINAL_N:
+        return "a smoke-test N, meaningless"
+    if n >= n_samples:
+        return "the largest N the profile's samples allow"
+    return f"N = {n:,}, fewer than the samples allow"
+
+
 def score(reference: torch.Tensor, sets: Mapping[str, torch.Tensor], *, n_boot: int, k: int, seed: int
           ) -> dict[str, dict]:
     """Every feature set of `sets` against the `reference` features, with intervals; adds `fid_corrected`."""

@@ -74,18 +74,20 @@ def ordering_sentence(diffs: Mapping[str, Mapping[str, Mapping[str, float]]], la
     """ELBO <= IWAE <= log p(x) on average over the images, prior by prior, from the intervals of `differences`."""
     side = {n: (_side(d["iwae_elbo"]), _side(d["logpx_iwae"])) for n, d in diffs.items()}
     if all(s == ("holds", "holds") for s in side.values()):
-        return ("on average over the images, ELBO $\\le$ IWAE $\\le\\log p(x)$ holds for every prior, each difference's "
-                "95\\,\\% interval above zero")
+        return ("on average over the images, ELBO $\\le$ IWAE $\\le\\log p(x)$ holds for every prior, each "
+                "difference's 95\\,\\% interval above zero")
     parts = []
     for n, (a, b) in side.items():
         d = diffs[n]
         if a != "holds":
             ci = d["iwae_elbo"]
-            parts.append(f"for {labels[n]} the IWAE estimate {'lies below' if a == 'reversed' else 'is not resolved from'} "
+            verb = "lies below" if a == "reversed" else "is not resolved from"
+            parts.append(f"for {labels[n]} the IWAE estimate {verb} "
                          f"the ELBO (difference {fmt(ci['mean'])} [{fmt(ci['low'])}, {fmt(ci['high'])}] nats)")
         if b != "holds":
             ci = d["logpx_iwae"]
-            parts.append(f"for {labels[n]} the IWAE estimate {'lies above' if b == 'reversed' else 'is not resolved from'} "
+            verb = "lies above" if b == "reversed" else "is not resolved from"
+            parts.append(f"for {labels[n]} the IWAE estimate {verb} "
                          f"the quadrature log-likelihood (log p(x) $-$ IWAE {fmt(ci['mean'])} [{fmt(ci['low'])}, "
                          f"{fmt(ci['high'])}] nats)")
     ok = [n for n, s in side.items() if s == ("holds", "holds")]
