@@ -9,17 +9,14 @@ per-image values such as bits/dim is `gen_lib.stats.mean_ci`.)
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
 
 from .features import FeatureMap, check_image_shape, extract, feature_map
-from .metrics import KnnBalls, check_features, check_images, fid_weighted, kid_weighted
+from .metrics import METRICS, check_features, check_images
 
 INTERVALS = ("basic", "percentile")
-QUALITY_METRICS = ("fid", "kid", "precision", "recall")
-_RANGE = {"fid": (0.0, math.inf), "kid": (-math.inf, math.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
 
 
 def _check_level(level: float) -> None:
@@ -35,7 +32,7 @@ def _weights(n: int, n_boot: int, gen: torch.Generator) -> torch.Tensor:
 
 def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_boot: int = 200, level: float = 0.95,
                                     seed: int = 0, k: int = 3, interval: str = "basic",
-                                    metrics: tuple[str, ...] = QUALITY_METRICS, chunk: int = 1024) -> dict:
+                                    metrics: tuple[str, ...] | None = None, chunk: int = 1024) -> dict:
     """FID, KID, precision and recall of feature sets real (N, d) and fake (M, d), each with a bootstrap interval.
 
     Bootstrap over both evaluated sets: each of `n_boot` replicates redraws N real and M fake
@@ -64,13 +61,14 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     m_low, m_high, m_se (std of the replicates) and m_bias (their mean − the estimate); and
     n_real, n_fake, n_boot, level, interval.
     """
+    metrics = tuple(METRICS) if metrics is None else metrics
     check_features(real, fake, need_cov="fid" in metrics)
     _check_level(level)
     if interval not in INTERVALS:
         raise ValueError(f"interval={interval!r} is unknown; choose one of {', '.join(INTERVALS)}")
-    unknown = [m for m in metrics if m not in QUALITY_METRICS]
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise ValueError(f"metrics={metrics!r}: choose one or more of {', '.join(QUALITY_METRICS)}")
+        raise ValueError(f"metrics={metrics!r}: choose one or more of {', '.join(METRICS)}")
     if not isinstance(n_boot, int) or n_boot < 2:
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 2 (200 or more for a 95 % interval)")
     if ("precision" in metrics or "recall" in metrics) and not 1 <= k < min(len(real), len(fake)):
@@ -81,15 +79,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
     # row 0: unit weights, the estimate itself; rows 1..R: the replicates
     wr = torch.cat([torch.ones(1, len(xr), dtype=torch.float64), wr])
     wf = torch.cat([torch.ones(1, len(xf), dtype=torch.float64), wf])
-    values = {}
-    if "fid" in metrics:
-        values["fid"] = fid_weighted(xr, wr, xf, wf)
-    if "kid" in metrics:
-        values["kid"] = kid_weighted(xr, wr, xf, wf, chunk)
-    if "precision" in metrics:
-        values["precision"] = KnnBalls(xr, xf, k, chunk).covered_fraction(wr, wf)
-    if "recall" in metrics:
-        values["recall"] = KnnBalls(xf, xr, k, chunk).covered_fraction(wf, wr)
+    values = {name: METRICS[name].weighted(xr, wr, xf, wf, k=k, chunk=chunk) for name in metrics}
 
     out: dict = {}
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
@@ -98,7 +88,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
         lo, hi = torch.quantile(boot, q).tolist()
         if interval == "basic":
             lo, hi = 2 * est - hi, 2 * est - lo
-        floor, ceil = _RANGE[name]
+        floor, ceil = METRICS[name].range
         out[name] = est
         out[f"{name}_low"], out[f"{name}_high"] = max(lo, floor), min(hi, ceil)
         out[f"{name}_se"], out[f"{name}_bias"] = boot.std().item(), boot.mean().item() - est
@@ -109,7 +99,7 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
 def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,
                              profile: str = "default", n_boot: int = 200, level: float = 0.95, seed: int = 0,
                              k: int = 3, interval: str = "basic",
-                             metrics: tuple[str, ...] = QUALITY_METRICS) -> dict:
+                             metrics: tuple[str, ...] | None = None) -> dict:
     """`metrics.sample_quality` with a bootstrap interval on every metric: images (N, C, H, W) and (M, C, H, W)
     in [0, 1], features computed once, then `quality_intervals_from_features` (see there for the
     interval and why it is the basic bootstrap by default)."""

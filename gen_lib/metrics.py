@@ -24,12 +24,16 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
 One implementation per metric: the weighted forms (`fid_weighted`, `kid_weighted`, `KnnBalls`, at the
 end) that the bootstrap replicates of `gen_lib.intervals` need, with unit weights for the point values;
 the tests hold them against torchmetrics, scipy and brute-force computations.
+
+`METRICS` is the registry that the bootstrap intervals (`gen_lib.intervals`) and Table 2's columns
+(`gen_lib.report.quality`) read: a metric added there is scored, bootstrapped and tabulated.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
 import torch
 
@@ -290,3 +294,26 @@ class KnnBalls:
                                                                                   accumulate=True) > 0
             out[r] = (wq * covered).sum() / wq.sum()
         return out
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A sample-quality metric in its weighted form: `weighted(xr, wr, xf, wf, k=..., chunk=...)` -> (R,), its value
+    for each row of weights wr (R, N) on the real features xr (N, d) and wf (R, M) on the generated xf (M, d)."""
+
+    weighted: Callable[..., torch.Tensor]
+    range: tuple[float, float]  # the interval's bounds are clipped to it
+    digits: int  # decimals in the report's tables
+    column: str  # Table 2's column heading
+
+
+METRICS: dict[str, Metric] = {
+    "fid": Metric(lambda xr, wr, xf, wf, **_: fid_weighted(xr, wr, xf, wf), (0.0, math.inf), 2,
+                  "FID, bias-corr. [95 %]"),
+    "kid": Metric(lambda xr, wr, xf, wf, chunk, **_: kid_weighted(xr, wr, xf, wf, chunk), (-math.inf, math.inf), 4,
+                  "KID [95 %]"),
+    "precision": Metric(lambda xr, wr, xf, wf, k, chunk: KnnBalls(xr, xf, k, chunk).covered_fraction(wr, wf),
+                        (0.0, 1.0), 3, "precision [95 %]"),
+    "recall": Metric(lambda xr, wr, xf, wf, k, chunk: KnnBalls(xf, xr, k, chunk).covered_fraction(wf, wr),
+                     (0.0, 1.0), 3, "recall [95 %]"),
+}

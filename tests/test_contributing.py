@@ -73,7 +73,7 @@ class ScaledGaussianPrior(nn.Module):
 
     def __init__(self, latent_dim: int, scale: float = 1.5):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.full((latent_dim,), math.log(scale)))
+        self.log_scale = nn.Parameter(torch.full((latent_dim,), float(scale)).log())
 
     def forward(self) -> Distribution:
         scale = self.log_scale.exp()
@@ -110,7 +110,7 @@ def test_add_a_sampler(copy):
 
 
 def test_add_a_dataset(copy):
-    copy.append("gen_lib/data.py", '\n\nregister("mnist_again", dataclasses.replace(INFO["mnist"], title="MNIST again"))\n')
+    copy.append("gen_lib/data.py", '\n\nregister("mnist_again", DatasetInfo(**{**vars(INFO["mnist"]), "title": "MNIST again"}))\n')
     assert copy.touched() == ["gen_lib/data.py"] and _recipe_files("Add a dataset") == 1
     copy.run("-m", "gen_lib.data", "fetch", "mnist_again")
     done = copy.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "mnist_again", "tests/test_registries.py")
@@ -119,12 +119,11 @@ def test_add_a_dataset(copy):
 
 METRIC_CHECK = '''
 import torch
-from gen_lib import intervals, metrics
+from gen_lib import intervals
 from gen_lib.report import quality
 
 g = torch.Generator().manual_seed(0)
 real, fake = torch.randn(300, 4, generator=g), torch.randn(300, 4, generator=g) + 0.5
-assert abs(metrics.quality_from_features(real, fake)["mean_shift"] - 1.0) < 0.3
 v = intervals.quality_intervals_from_features(real, fake, n_boot=50)
 assert v["mean_shift_low"] <= v["mean_shift"] <= v["mean_shift_high"], v
 q = quality.score(real, {"shifted": fake}, n_boot=50, k=3, seed=0)
@@ -136,7 +135,7 @@ print("ok")
 def test_add_a_metric(copy):
     copy.append("gen_lib/metrics.py", '''
 
-def mean_shift_weighted(xr, wr, xf, wf):
+def mean_shift_weighted(xr, wr, xf, wf, **_):
     """Distance between the feature means, per row of weights (R, N) and (R, M): the bootstrap's form."""
     return ((wr @ xr) / wr.sum(1, keepdim=True) - (wf @ xf) / wf.sum(1, keepdim=True)).norm(dim=1)
 
@@ -169,8 +168,7 @@ def test_add_a_notebook(copy):
     assert copy.touched() == ["gen_lib/paths.py", "notebooks/06_extra.ipynb"]
     assert _recipe_files("Add a notebook") == 2
     copy.run("-m", "gen_lib.run", "--profile", "smoke", "--only", "06_extra", "--no-pdf")
-    assert r"\extramean" in (copy.root / "report" / "tables" / "macros_extra.tex").read_text() or \
-        "extra.mean" in (copy.root / "report" / "tables" / "macros_extra.tex").read_text()
+    assert "extra.mean" in (copy.root / "report" / "tables" / "macros_extra.tex").read_text()
     assert (copy.root / "build" / "notebooks" / "06_extra.html").exists()
 
 
@@ -187,5 +185,4 @@ def test_add_a_profile_runs_part_2_to_its_end(copy):
     copy.run("-m", "gen_lib.run", "--profile", "tiny", "--only", "02_flow", "--only", "03_ddpm", "--only",
              "04_quality", "--no-pdf")
     assert (copy.root / "build" / "notebooks" / "04_quality.html").exists()
-    assert "Profile tiny" in (copy.root / "report" / "tables" / "macros_meta.tex").read_text() or \
-        "tiny" in (copy.root / "report" / "tables" / "macros_meta.tex").read_text()
+    assert "val@meta.profile\\endcsname{tiny}" in (copy.root / "report" / "tables" / "macros_meta.tex").read_text()

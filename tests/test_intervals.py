@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _bounds import Z, t_quantile
-from gen_lib import intervals, stats
+from gen_lib import intervals, metrics, stats
 from test_metrics import _fid_scipy, _precision_recall_brute
 
 D = 8
@@ -106,12 +106,12 @@ def test_interval_contains_the_estimate_and_shrinks_with_n():
     # 16 times the data: widths fall like 1/4. Each width is itself noisy (the data, 200 bootstrap quantiles), so
     # the check is over 10 independent data sets: the mean log width ratio is below 0 by the Student-t multiplier
     # of its own standard error
-    repeats, logs = 10, {name: [] for name in intervals.QUALITY_METRICS}
+    repeats, logs = 10, {name: [] for name in metrics.METRICS}
     for r in range(repeats):
         real, fake = _sets(3200, seed=20 + r, scale=1.2, shift=0.2)
         small = intervals.quality_intervals_from_features(real[:200], fake[:200], n_boot=200, seed=r)
         large = intervals.quality_intervals_from_features(real, fake, n_boot=200, seed=r)
-        for name in intervals.QUALITY_METRICS:
+        for name in metrics.METRICS:
             for out in (small, large):
                 assert out[f"{name}_low"] <= out[name] <= out[f"{name}_high"], (name, out)
             width = lambda o: o[f"{name}_high"] - o[f"{name}_low"]  # noqa: E731
@@ -143,7 +143,7 @@ def test_deterministic_with_a_seed_and_wrapper_on_images():
     b = intervals.quality_intervals_from_features(real, fake, n_boot=30, seed=1)
     c = intervals.quality_intervals_from_features(real, fake, n_boot=30, seed=2)
     assert a == b
-    assert all(a[m] == c[m] for m in intervals.QUALITY_METRICS) and a["fid_high"] != c["fid_high"]
+    assert all(a[m] == c[m] for m in metrics.METRICS) and a["fid_high"] != c["fid_high"]
     # images -> features once -> the same intervals
     images = lambda f: torch.sigmoid(f.float()).repeat(1, 98).reshape(-1, 1, 28, 28)  # noqa: E731
     phi = lambda x: torch.logit(x.flatten(1)[:, :D].double())  # noqa: E731

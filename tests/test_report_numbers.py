@@ -186,7 +186,7 @@ def test_quality_writes_its_numbers(report_dir):
     images = {k: torch.full((70, 1, 28, 28), 0.5) for k in ("vae", "vaeparam", "vaedraw")}
     m = numbers.quality(cfg, models, real, q, fid_small, curve, nn_dist, estimates,
                         {"ddpm_ode": "ode check", "vae": "quad check"}, scope="some N", accuracy=0.98765,
-                        vae_prior="flow", vae_epochs=3, classifier_epochs=2, vae_elbo=1234.56, vae_images=images,
+                        vae_cfg={"prior": "flow", "epochs": 3}, classifier_cfg={"epochs": 2, "feature_dim": 32}, vae_elbo=1234.56, vae_images=images,
                         test_images=torch.zeros(70, 1, 28, 28))
     assert m["quality.n"] == f"{cfg['n_eval']:,}" and m["quality.scope"] == "some N"
     assert m["quality.accuracy"] == "98.77" and m["quality.vae_elbo"] == "1234.6"

@@ -43,10 +43,10 @@ def test_score_and_frame_from_features(seed):
     assert q["shifted"]["fid_low"] > q["same"]["fid_high"]
     assert quality.best(q, list(q))[0] == "same"
     table = quality.frame(q)
-    assert list(table.columns) == ["FID", *quality.COLUMNS.values()] and list(table.index) == ["same", "shifted"]
+    assert list(table.columns) == ["FID", *quality.columns().values()] and list(table.index) == ["same", "shifted"]
     v = q["shifted"]
     assert table.loc["shifted", "FID"] == f"{v['fid']:.2f}"
-    assert table.loc["shifted", quality.COLUMNS["fid"]].startswith(f"{v['fid_corrected']:.2f}")
+    assert table.loc["shifted", quality.columns()["fid"]].startswith(f"{v['fid_corrected']:.2f}")
 
 
 def test_copies_sentence_flags_a_sample_closer_than_every_test_image():

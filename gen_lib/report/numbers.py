@@ -412,8 +412,8 @@ def quality_table3(estimates: Sequence, q: Mapping[str, Mapping[str, float]],
 
 
 def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid_small, curve, nn_dist, estimates,
-            checks: Mapping[str, str], *, scope: str, accuracy: float, vae_prior: str, vae_epochs: int,
-            classifier_epochs: int, vae_elbo: float, vae_images: Mapping[str, torch.Tensor],
+            checks: Mapping[str, str], *, scope: str, accuracy: float, vae_cfg: Mapping[str, Any],
+            classifier_cfg: Mapping[str, Any], vae_elbo: float, vae_images: Mapping[str, torch.Tensor],
             test_images: torch.Tensor, nn_reference: str = "test images") -> dict[str, str]:
     """Write `macros_quality.tex`, every `\\val{quality.*}`, and return it.
 
@@ -427,8 +427,8 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     nn_median = {name: d[:, 0].median().item() for name, d in nn_dist.items()}
     values = {
         "quality.n": f"{n:,}", "quality.n_small": f"{min(256, n)}", "quality.heldout": f"{data.HELD_OUT:,}",
-        "quality.d": f"{cfg['feature_dim']}", "quality.scope": scope, "quality.accuracy": f"{100 * accuracy:.2f}",
-        "quality.classifier_epochs": f"{classifier_epochs}", "quality.vae_epochs": f"{vae_epochs}",
+        "quality.d": f"{classifier_cfg['feature_dim']}", "quality.scope": scope, "quality.accuracy": f"{100 * accuracy:.2f}",
+        "quality.classifier_epochs": f"{classifier_cfg['epochs']}", "quality.vae_epochs": f"{vae_cfg['epochs']}",
         "quality.vae_elbo": fmt(vae_elbo, 1), "quality.nboot": f"{cfg['n_boot']}", "quality.k": f"{cfg['pr_k']}",
         "quality.curve_lo": f"{sizes[0]:,}", "quality.curve_hi": f"{sizes[-1]:,}",
         "quality.nn_n": f"{len(nn_dist[nn_reference])}", "quality.nn.test": f"{nn_median[nn_reference]:.2f}",
@@ -458,6 +458,7 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
         values[f"quality.curve.{key[name]}.lo"] = f"{points[sizes[0]][0]:.2f}"
         values[f"quality.curve.{key[name]}.hi"] = f"{points[sizes[-1]][0]:.2f}"
 
+    vae_prior = vae_cfg["prior"]
     in_text = {"vae": f"the {vae_prior}-prior VAE's decoder means", "vaeparam": f"the {vae_prior}-prior VAE's "
                "decoder parameters", "vaedraw": f"the {vae_prior}-prior VAE's draws", "flow": "the RealNVP flow",
                "ddpm": f"the DDPM ({models['ddpm'][6:]})", "ddpmode": f"the DDPM ({models['ddpmode'][6:]})"}

@@ -15,11 +15,9 @@ import pandas as pd
 import torch
 
 from .. import intervals
+from ..metrics import METRICS
 from . import join_words, separated, with_interval
 
-DIGITS = {"fid": 2, "kid": 4, "precision": 3, "recall": 3}
-COLUMNS = {"fid": "FID, bias-corr. [95 %]", "kid": "KID [95 %]", "precision": "precision [95 %]",
-           "recall": "recall [95 %]"}
 # The original study's Table 2, as it reported it: 256 generated vs 256 test images, Inception-v3 features, no floor.
 # Its VAE row showed one image per z, most likely the decoder's parameter (what a sigmoid output gives).
 ORIGINAL = {"vaeparam": (4.168, 0.189), "flow": (0.452, 0.158), "ddpm": (0.018, 0.012)}  # (FID, KID)
@@ -57,13 +55,18 @@ def interval(v: Mapping[str, float], metric: str = "fid") -> tuple[float, float]
 def cell(v: Mapping[str, float], metric: str) -> str:
     """"estimate [low, high]": the FID bias-corrected, as its interval."""
     value = v["fid_corrected"] if metric == "fid" else v[metric]
-    return with_interval(value, *interval(v, metric), DIGITS[metric])
+    return with_interval(value, *interval(v, metric), METRICS[metric].digits)
+
+
+def columns() -> dict[str, str]:
+    """Table 2's column of each registered metric (`gen_lib.metrics.METRICS`)."""
+    return {name: m.column for name, m in METRICS.items()}
 
 
 def frame(q: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """One row per scored set: raw FID at N, then every metric as `cell`."""
     return pd.DataFrame({"FID": {name: f"{v['fid']:.2f}" for name, v in q.items()},
-                         **{col: {name: cell(v, m) for name, v in q.items()} for m, col in COLUMNS.items()}})
+                         **{col: {name: cell(v, m) for name, v in q.items()} for m, col in columns().items()}})
 
 
 def best(q: Mapping[str, Mapping[str, float]], candidates: list[str]) -> tuple[str, list[str]]:
