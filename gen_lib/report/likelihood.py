@@ -35,7 +35,7 @@ from ..vae import VAE
 from ..vae_eval import dataset_bits_per_dim
 
 KINDS = ("exact", "bound")
-QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call: 64 images at 64x64, ~2 GB of activations
+QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call (64 images at 64x64): bounds its activations
 VERSION = 2  # of the estimators: part of the cached results' names, so that a changed method recomputes them
 
 

@@ -102,7 +102,7 @@ def choose(kind: str, cfg: Mapping[str, Any], device: torch.device | str | None 
             torch.manual_seed(0)
             step = trainer(models.build(section, build_cfg), batch, loss, bf16, cl)
             if first_round and name != "fp32" and (first := _time_step(step, 1, warmup=1)) > SLOW * ms["fp32"]:
-                ms[name] = first  # far slower at its first step (emulated bf16: 10-25x): not timed further
+                ms[name] = first  # far slower at its first step (emulated bf16): not timed further
                 del settings[name]
                 continue
             ms[name] = min(ms.get(name, float("inf")), _time_step(step, n))

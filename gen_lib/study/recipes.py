@@ -23,7 +23,6 @@ Reusing the shorter run is the point; to train the longer schedule from scratch,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -230,8 +229,9 @@ def train_flow(cfg: Mapping[str, Any], train_x: torch.Tensor, *, eval_x: torch.T
                           transform=lambda b, g: data.dequantize(b, generator=g), eval_fn=eval_fn, device=device,
                           bf16=cfg["bf16"], grad_clip=cfg["grad_clip"] or None, schedule=cfg["schedule"],
                           progress=progress, desc="flow", log=log)
-    for record in result.history:  # the loss is nats/dim of y; bits/dim as in flows.bits_per_dim
-        record.setdefault("train_bpd", (record["train_loss"] + math.log(256)) / math.log(2))
+    dim = x[0].numel()
+    for record in result.history:  # the loss is nats per dimension of y: -log p(y) / dim
+        record.setdefault("train_bpd", float(data.bits_per_dim(torch.tensor(-record["train_loss"] * dim), dim)))
     return _recorded(Trained(flow, result, folder, cfg), "flow", cfg["epochs"])
 
 
