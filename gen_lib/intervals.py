@@ -32,7 +32,8 @@ def _weights(n: int, n_boot: int, gen: torch.Generator) -> torch.Tensor:
 
 def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_boot: int = 200, level: float = 0.95,
                                     seed: int = 0, k: int = 3, interval: str = "basic",
-                                    metrics: tuple[str, ...] | None = None, chunk: int = 1024) -> dict:
+                                    metrics: tuple[str, ...] | None = None, chunk: int = 1024,
+                                    replicates: bool = False) -> dict:
     """FID, KID, precision and recall of feature sets real (N, d) and fake (M, d), each with a bootstrap interval.
 
     Bootstrap over both evaluated sets: each of `n_boot` replicates redraws N real and M fake
@@ -59,7 +60,8 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
 
     Returns a flat dict: for each metric m in `metrics`, m (the estimate on the given sets),
     m_low, m_high, m_se (std of the replicates) and m_bias (their mean − the estimate); and
-    n_real, n_fake, n_boot, level, interval.
+    n_real, n_fake, n_boot, level, interval. With `replicates`, also m_replicates (the R replicates, float64) and
+    seed: what `paired` needs to compare two rows scored against the same reference.
     """
     metrics = tuple(METRICS) if metrics is None else metrics
     check_features(real, fake, need_cov="fid" in metrics)
@@ -93,7 +95,34 @@ def quality_intervals_from_features(real: torch.Tensor, fake: torch.Tensor, n_bo
         out[f"{name}_low"], out[f"{name}_high"] = max(lo, floor), min(hi, ceil)
         out[f"{name}_se"], out[f"{name}_bias"] = boot.std().item(), boot.mean().item() - est
     out.update(n_real=len(xr), n_fake=len(xf), n_boot=n_boot, level=level, interval=interval)
+    if replicates:  # the reference's weights wr depend only on (seed, N, n_boot): shared by every row so scored
+        out.update({f"{name}_replicates": v[1:] for name, v in values.items()}, seed=seed)
     return out
+
+
+def paired(a: dict, b: dict, metric: str = "fid", level: float = 0.95) -> dict[str, float]:
+    """The difference a − b of one metric between two rows scored against the same reference features with the
+    same seed and sizes (`quality_intervals_from_features(..., replicates=True)`), by the paired bootstrap.
+
+    Both rows' replicates reweight the reference with the same bootstrap counts, so the replicates of the
+    difference, d* = θ*_a − θ*_b, carry the reference's noise once, not twice as two marginal intervals do.
+    Returns {"raw": d̂, "mean": 2 d̂ − mean(d*) (bias-corrected, as the table's FID), "low", "high": the basic
+    interval, "p": the two-sided bootstrap p-value of d = 0}, p = min(1, 2 (1 + #{d* − d̂ beyond d̂}) / (R + 1))
+    from the centred replicates (never 0; below α exactly when the basic 1 − α interval excludes 0).
+    """
+    _check_level(level)
+    key = f"{metric}_replicates"
+    if key not in a or key not in b:
+        raise ValueError(f"paired needs {key}: score both rows with replicates=True")
+    same = ("n_real", "n_fake", "n_boot", "seed")
+    if any(a[s] != b[s] for s in same):
+        raise ValueError(f"paired needs rows scored alike ({', '.join(same)}); got "
+                         f"{[a[s] for s in same]} and {[b[s] for s in same]}")
+    est, boot = a[metric] - b[metric], a[key] - b[key]
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(boot.double(), q).tolist()
+    beyond = int(((boot - est) >= abs(est)).sum()) if est >= 0 else int(((boot - est) <= -abs(est)).sum())
+    return {"raw": est, "mean": 2 * est - boot.mean().item(), "low": 2 * est - hi, "high": 2 * est - lo, "p": min(1.0, 2 * (1 + beyond) / (len(boot) + 1))}
 
 
 def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,

@@ -56,6 +56,20 @@ def holm_family(pvalues: Mapping[str, Mapping[str, float]]) -> dict[str, dict[st
     return out
 
 
+def mean_pvalue(ci: Mapping[str, float], slack: float = 0.0) -> float:
+    """Two-sided p-value of "mean = 0" from a `mean_ci` result (Student t, n − 1 degrees of freedom), with the mean
+    first moved `slack` towards 0 (a bound on its numerical error): below α exactly when the 1 − α interval widened
+    by `slack` on each side excludes 0. 1 when |mean| <= slack; 0 when se = 0 and |mean| > slack."""
+    from scipy.stats import t as student_t
+
+    excess = abs(ci["mean"]) - slack
+    if excess <= 0:
+        return 1.0
+    if ci["se"] == 0:
+        return 0.0
+    return float(min(1.0, 2 * student_t.sf(excess / ci["se"], ci["n"] - 1)))
+
+
 def mean_ci(values: torch.Tensor, level: float = 0.95) -> dict[str, float]:
     """Mean of per-example values (N,) (e.g. bits/dim per test image) with its standard error and
     the Student-t interval mean ± t_{(1+level)/2, N−1} · se, se = std / √N.

@@ -176,8 +176,8 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
               "priors.flow.nlayers": str(prior_registry.params("flow", cfg)["n_layers"])}
 
     gaps = {n: by_prior[n].log_px - by_prior[n].iwae_sub for n in names}
-    curves = table1.convergence({n: torch.tensor([[h["test_elbo"] for h in runs[n, s].history] for s in seeds])
-                                 for n in names})
+    histories = {n: torch.tensor([[h["test_elbo"] for h in runs[n, s].history] for s in seeds]) for n in names}
+    curves = table1.convergence(histories)
     diffs = table1.differences({n: [metrics[n, s] for s in seeds] for n in names})  # per image, seed-averaged
     others, kl = [n for n in names if n != base], {n: runs[n, 0].model.kl_method() for n in names}
     macros.update({
@@ -201,7 +201,7 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
         "priors.ordering": table1.ordering_sentence(diffs, label),
         "priors.kcurve": table1.k_curve_sentence(sweep, {n: metrics[n, 0]["log_px"].mean().item() for n in names},
                                                  label),
-        "priors.convergence": table1.convergence_sentence(curves, label), "priors.brute": brute,
+        "priors.convergence": table1.convergence_sentence(histories, label), "priors.brute": brute,
         "priors.lastgain.list": each({n: _f2(g) if g == g else "n/a" for n, (g, _) in curves.items()}),
         "priors.finalstd.list": each({n: _f2(s) if s == s else "n/a" for n, (_, s) in curves.items()}),
     })

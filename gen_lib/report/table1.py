@@ -3,9 +3,11 @@ outcome: whether training had converged, whether ELBO <= IWAE <= log p(x) holds 
 IWAE bound rises with K, which prior is best and whether that is significant, and what brute-force
 integration says about the largest IWAE overshoot.
 
-Per-image differences are averaged over seeds, then `stats.mean_ci` gives a 95 % interval over images:
-a difference "holds" when its interval lies above zero, is "reversed" when it lies below, and is
-"not resolved" otherwise.
+One multiplicity rule for Part 1: Holm's correction at the 5 % level over each sentence's family of tests (the
+table's Welch tests, ELBO and IWAE together; the 2 x priors ordering differences; the priors' last-epoch gains).
+Per-image differences are averaged over seeds, then `stats.mean_ci` gives a 95 % interval over images and
+`stats.mean_pvalue` its t-test: a difference "holds" when its Holm-adjusted p-value is below 5 % and it is positive,
+is "reversed" when it is negative, and is "not resolved" otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..stats import mean_ci
+from ..stats import holm, mean_ci, mean_pvalue
 from . import fmt, join_words
 
 ALPHA = 0.05  # the significance level of the Welch tests (after Holm's correction)
@@ -35,23 +37,36 @@ def convergence(curves: Mapping[str, torch.Tensor]) -> dict[str, tuple[float, fl
     return out
 
 
-def convergence_sentence(conv: Mapping[str, tuple[float, float]], labels: Mapping[str, str]) -> str:
-    """Whether the last epoch's change exceeds the seed-to-seed spread (still learning beyond the noise)."""
-    still = [n for n, (g, s) in conv.items() if g > s]
-    within = [n for n, (g, s) in conv.items() if abs(g) <= s]
-    fell = [n for n, (g, s) in conv.items() if g < -s]
-    unknown = [n for n in conv if n not in still + within + fell]
+def convergence_sentence(curves: Mapping[str, torch.Tensor], labels: Mapping[str, str]) -> str:
+    """Whether each prior's test ELBO still changed in the last epoch, from its curves (seeds, epochs): a paired
+    test of the per-seed gains c[:, -1] − c[:, -2] against zero (Student t, `stats.mean_pvalue`), Holm-corrected
+    over the priors tested. The seeds' spread of the final level says nothing about that change."""
+    gains = {n: c[:, -1] - c[:, -2] for n, c in curves.items() if c.shape[0] > 1 and c.shape[1] > 1}
+    raw = {n: mean_pvalue(mean_ci(g)) for n, g in gains.items()}
+    adjusted = dict(zip(raw, holm(list(raw.values()))))
+    mean = {n: g.double().mean().item() for n, g in gains.items()}
+    rose = [n for n, p in adjusted.items() if p < ALPHA and mean[n] > 0]
+    fell = [n for n, p in adjusted.items() if p < ALPHA and mean[n] < 0]
+    open_ = [n for n in adjusted if n not in rose + fell]
+    unknown = [n for n in curves if n not in gains]
+
+    def ps(names):
+        return join_words([f"{adjusted[n]:.2g}" for n in names])
+
     parts = []
-    if still:
-        parts.append(f"for {_names(still, labels)} the last epoch's gain exceeds that spread, so longer training "
-                     "would raise their ELBO further")
-    if within:
-        parts.append(f"for {_names(within, labels)} it lies within the spread")
+    if rose:
+        parts.append(f"for {_names(rose, labels)} the last epoch raised the test ELBO (adjusted $p$ = {ps(rose)}), so "
+                     "longer training would raise their ELBO further")
     if fell:
-        parts.append(f"for {_names(fell, labels)} the test ELBO fell by more than the spread")
+        parts.append(f"for {_names(fell, labels)} the last epoch lowered the test ELBO (adjusted $p$ = {ps(fell)})")
+    if open_:
+        parts.append(f"for {_names(open_, labels)} the last epoch's change is not distinguishable from zero with "
+                     f"these seeds (adjusted $p$ = {ps(open_)})")
     if unknown:
-        parts.append(f"for {_names(unknown, labels)} one epoch or one seed gives no comparison")
-    return "; ".join(parts)
+        parts.append(f"for {_names(unknown, labels)} one epoch or one seed gives no test")
+    rule = (f" (a t-test of the per-seed last-epoch gains against zero for each prior, Holm-corrected over the "
+            f"{len(gains)} priors tested, 5\\,\\% level)" if gains else "")
+    return "; ".join(parts) + rule
 
 
 def differences(per_image: Mapping[str, Sequence[Mapping[str, torch.Tensor]]]) -> dict[str, dict[str, dict]]:
@@ -66,34 +81,37 @@ def differences(per_image: Mapping[str, Sequence[Mapping[str, torch.Tensor]]]) -
     return out
 
 
-def _side(ci: Mapping[str, float]) -> str:
-    return "holds" if ci["low"] > 0 else "reversed" if ci["high"] < 0 else "unresolved"
+def _clause(ci: Mapping[str, float], p: float) -> str:
+    return f"{fmt(ci['mean'])} [{fmt(ci['low'])}, {fmt(ci['high'])}] nats, adjusted $p$ = {p:.2g}"
 
 
 def ordering_sentence(diffs: Mapping[str, Mapping[str, Mapping[str, float]]], labels: Mapping[str, str]) -> str:
-    """ELBO <= IWAE <= log p(x) on average over the images, prior by prior, from the intervals of `differences`."""
-    side = {n: (_side(d["iwae_elbo"]), _side(d["logpx_iwae"])) for n, d in diffs.items()}
-    if all(s == ("holds", "holds") for s in side.values()):
-        return ("on average over the images, ELBO $\\le$ IWAE $\\le\\log p(x)$ holds for every prior, each "
-                "difference's 95\\,\\% interval above zero")
+    """ELBO <= IWAE <= log p(x) on average over the images, prior by prior, from the intervals of `differences`:
+    a difference holds (or is reversed) when its t-test p-value (`stats.mean_pvalue`), Holm-corrected over all
+    2 x priors differences, is below `ALPHA`; otherwise it is not resolved. The 95 % intervals are shown."""
+    keys = [(n, k) for n in diffs for k in ("iwae_elbo", "logpx_iwae")]
+    adjusted = dict(zip(keys, holm([mean_pvalue(diffs[n][k]) for n, k in keys])))
+    side = {key: ("unresolved" if p >= ALPHA else "holds" if diffs[key[0]][key[1]]["mean"] > 0 else "reversed")
+            for key, p in adjusted.items()}
+    rule = f"5\\,\\% level, Holm's correction over the {len(keys)} differences"
+    if all(s == "holds" for s in side.values()):
+        return ("on average over the images, ELBO $\\le$ IWAE $\\le\\log p(x)$ holds for every prior: each "
+                f"difference lies above zero ({rule})")
     parts = []
-    for n, (a, b) in side.items():
-        d = diffs[n]
+    for n in diffs:
+        a, b = side[n, "iwae_elbo"], side[n, "logpx_iwae"]
         if a != "holds":
-            ci = d["iwae_elbo"]
             verb = "lies below" if a == "reversed" else "is not resolved from"
-            parts.append(f"for {labels[n]} the IWAE estimate {verb} "
-                         f"the ELBO (difference {fmt(ci['mean'])} [{fmt(ci['low'])}, {fmt(ci['high'])}] nats)")
+            parts.append(f"for {labels[n]} the IWAE estimate {verb} the ELBO (difference "
+                         f"{_clause(diffs[n]['iwae_elbo'], adjusted[n, 'iwae_elbo'])})")
         if b != "holds":
-            ci = d["logpx_iwae"]
             verb = "lies above" if b == "reversed" else "is not resolved from"
-            parts.append(f"for {labels[n]} the IWAE estimate {verb} "
-                         f"the quadrature log-likelihood (log p(x) $-$ IWAE {fmt(ci['mean'])} [{fmt(ci['low'])}, "
-                         f"{fmt(ci['high'])}] nats)")
-    ok = [n for n, s in side.items() if s == ("holds", "holds")]
+            parts.append(f"for {labels[n]} the IWAE estimate {verb} the quadrature log-likelihood (log p(x) $-$ "
+                         f"IWAE {_clause(diffs[n]['logpx_iwae'], adjusted[n, 'logpx_iwae'])})")
+    ok = [n for n in diffs if side[n, "iwae_elbo"] == side[n, "logpx_iwae"] == "holds"]
     head = (f"on average over the images, ELBO $\\le$ IWAE $\\le\\log p(x)$ holds for {_names(ok, labels)}, but "
             if ok else "on average over the images, the ordering ELBO $\\le$ IWAE $\\le\\log p(x)$ is not shown: ")
-    return head + "; ".join(parts)
+    return head + "; ".join(parts) + f" ({rule})"
 
 
 def k_curve_sentence(sweep: Mapping[str, Mapping[int, float]], log_px: Mapping[str, float],
@@ -115,15 +133,23 @@ def k_curve_sentence(sweep: Mapping[str, Mapping[int, float]], log_px: Mapping[s
 def best_sentence(means: Mapping[str, float], pvalues: Mapping[str, float], base: str, labels: Mapping[str, str],
                   what: str = "mean test ELBO") -> str:
     """The prior with the highest mean, and whether its difference to the baseline `base` is significant at
-    `ALPHA` (Holm-adjusted Welch p-values `pvalues`, one per prior but the baseline)."""
+    `ALPHA` (Holm-adjusted Welch p-values `pvalues`, one per prior but the baseline); when the baseline is best,
+    which of the others it is significantly above and which these seeds do not separate from it."""
     top = max(means, key=means.get)
+    level = "at the 5\\,\\% level after Holm's correction"
     if top == base:
         higher = [n for n in pvalues if pvalues[n] < ALPHA]
-        return (f"the {labels[base]} prior has the highest {what}"
-                + ("" if not higher else f"; it is significantly higher than that of {_names(higher, labels)}"))
+        open_ = [n for n in pvalues if n not in higher]
+        text = f"the {labels[base]} prior has the highest {what}"
+        if higher:
+            text += f"; it is significantly higher than that of {_names(higher, labels)} ({level})"
+        if open_:
+            text += (f"; its difference to {_names(open_, labels)} is not significant {level} "
+                     f"($p={join_words([f'{pvalues[n]:.2g}' for n in open_])}$): these seeds do not separate them")
+        return text
     p = pvalues[top]
-    verdict = ("significant at the 5\\,\\% level after Holm's correction" if p < ALPHA else
-               "not significant at the 5\\,\\% level after Holm's correction: these seeds do not separate them")
+    verdict = (f"significant {level}" if p < ALPHA else
+               f"not significant {level}: these seeds do not separate them")
     return (f"the {labels[top]} prior has the highest {what}, {fmt(means[top] - means[base])} nats above the "
             f"{labels[base]} prior's; the difference is {verdict} ($p={p:.2g}$)")
 
