@@ -6,12 +6,13 @@ every model: the same images, `seed` and batches), `gen_lib.data.dequantized_bit
 An estimate is *exact* (the flow's change of variables; the VAE's log p(y) by quadrature over its 2-D
 latent; the DDPM's probability-flow ODE, up to the solver's error) or an *upper bound* (the VAE's IWAE
 bound; Ho et al.'s variational bound of the DDPM's ancestral model). The ranking rules a reviewer accepts
-(`order`): with the paired difference d = a − b over the same images and its 95 % interval,
+(`order`): with the paired difference d = a − b over the same images, its t-test Holm-corrected over the table's
+comparisons (`comparisons`: one multiplicity rule for Table 3),
 
-- a is better than b when d's interval lies below 0 and b's value is exact (a's value, exact or an
+- a is better than b when d is significantly below 0 and b's value is exact (a's value, exact or an
   upper bound, is then above a's true value and below b's);
 - a bound above an exact value proves nothing (the bounded model's true value may lie anywhere below):
-  "not resolved", as is any pair whose interval covers 0.
+  "not resolved", as is any pair whose difference is not significant.
 
 The DDPM's two numbers belong to two densities that share one ε-network: the ODE's is that of
 deterministic DDIM (η = 0) in its continuous limit, the bound that of the ancestral sampler
@@ -30,11 +31,12 @@ from .. import report
 from ..data import dequantized_bits_per_dim, to_signed
 from ..diffusion import DDPM
 from ..diffusion_nll import log_prob_y
-from ..stats import mean_ci
+from ..stats import holm, mean_ci, mean_pvalue
 from ..vae import VAE
 from ..vae_eval import dataset_bits_per_dim
 
 KINDS = ("exact", "bound")
+ALPHA = 0.05  # the level of every comparison, after Holm's correction over the table's comparisons (`comparisons`)
 QUADRATURE_ROWS = 2 ** 18  # (image, grid point) pairs per decoder call (64 images at 64x64): bounds its activations
 VERSION = 2  # of the estimators: part of the cached results' names, so that a changed method recomputes them
 
@@ -107,13 +109,22 @@ def _interval(a: Estimate, b: Estimate) -> dict[str, float]:
     return {**d, "low": d["low"] - slack, "high": d["high"] + slack, "slack": slack}
 
 
-def order(a: Estimate, b: Estimate) -> str:
-    """"better" (a's density has the lower bits/dim), "worse", or "unresolved", by the module's rules, on the
-    paired interval widened by the two estimates' numerical error bounds."""
-    d = _interval(a, b)
-    if d["high"] < 0 and b.kind == "exact":
+def pvalue(a: Estimate, b: Estimate) -> float:
+    """Two-sided p-value of a − b = 0 from the paired t-test, with the mean first moved towards 0 by both
+    estimates' numerical error bounds (`stats.mean_pvalue`): below α exactly when `_interval` at 1 − α excludes 0."""
+    return mean_pvalue(paired(a, b), a.numerical + b.numerical)
+
+
+def order(a: Estimate, b: Estimate, p: float | None = None) -> str:
+    """"better" (a's density has the lower bits/dim), "worse", or "unresolved", by the module's rules: the
+    difference must be significant at `ALPHA` by `p` (a Holm-adjusted p-value of the pair in its table; by
+    default `pvalue(a, b)`, one comparison), and only an exact value can be beaten (a bound never ranks as the
+    value it bounds)."""
+    p = pvalue(a, b) if p is None else p
+    mean = paired(a, b)["mean"]
+    if p < ALPHA and mean < 0 and b.kind == "exact":
         return "better"
-    if d["low"] > 0 and a.kind == "exact":
+    if p < ALPHA and mean > 0 and a.kind == "exact":
         return "worse"
     return "unresolved"
 
@@ -137,61 +148,88 @@ def _diff(d: dict[str, float]) -> str:
                    else "")
 
 
-def pair_sentence(a: Estimate, b: Estimate) -> str:
-    """One clause on the pair, with the numbers that decide it (bits/dim, paired over the same images)."""
-    d, verdict = _interval(a, b), order(a, b)
-    what = f"{a.name} minus {b.name}: {_diff(d)}"
+def pair_sentence(a: Estimate, b: Estimate, p: float | None = None) -> str:
+    """One clause on the pair, with the numbers that decide it (bits/dim, paired over the same images, and the
+    p-value `p` of `order`, Holm-adjusted where the pair is one of a table's comparisons)."""
+    p = pvalue(a, b) if p is None else p
+    d, verdict = _interval(a, b), order(a, b, p)
+    what = f"{a.name} minus {b.name}: {_diff(d)}, $p$ = {p:.2g}"
     if verdict == "better":
         return f"{a.name} has the better likelihood ({what})"
     if verdict == "worse":
         return f"{b.name} has the better likelihood ({what})"
-    if d["low"] <= 0 <= d["high"]:
-        return f"{a.name} and {b.name} are not resolved ({what}, an interval that covers 0)"
-    above, below = (a, b) if d["low"] > 0 else (b, a)
+    if p >= ALPHA:
+        return f"{a.name} and {b.name} are not resolved ({what}, not significant)"
+    above, below = (a, b) if d["mean"] > 0 else (b, a)
     return (f"{above.name} and {below.name} are not ranked ({what}): {above.name}'s value is an upper bound that "
             f"lies above {below.name}'s, and a bound can only show a model better")
 
 
-def ranking(estimates: list[Estimate]) -> dict[tuple[str, str], str]:
-    """`order` of every pair of densities (by their `primary` estimates), keyed (density a, density b)."""
+def comparisons(estimates: list[Estimate]) -> dict[tuple[str, str], float]:
+    """Table 3's family of comparisons and their Holm-adjusted p-values (`pvalue`): every pair of densities by
+    their `primary` estimates, keyed (density a, density b), and every bound against its own model's exact value,
+    keyed (bound's density, "exact")."""
     best = primary(estimates)
-    return {(a, b): order(best[a], best[b]) for a, b in combinations(best, 2)}
+    exact = {e.model: e for e in estimates if e.kind == "exact"}
+    pairs = {(a, b): (best[a], best[b]) for a, b in combinations(best, 2)}
+    pairs.update({(e.density, "exact"): (e, exact[e.model]) for e in estimates
+                  if e.kind == "bound" and e.model in exact})
+    return dict(zip(pairs, holm([pvalue(*pair) for pair in pairs.values()])))
+
+
+def _rule(estimates: list[Estimate]) -> str:
+    return f"5\\,\\% level, Holm's correction over Table 3's {len(comparisons(estimates))} comparisons"
+
+
+def ranking(estimates: list[Estimate]) -> dict[tuple[str, str], str]:
+    """`order` of every pair of densities (by their `primary` estimates), keyed (density a, density b), each at
+    its Holm-adjusted p-value in `comparisons`."""
+    best, p = primary(estimates), comparisons(estimates)
+    return {(a, b): order(best[a], best[b], p[a, b]) for a, b in combinations(best, 2)}
 
 
 def ranking_text(estimates: list[Estimate]) -> str:
-    """The report's sentence on the likelihood ranking: one clause per pair of densities."""
-    best = primary(estimates)
-    return "; ".join(pair_sentence(best[a], best[b]) for a, b in combinations(best, 2))
+    """The report's sentence on the likelihood ranking: one clause per pair of densities, and the rule."""
+    best, p = primary(estimates), comparisons(estimates)
+    return ("; ".join(pair_sentence(best[a], best[b], p[a, b]) for a, b in combinations(best, 2))
+            + f" ({_rule(estimates)})")
 
 
-def gap_text(bound: Estimate, exact: Estimate) -> str:
-    """How far a bound lies above an exact value on the same images, with its interval, in words."""
+def gap_text(bound: Estimate, exact: Estimate, estimates: list[Estimate] | None = None) -> str:
+    """How far a bound lies above an exact value on the same images, with its interval, in words: above or below
+    when significant (Holm-adjusted in the family of `estimates`, Table 3's `comparisons`; else one comparison)."""
     d = _interval(bound, exact)
+    p = comparisons(estimates)[bound.density, "exact"] if estimates else pvalue(bound, exact)
+    rule = _rule(estimates) if estimates else "one comparison at the 5\\,\\% level"
     b, e = f"{bound.name}'s bound ({bound.method})", f"{exact.name}'s exact value ({exact.method})"
-    if d["low"] > 0:
-        return f"{b} lies {_diff(d)} above {e}"
-    if d["high"] >= 0:
-        return f"{b} minus {e} is {_diff(d)}, an interval that covers 0"
-    text = f"{b} lies {_diff(d)} below {e}"
+    numbers = f"{_diff(d)} ($p$ = {p:.2g}; {rule})"
+    if p >= ALPHA:
+        return f"{b} minus {e} is {numbers}, not significant"
+    if d["mean"] > 0:
+        return f"{b} lies {numbers} above {e}"
+    text = f"{b} lies {numbers} below {e}"
     if bound.density == exact.density:  # an upper bound below its own density's exact value
         text += " (a bound below the exact value: one of the two is in error beyond its standard error)"
     return text
 
 
-def agreement(estimates: list[Estimate], fid: dict[str, tuple[float, float, float]]) -> str:
-    """Do likelihood and sample quality rank the models alike? `fid` maps a density to its own samples'
-    (bias-corrected FID, low, high); densities without samples are left out. Per pair: agree, disagree,
-    or not resolved (by the likelihood rules, or by FID intervals that overlap)."""
-    agree, disagree, open_ = [], [], []
+def agreement(estimates: list[Estimate], rows: dict[str, dict]) -> str:
+    """Do likelihood and sample quality rank the models alike? `rows` maps a density to the Table 2 row of its own
+    samples (`quality.score`, with replicates); densities without samples are left out. Per pair: agree,
+    disagree, or not resolved (by the likelihood rules of `ranking`, or by the paired bootstrap of the two FIDs,
+    Holm-corrected over the pairs compared)."""
+    from ..intervals import paired as paired_fid
+
     best = primary(estimates)
-    for (a, b), verdict in ranking(estimates).items():
-        if a not in fid or b not in fid:
-            continue
+    pairs = {ab: verdict for ab, verdict in ranking(estimates).items() if ab[0] in rows and ab[1] in rows}
+    fid = {(a, b): paired_fid(rows[a], rows[b]) for a, b in pairs}
+    p_fid = dict(zip(fid, holm([d["p"] for d in fid.values()])))
+    agree, disagree, open_ = [], [], []
+    for (a, b), verdict in pairs.items():
         names = f"{best[a].name} against {best[b].name}"
-        fa, fb = fid[a], fid[b]
-        if verdict == "unresolved" or not report.separated(fa[1:], fb[1:]):
+        if verdict == "unresolved" or p_fid[a, b] >= ALPHA:
             open_.append(names)
-        elif (verdict == "better") == (fa[0] < fb[0]):
+        elif (verdict == "better") == (fid[a, b]["raw"] < 0):
             agree.append(names)
         else:
             disagree.append(names)
@@ -202,7 +240,10 @@ def agreement(estimates: list[Estimate], fid: dict[str, tuple[float, float, floa
         parts.append(f"they rank in opposite orders {report.join_words(disagree)}")
     if open_:
         parts.append(f"one of the two rankings is not resolved at this $N$ for {report.join_words(open_)}")
-    return "; ".join(parts) if parts else "no pair of models has both a likelihood and scored samples"
+    if not parts:
+        return "no pair of models has both a likelihood and scored samples"
+    return "; ".join(parts) + (f" (the likelihoods: {_rule(estimates)}; the FIDs: paired bootstrap, Holm's "
+                               f"correction over the {len(pairs)} pairs)")
 
 
 def refinement(coarse: torch.Tensor, fine: torch.Tensor) -> dict[str, float]:

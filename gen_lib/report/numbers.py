@@ -349,7 +349,7 @@ def ddpm(cfg: Mapping[str, Any], run, *, n_train: int, ms_per_sample: float, ste
                                          f"{quality_text.cell(fid_q[n], 'fid')}, {t:.1f}\\,ms per sample)"
                                          for n, t in fid_ms.items()]),
             "ddpm.fid.real": f"{fid_q[floor]['fid']:.2f}", "ddpm.fid.realci": quality_text.cell(fid_q[floor], "fid"),
-            "ddpm.fid.best": top, "ddpm.fid.tied": quality_text.tied_sentence(tied, "sampler"),
+            "ddpm.fid.best": top, "ddpm.fid.tied": quality_text.tied_sentence(tied, "sampler", len(fid_ms) - 1),
             "ddpm.fid.floorsep": quality_text.floor_sentence(fid_q, top, floor),
         })
     write_macros("ddpm", values)
@@ -467,14 +467,16 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     values["quality.best"] = in_text[key[top]]
     values["quality.copies"] = quality_text.copies_sentence(nn_dist, nn_reference,
                                                             {name: in_text[key[name]] for name in samples})
-    values["quality.bestsep"] = quality_text.tied_sentence([in_text[key[name]] for name in tied], "model")
+    values["quality.bestsep"] = quality_text.tied_sentence([in_text[key[name]] for name in tied], "model",
+                                                           len(samples) - 1)
     vae_fids = {k: q[models[k]]["fid_corrected"] for k in VAE_WORDS}  # how much the silent choice moves FID
     values["quality.vae.fidspread"] = f"{max(vae_fids.values()) - min(vae_fids.values()):.2f}"
-    values["quality.vae.bestout"] = VAE_WORDS[min(vae_fids, key=vae_fids.get)]
+    vae_top, vae_tied = quality_text.best(q, [models[k] for k in VAE_WORDS])  # paired, Holm over 2 comparisons
+    vae_sep = quality_text.tied_sentence([VAE_WORDS[key[name]] for name in vae_tied], "output", len(VAE_WORDS) - 1)
+    values["quality.vae.bestout"] = f"{VAE_WORDS[key[vae_top]]} ({vae_sep})"
 
     # Table 3's numbers and sentences, each computed from the estimates by gen_lib.report.likelihood
-    fid_iv = {d: (q[models[k]]["fid_corrected"], q[models[k]]["fid_low"], q[models[k]]["fid_high"])
-              for d, k in OWN_SAMPLES.items()}
+    fid_iv = {d: q[models[k]] for d, k in OWN_SAMPLES.items()}  # the own samples' rows, compared paired
     values.update({"quality.nlik": f"{len(estimates[0].values):,}", "quality.nllt": str(cfg["nll_t"] or "all"),
                    "quality.nllk": f"{cfg['nll_k']:,}", "quality.odesteps": str(cfg["ode_steps"]),
                    "quality.odesamplesteps": str(cfg["ode_sample_steps"]), "quality.grid": str(cfg["quadrature_grid"]),
@@ -485,6 +487,6 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     for e in estimates:
         values[f"quality.bpd.{e.density.replace('_', '')}.{e.kind}"] = e.text()
         if e.kind == "bound":
-            values[f"quality.gap.{e.model}"] = likelihood_text.gap_text(e, exact[e.model])
+            values[f"quality.gap.{e.model}"] = likelihood_text.gap_text(e, exact[e.model], list(estimates))
     write_macros("quality", values)
     return values

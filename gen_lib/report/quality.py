@@ -4,7 +4,10 @@ their rows, each with its branch for the other outcome.
 Every row is `intervals.quality_intervals_from_features` of one feature set against the same reference
 (test-image) features, so its FID, KID, precision and recall come with 95 % basic-bootstrap intervals;
 the FID is shown bias-corrected (raw − the replicates' mean excess, clipped at 0, as its interval's
-bounds are). Two rows are ranked only where their intervals do not overlap (`report.separated`).
+bounds are). Every row reweights the reference with the same bootstrap counts, so two rows are compared by the
+paired bootstrap of their FIDs' difference (`intervals.paired`), not by whether their marginal intervals overlap.
+One multiplicity rule for Table 2 and 03's table: Holm's correction at the 5 % level over each sentence's
+comparisons (the best row against each other row; the floor sentence is one comparison).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import torch
 
 from .. import intervals
 from ..metrics import METRICS
-from . import join_words, separated, with_interval
+from ..stats import holm
+from . import join_words, with_interval
+
+ALPHA = 0.05  # the level of every comparison of rows, after Holm's correction over a sentence's comparisons
 
 # The original study's Table 2, as it reported it: 256 generated vs 256 test images, Inception-v3 features, no floor.
 # Its VAE row showed one image per z, most likely the decoder's parameter (what a sigmoid output gives).
@@ -40,10 +46,11 @@ def scope(n: int, n_test: int, n_samples: int) -> str:
 
 def score(reference: torch.Tensor, sets: Mapping[str, torch.Tensor], *, n_boot: int, k: int, seed: int
           ) -> dict[str, dict]:
-    """Every feature set of `sets` against the `reference` features, with intervals; adds `fid_corrected`."""
+    """Every feature set of `sets` against the `reference` features, with intervals and the replicates that
+    `intervals.paired` compares (the same reference weights in every row); adds `fid_corrected`."""
     q = {}
     for name, f in sets.items():
-        v = intervals.quality_intervals_from_features(reference, f, n_boot=n_boot, k=k, seed=seed)
+        v = intervals.quality_intervals_from_features(reference, f, n_boot=n_boot, k=k, seed=seed, replicates=True)
         q[name] = {**v, "fid_corrected": max(0.0, v["fid"] - v["fid_bias"])}
     return q
 
@@ -69,44 +76,72 @@ def frame(q: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
                          **{col: {name: cell(v, m) for name, v in q.items()} for m, col in columns().items()}})
 
 
+def compare(q: Mapping[str, Mapping[str, float]], top: str, others: list[str]) -> dict[str, dict[str, float]]:
+    """Per row of `others`: its FID minus `top`'s by the paired bootstrap (`intervals.paired`), with "p_adj", the
+    p-value Holm-corrected over these comparisons."""
+    d = {name: intervals.paired(q[name], q[top]) for name in others}
+    return {name: {**v, "p_adj": p} for (name, v), p in zip(d.items(), holm([v["p"] for v in d.values()]))}
+
+
+def _resolved(d: Mapping[str, float]) -> bool:
+    """Whether a row's FID lies significantly above the best one's (Holm-adjusted p below `ALPHA`, positive)."""
+    return d["p_adj"] < ALPHA and d["raw"] > 0
+
+
 def best(q: Mapping[str, Mapping[str, float]], candidates: list[str]) -> tuple[str, list[str]]:
-    """The candidate with the lowest bias-corrected FID, and the others whose FID interval overlaps its own
-    (not resolved from it at this N), in order of FID."""
+    """The candidate with the lowest bias-corrected FID, and the others whose paired difference to it is not
+    significant after Holm's correction over the len(candidates) − 1 comparisons (not resolved at this N), in
+    order of FID."""
     ranked = sorted(candidates, key=lambda name: q[name]["fid_corrected"])
-    top = ranked[0]
-    return top, [name for name in ranked[1:] if not separated(interval(q[top]), interval(q[name]))]
+    top, d = ranked[0], compare(q, ranked[0], ranked[1:])
+    return top, [name for name in ranked[1:] if not _resolved(d[name])]
+
+
+def _rule(n: int) -> str:
+    if n == 1:
+        return "paired bootstrap over the same test images, one comparison at the 5\\,\\% level"
+    return f"paired bootstrap over the same test images, 5\\,\\% level, Holm's correction over {n} comparisons"
 
 
 def best_sentence(q: Mapping[str, Mapping[str, float]], candidates: list[str], words: Mapping[str, str]) -> str:
-    """"<best> (its interval overlaps none / overlaps that of <others>: ... not separated)"; `words` names
-    each candidate in running text."""
+    """"<best>, but the data do not separate it from <others> / <best>; its FID lies below that of <next best>"
+    by `best`'s paired tests; `words` names each candidate in running text."""
     top, tied = best(q, candidates)
     if len(candidates) < 2:
         return words[top]
+    ranked = sorted(candidates, key=lambda name: q[name]["fid_corrected"])
+    d, rule = compare(q, top, ranked[1:]), _rule(len(candidates) - 1)
     if tied:
-        return (f"{words[top]}, but its interval overlaps that of {join_words([words[n] for n in tied])}: at this "
-                "$N$ the data do not separate them")
-    runner_up = sorted(candidates, key=lambda name: q[name]["fid_corrected"])[1]
-    return f"{words[top]}; its interval does not overlap that of {words[runner_up]}, the next best"
+        return (f"{words[top]}, but its FID's paired difference to that of {join_words([words[n] for n in tied])} is "
+                f"not significant ({rule}): at this $N$ the data do not separate them")
+    v = d[ranked[1]]
+    return (f"{words[top]}; its FID lies below that of {words[ranked[1]]}, the next best, by "
+            f"{with_interval(v['mean'], v['low'], v['high'])} (adjusted $p$ = {v['p_adj']:.2g}; {rule})")
 
 
 def floor_sentence(q: Mapping[str, Mapping[str, float]], name: str, floor: str) -> str:
-    """How row `name` stands against the real-data floor `floor`, by their FID intervals (three branches)."""
-    a, b = interval(q[name]), interval(q[floor])
-    if a[0] > b[1]:
-        return "stays above the floor: its interval lies above the real data's"
-    if a[1] < b[0]:
-        return ("lies below the floor: its interval lies below the real data's, so at this $N$ its samples are closer "
-                "to the test images than unseen real images are (the floor is itself an estimate)")
-    return ("is not separated from the floor: at this $N$ its samples are as close to the test images as unseen "
-            "real images are")
+    """How row `name` stands against the real-data floor `floor`: the paired bootstrap of their FIDs' difference
+    (one comparison), above, below or not distinguishable at this N (never "as close as")."""
+    d = intervals.paired(q[name], q[floor])
+    numbers = f"{with_interval(d['mean'], d['low'], d['high'])} ({_rule(1)}; $p$ = {d['p']:.2g})"
+    if d["p"] < ALPHA and d["raw"] > 0:
+        return f"stays above the floor: its FID exceeds the real data's by {numbers}"
+    if d["p"] < ALPHA:
+        return (f"lies below the floor: its FID minus the real data's is {numbers}, so at this $N$ its samples are "
+                "closer to the test images than unseen real images are (the floor is itself an estimate)")
+    return (f"is not distinguishable from the floor at this $N$: its FID minus the real data's is {numbers}, not "
+            "significant")
 
 
-def tied_sentence(tied: list[str], kind: str = "row") -> str:
-    """What `best` found about the best row's rivals: the ones its interval overlaps, or none."""
+def tied_sentence(tied: list[str], kind: str = "row", n: int = 1) -> str:
+    """What `best` found about the best row's `n` rivals: those it does not separate from it, or none."""
+    rule = _rule(n)
+    if n < 1:
+        return f"no other {kind} is scored"
     if tied:
-        return f"its interval overlaps that of {join_words(tied)}, so at this $N$ the data do not separate them"
-    return f"its interval overlaps no other {kind}'s"
+        return (f"its FID's paired difference to that of {join_words(tied)} is not significant ({rule}), so at this "
+                "$N$ the data do not separate them")
+    return f"its FID lies below every other {kind}'s ({rule})"
 
 
 def copies_sentence(nn_dist: Mapping[str, torch.Tensor], reference: str, words: Mapping[str, str]) -> str:
