@@ -65,7 +65,7 @@ def convergence_sentence(curves: Mapping[str, torch.Tensor], labels: Mapping[str
     if unknown:
         parts.append(f"for {_names(unknown, labels)} one epoch or one seed gives no test")
     rule = (f" (a t-test of the per-seed last-epoch gains against zero for each prior, Holm-corrected over the "
-            f"{len(gains)} priors tested, 5\\,\\% level)" if gains else "")
+            f"{len(gains)} prior{'s' if len(gains) > 1 else ''} tested, 5\\,\\% level)" if gains else "")
     return "; ".join(parts) + rule
 
 
