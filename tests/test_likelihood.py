@@ -5,11 +5,13 @@ import math
 
 import pytest
 import torch
+from _sentences import branch, fails_on_fixed_text, fid_row, run_cases
 from torch import nn
 
 from gen_lib import data, flows
 from gen_lib.report import likelihood as L
 from gen_lib.diffusion import DDPM
+from gen_lib.stats import holm
 
 
 def est(density, kind, mean, n=400, spread=0.05, seed=0, name=None):
@@ -53,41 +55,121 @@ def test_primary_prefers_the_exact_value_and_ranking_covers_every_pair():
     assert r[("vae", "flow")] == "worse" and r[("vae", "ddpm")] == "unresolved" and r[("flow", "ddpm")] == "unresolved"
 
 
-@pytest.mark.parametrize("b_mean, b_kind, phrase", [
-    (1.5, "exact", "the a has the better likelihood"),
-    (0.5, "exact", "the b has the better likelihood"),
-    (None, "exact", "are not resolved"),
-    (0.5, "bound", "the b has the better likelihood"),  # a bound below an exact value ranks
-    (1.5, "bound", "are not ranked"),  # a bound above an exact value does not
-])
-def test_pair_sentence_turns_with_the_numbers(b_mean, b_kind, phrase):
+PAIR = {"a": "the a has the better likelihood", "b": "the b has the better likelihood", "open": "are not resolved",
+        "bound": "are not ranked"}
+
+
+def _pair_case(b_mean, b_kind):
     a = est("a", "exact", 1.0, seed=5)
-    b = tie(a, b_kind) if b_mean is None else est("b", b_kind, b_mean, seed=6)
-    text = L.pair_sentence(a, b)
-    assert phrase in text, text
-    assert "bits/dim" in text  # the numbers that decide it are in the sentence
+    return (a, tie(a, b_kind) if b_mean is None else est("b", b_kind, b_mean, seed=6))
 
 
-def test_gap_text_says_above_below_or_not_resolved():
-    exact = est("vae", "exact", 2.0, seed=1)
-    assert " above " in L.gap_text(est("vae", "bound", 2.1, seed=1), exact)
-    below = L.gap_text(est("vae", "bound", 1.9, seed=1), exact)
-    assert " below " in below and "in error" in below
-    assert "covers 0" in L.gap_text(tie(exact, "bound"), exact)
-    other = L.Estimate("ddpm_ancestral", "the ancestral model", "bound", "bound", exact.values - 0.1, model="vae")
-    assert " below " in L.gap_text(other, exact) and "in error" not in L.gap_text(other, exact)  # two densities
+PAIR_CASES = [
+    (_pair_case(1.5, "exact"), branch(PAIR, "a")),
+    (_pair_case(0.5, "exact"), branch(PAIR, "b")),
+    (_pair_case(None, "exact"), branch(PAIR, "open")),
+    (_pair_case(0.5, "bound"), branch(PAIR, "b")),  # a bound below an exact value ranks
+    (_pair_case(1.5, "bound"), branch(PAIR, "bound")),  # a bound above an exact value does not
+]
 
 
-def test_agreement_turns_with_the_fid_intervals():
-    ests = [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 2.0, seed=2)]
-    # flow has the better likelihood; FID says flow better (agree), worse (disagree) or overlapping (not resolved)
-    assert "alike" in L.agreement(ests, {"flow": (1.0, 0.9, 1.1), "vae": (5.0, 4.5, 5.5)})
-    assert "opposite" in L.agreement(ests, {"flow": (5.0, 4.5, 5.5), "vae": (1.0, 0.9, 1.1)})
-    assert "not resolved" in L.agreement(ests, {"flow": (1.0, 0.5, 2.0), "vae": (1.5, 1.2, 2.5)})
-    assert "no pair" in L.agreement(ests, {"flow": (1.0, 0.9, 1.1)})  # the VAE's samples not scored
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_pair_sentence_turns_with_the_numbers(case):
+    run_cases(L.pair_sentence, [case])
+    assert "bits/dim" in L.pair_sentence(*case[0])  # the numbers that decide it are in the sentence
+
+
+def test_pair_sentence_fails_on_a_fixed_text():
+    fails_on_fixed_text(L.pair_sentence, PAIR_CASES)
+
+
+def test_a_holm_adjusted_p_value_decides_the_order():
+    a, b = est("a", "exact", 1.0, seed=1), est("b", "exact", 1.5, seed=2)
+    assert L.pvalue(a, b) < 1e-10 and L.order(a, b) == "better"
+    assert L.order(a, b, p=0.2) == "unresolved" and "are not resolved" in L.pair_sentence(a, b, p=0.2)
+
+
+def _four():
+    return [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 2.0, seed=2), est("vae", "bound", 2.2, seed=2),
+            est("ddpm", "bound", 1.5, seed=3)]
+
+
+def test_comparisons_are_table_3s_family_holm_corrected():
+    ests = _four()
+    p = L.comparisons(ests)
+    assert list(p) == [("flow", "vae"), ("flow", "ddpm"), ("vae", "ddpm"), ("vae", "exact")]
+    best = L.primary(ests)
+    raw = [L.pvalue(best["flow"], best["vae"]), L.pvalue(best["flow"], best["ddpm"]),
+           L.pvalue(best["vae"], best["ddpm"]), L.pvalue(ests[2], ests[1])]
+    assert list(p.values()) == holm(raw)
+    assert "Holm's correction over Table 3's 4 comparisons" in L.ranking_text(ests)
+
+
+RANK = {"ranked": "the flow has the better likelihood", "bound": "are not ranked", "open": "are not resolved"}
+RANK_CASES = [
+    (([est("flow", "exact", 1.0, seed=1), est("vae", "exact", 2.0, seed=2)],), branch(RANK, "ranked")),
+    (([est("flow", "exact", 1.0, seed=1), est("vae", "bound", 2.0, seed=2)],), branch(RANK, "bound")),
+    (([est("flow", "exact", 1.0, seed=3), tie(est("flow", "exact", 1.0, seed=3), "exact")],), branch(RANK, "open")),
+]
+
+
+@pytest.mark.parametrize("case", RANK_CASES)
+def test_ranking_text_has_a_clause_per_pair_and_its_rule(case):
+    run_cases(L.ranking_text, [case])
+    assert L.ranking_text(*case[0]).endswith("(5\\,\\% level, Holm's correction over Table 3's 1 comparisons)")
+
+
+def test_ranking_text_fails_on_a_fixed_text():
+    fails_on_fixed_text(L.ranking_text, RANK_CASES)
+
+
+GAP = {"above": ") above ", "below": ") below ", "open": ", not significant"}
+_exact = est("vae", "exact", 2.0, seed=1)
+GAP_CASES = [
+    ((est("vae", "bound", 2.1, seed=1), _exact), branch(GAP, "above")),
+    ((est("vae", "bound", 1.9, seed=1), _exact), branch(GAP, "below")),
+    ((tie(_exact, "bound"), _exact), branch(GAP, "open")),
+]
+
+
+@pytest.mark.parametrize("case", GAP_CASES)
+def test_gap_text_says_above_below_or_not_resolved(case):
+    run_cases(L.gap_text, [case])
+
+
+def test_gap_text_in_error_only_for_one_density_and_holm_in_a_table():
+    below = L.gap_text(est("vae", "bound", 1.9, seed=1), _exact)
+    assert "in error" in below and "one comparison at the 5" in below
+    other = L.Estimate("ddpm_ancestral", "the ancestral model", "bound", "bound", _exact.values - 0.1, model="vae")
+    assert ") below " in L.gap_text(other, _exact) and "in error" not in L.gap_text(other, _exact)  # two densities
+    ests = _four()
+    assert "over Table 3's 4 comparisons" in L.gap_text(ests[2], ests[1], ests)
+
+
+def test_gap_text_fails_on_a_fixed_text():
+    fails_on_fixed_text(L.gap_text, GAP_CASES)
+
+
+_LIK = [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 2.0, seed=2)]
+AGREE = {"alike": "rank alike", "opposite": "opposite orders", "open": "is not resolved at this", "none": "no pair"}
+AGREE_CASES = [  # flow has the better likelihood; FID says flow better (agree), worse (disagree) or not resolved
+    ((_LIK, {"flow": fid_row(1.0, 0.9, 1.1, 1), "vae": fid_row(5.0, 4.5, 5.5, 2)}), branch(AGREE, "alike")),
+    ((_LIK, {"flow": fid_row(5.0, 4.5, 5.5, 1), "vae": fid_row(1.0, 0.9, 1.1, 2)}), branch(AGREE, "opposite")),
+    ((_LIK, {"flow": fid_row(1.0, 0.5, 2.0, 1), "vae": fid_row(1.2, 0.6, 2.2, 2)}), branch(AGREE, "open")),
+    ((_LIK, {"flow": fid_row(1.0, 0.9, 1.1, 1)}), branch(AGREE, "none")),  # the VAE's samples not scored
     # a likelihood order that is not resolved (a bound above an exact value) leaves the pair open
-    ests_bound = [est("flow", "exact", 1.0, seed=1), est("vae", "bound", 2.0, seed=2)]
-    assert "not resolved" in L.agreement(ests_bound, {"flow": (1.0, 0.9, 1.1), "vae": (5.0, 4.5, 5.5)})
+    (([_LIK[0], est("vae", "bound", 2.0, seed=2)], {"flow": fid_row(1.0, 0.9, 1.1, 1),
+                                                    "vae": fid_row(5.0, 4.5, 5.5, 2)}), branch(AGREE, "open")),
+]
+
+
+@pytest.mark.parametrize("case", AGREE_CASES)
+def test_agreement_turns_with_the_paired_fids(case):
+    run_cases(L.agreement, [case])
+
+
+def test_agreement_fails_on_a_fixed_text():
+    fails_on_fixed_text(L.agreement, AGREE_CASES)
 
 
 def test_bad_input_is_refused():
