@@ -187,3 +187,22 @@ def test_bad_input():
         stats.mean_ci(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="at least 2"):
         stats.mean_ci(torch.tensor([1.0]))
+
+
+def test_paired_difference_shares_the_reference_draws():
+    """Rows scored against one reference with one seed reweight it alike, so the difference of their replicates is
+    the paired bootstrap: a row against itself differs by exactly 0 (p = 1); rows scored otherwise are refused."""
+    g = torch.Generator().manual_seed(0)
+    real, a, b = (torch.randn(300, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    b = b + 0.3
+    ra, rb, ra2 = (intervals.quality_intervals_from_features(real, x, n_boot=200, seed=1, metrics=("fid",),
+                                                             replicates=True) for x in (a, b, a))
+    d = intervals.paired(rb, ra)
+    assert d["raw"] == rb["fid"] - ra["fid"] and d["low"] < d["mean"] < d["high"] and 0 < d["p"] <= 1
+    same = intervals.paired(ra, ra2)
+    assert same["raw"] == same["low"] == same["high"] == 0.0 and same["p"] == 1.0
+    other = intervals.quality_intervals_from_features(real, a, n_boot=200, seed=2, metrics=("fid",), replicates=True)
+    with pytest.raises(ValueError, match="scored alike"):
+        intervals.paired(rb, other)
+    with pytest.raises(ValueError, match="replicates=True"):
+        intervals.paired(rb, intervals.quality_intervals_from_features(real, a, n_boot=200, seed=1, metrics=("fid",)))

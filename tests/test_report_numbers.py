@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _sentences import fid_row
 from torch import nn
 
 from gen_lib import priors as prior_registry
@@ -108,10 +109,9 @@ def test_flow_writes_its_numbers(report_dir):
     assert table["bits/dim"].tolist() == ["1.500", "1.250"] and table["images"].tolist() == ["4", "4"]
 
 
-def _row(fid, low, high):
-    return {"fid": fid + 0.1, "fid_corrected": fid, "fid_low": low, "fid_high": high, "kid": 0.01, "kid_low": 0.0,
-            "kid_high": 0.02, "precision": 0.5, "precision_low": 0.4, "precision_high": 0.6, "recall": 0.5,
-            "recall_low": 0.4, "recall_high": 0.6, "n_fake": 40}
+def _row(fid, low, high):  # with the replicates of the paired test (tests/_sentences.py), a seed per row
+    return fid_row(fid, low, high, seed=int(100 * fid), kid=0.01, kid_low=0.0, kid_high=0.02, precision=0.5,
+                   precision_low=0.4, precision_high=0.6, recall=0.5, recall_low=0.4, recall_high=0.6) | {"n_fake": 40}
 
 
 def _ddpm_inputs(compare_ancestral=4):
@@ -193,7 +193,10 @@ def test_quality_writes_its_numbers(report_dir):
     assert m["quality.vae_epochs"] == "3" and m["quality.classifier_epochs"] == "2"
     assert m["quality.best"] == "the DDPM (DDIM-10, clipped)"
     assert m["quality.ddpmodename"] == "DDIM-5, no clipping (ODE)"
-    assert m["quality.vae.bestout"] == "the parameter $\\lambda$" and m["quality.vae.fidspread"] == "6.00"
+    assert m["quality.vae.bestout"] == ("the parameter $\\lambda$ (its FID lies below every other output's (paired "
+                                        "bootstrap over the same test images, 5\\,\\% level, Holm's correction over "
+                                        "2 comparisons))")
+    assert m["quality.vae.fidspread"] == "6.00"
     assert m["quality.fid.real"] == "0.30" and m["quality.fidsmall.flow"] == "10.20"
     assert m["quality.fidratio.flow"] == "2.0" and m["quality.curve_hi"] == "64"
     assert m["quality.curve.real.lo"] == "4.00" and m["quality.curve.vae.hi"] == "10.00"
