@@ -122,7 +122,8 @@ def paired(a: dict, b: dict, metric: str = "fid", level: float = 0.95) -> dict[s
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(boot.double(), q).tolist()
     beyond = int(((boot - est) >= abs(est)).sum()) if est >= 0 else int(((boot - est) <= -abs(est)).sum())
-    return {"raw": est, "mean": 2 * est - boot.mean().item(), "low": 2 * est - hi, "high": 2 * est - lo, "p": min(1.0, 2 * (1 + beyond) / (len(boot) + 1))}
+    return {"raw": est, "mean": 2 * est - boot.mean().item(), "low": 2 * est - hi, "high": 2 * est - lo,
+            "p": min(1.0, 2 * (1 + beyond) / (len(boot) + 1))}
 
 
 def sample_quality_intervals(real: torch.Tensor, fake: torch.Tensor, features: Union[str, FeatureMap] = "mnist", *,

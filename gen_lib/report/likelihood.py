@@ -111,7 +111,8 @@ def _interval(a: Estimate, b: Estimate) -> dict[str, float]:
 
 def pvalue(a: Estimate, b: Estimate) -> float:
     """Two-sided p-value of a − b = 0 from the paired t-test, with the mean first moved towards 0 by both
-    estimates' numerical error bounds (`stats.mean_pvalue`): below α exactly when `_interval` at 1 − α excludes 0."""
+    estimates' numerical error bounds (`stats.mean_pvalue`): below α exactly when `_interval` at 1 − α
+    excludes 0."""
     return mean_pvalue(paired(a, b), a.numerical + b.numerical)
 
 
