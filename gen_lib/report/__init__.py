@@ -67,13 +67,44 @@ def join_words(items: list[str]) -> str:
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
+# Every macro has a kind, declared here by key (exact, or a pattern with *: `fnmatch`), so that the report's lint
+# (tests/test_report_text.py) can tell which macros decide a comparing word: a "sentence" is text computed from the
+# results with a branch for each outcome (it carries its own direction words); a "number" or an "interval" is a
+# value, which cannot turn a word the text types around it; a "name" is a label or a noun. A key declared nowhere
+# is a "name": it never counts as deciding anything. The section writers (`numbers`) add their keys.
+KINDS = ("number", "interval", "sentence", "name")
+MACRO_KINDS: dict[str, str] = {
+    "meta.items": "name", "meta.dataset": "name", "meta.source": "name", "meta.profile": "name",
+    "meta.date": "name", "meta.commit": "name", "meta.hardware": "name", "meta.torch": "name",
+    "meta.time.*": "number", "meta.trained": "sentence", "meta.plan": "sentence"}
+
+
+def macro_kind(key: str) -> str:
+    """The declared kind of macro `key` (`MACRO_KINDS`: the exact key first, then the first matching pattern);
+    "name" for a key declared nowhere."""
+    import fnmatch
+
+    if key in MACRO_KINDS:
+        return MACRO_KINDS[key]
+    return next((kind for pattern, kind in MACRO_KINDS.items() if "*" in pattern and fnmatch.fnmatchcase(key, pattern)),
+                "name")
+
+
+def declare_kinds(kinds: dict[str, str]) -> None:
+    """Add {key or pattern: kind} to `MACRO_KINDS` (a section's writer declares its macros once, at import)."""
+    bad = {k: v for k, v in kinds.items() if v not in KINDS}
+    if bad:
+        raise ValueError(f"unknown macro kinds {bad}; the kinds are {KINDS}")
+    MACRO_KINDS.update(kinds)
+
 
 def write_macros(name: str, values: dict[str, Any]) -> Path:
-    """Write `report/tables/macros_<name>.tex`: one `\\val{key}` per entry (already formatted strings)."""
+    """Write `report/tables/macros_<name>.tex`: one `\\val{key}` per entry (already formatted strings), each line
+    ending in a comment with the macro's declared kind (`macro_kind`), which the report's lint reads too."""
     lines = [f"% written by gen_lib.report.write_macros({name!r}); do not edit"]
     for key, value in values.items():
         value = _THOUSANDS.sub("{,}", str(value))  # "10,000" -> "10{,}000": no space after the comma in math mode
-        lines.append(f"\\expandafter\\def\\csname val@{key}\\endcsname{{{value}}}")
+        lines.append(f"\\expandafter\\def\\csname val@{key}\\endcsname{{{value}}}% {macro_kind(key)}")
     path = paths.tables_dir() / f"macros_{name}.tex"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -17,14 +17,91 @@ from .. import data, samplers, stats
 from .. import priors as prior_registry
 from ..flows import mean_and_stderr
 from ..study import config, models
-from . import dataframe_table, fmt, join_words, latex_escape, mean_pm, write_macros
+from . import dataframe_table, declare_kinds, fmt, join_words, latex_escape, mean_pm, write_macros
 from . import likelihood as likelihood_text
 from . import quality as quality_text
 from . import table1
 
 
+# Each macro's kind (`gen_lib.report.MACRO_KINDS`): "sentence" for text computed with a branch per outcome, the
+# only kind that decides a comparing word of the report; "number"/"interval" for values; "name" for labels.
+_PER_PRIOR = ("elbo", "elbostd", "iwae", "iwaestd", "logpx", "gap", "iwaeelbo", "kl", "kone", "kmax", "lastgain",
+              "finalstd")
+declare_kinds({
+    **{f"priors.{k}": "number" for k in ("seeds", "epochs", "iwaek", "ntest", "nquad", "ntrain", "grid", "kmax",
+                                          "minutes", "trainminutes", "evalminutes", "gridchange", "count",
+                                          "flow.nlayers", "ncompare", "gapmin", "gapmax", "gapmean", "frac-above",
+                                          "origgap", "origiwae", "origperpixel", "detectable")},
+    **{f"priors.{k}": "name" for k in ("labels", "described", "kl.analytic", "kl.mc", "base", "precision",
+                                        "stacking")},
+    **{f"priors.{k}": "sentence" for k in ("best", "bestiwae", "ordering", "kcurve", "convergence", "brute",
+                                            "iwaeelbo.side", "gap.side", "gapmean.side", "gridconv", "orig.verdict",
+                                            "orig.vsours")},
+    "priors.*.list": "number", "priors.*.iwaeelboside": "sentence", "priors.*.gapside": "sentence",
+    **{f"priors.*.{k}": "number" for k in _PER_PRIOR},
+    "flow.schedule": "name", "flow.precision": "name", "flow.*": "number",
+    **{f"ddpm.{k}": "name" for k in ("bf16", "method", "device", "fid.on", "fid.samplers", "fid.best", "mults")},
+    "ddpm.fid.realci": "interval", "ddpm.fid.list": "interval",
+    **{f"ddpm.{k}": "sentence" for k in ("fid.tied", "fid.floorsep", "speed")},
+    "ddpm.*": "number",
+    **{f"quality.{k}": "name" for k in ("scope", "ddpmname", "ddpmodename", "best", "vae.bestout")},
+    **{f"quality.{k}": "sentence" for k in ("copies", "bestsep", "check.ode", "check.quad", "rank", "agree",
+                                             "vae.best", "curve.real.move", "smallbias")},
+    "quality.gap.*": "sentence",
+    **{f"quality.{k}.*": "interval" for k in ("fidc", "kid", "precision", "recall", "bpd")},
+    "quality.*": "number"})
+
+
 def _f2(value, digits: int = 2) -> str:
     return fmt(float(value), digits)
+
+
+def _side(difference: float, unit: str = " nats") -> str:
+    """"0.50 nats above it" or "0.30 nats below it" by the sign of `difference`; "level with it" when it rounds to
+    zero: the direction word of a signed difference, decided by the number."""
+    size = f"{abs(difference):.2f}"
+    if float(size) == 0:
+        return "level with it (to 0.01)"
+    return f"{size}{unit} {'above' if difference > 0 else 'below'} it"
+
+
+def _detectable(seeds: int) -> str:
+    """The smallest difference, in seed-to-seed standard deviations, that reaches two-sided p < 0.05 (unadjusted) in
+    a t-test of two groups of `seeds` with equal spreads: t_{0.975, 2n-2} * sqrt(2/n); "n/a" for one seed."""
+    from scipy.stats import t as student_t
+
+    return f"{student_t.ppf(0.975, 2 * seeds - 2) * (2 / seeds) ** 0.5:.1f}" if seeds > 1 else "n/a"
+
+
+def _grid_sentence(change: Mapping[str, Mapping[int, float]], label: Mapping[str, str]) -> str:
+    """Whether the quadrature's change to the finest grid shrinks at every refinement, per prior."""
+    bad = []
+    for n, by_grid in change.items():
+        steps = [by_grid[g] for g in sorted(by_grid)][:-1]  # the finest grid's change to itself is 0
+        if any(b > a for a, b in zip(steps, steps[1:])):
+            bad.append(label[n])
+    return ("the change to the finest grid shrinks at every refinement for every prior" if not bad else
+            f"the change to the finest grid does not shrink at every refinement for {join_words(bad)}")
+
+
+def _original_sentences(original, logpx: Mapping[str, float], kl: Mapping[str, float], label) -> dict[str, str]:
+    """The original study's IWAE column against ours: its mean IWAE - ELBO against the largest room between the
+    ELBO and log p(x) that our models leave (their KL), and its mean IWAE against our best near-exact log p(x)."""
+    quoted = [o for o in original.values() if o]
+    if not quoted:
+        return {"priors.origiwae": "n/a", "priors.origperpixel": "n/a",
+                "priors.orig.verdict": "the original study quotes none of the priors compared here",
+                "priors.orig.vsours": "the original study quotes none of the priors compared here"}
+    gap, iwae = _original_gap(original), sum(o[2] for o in quoted) / len(quoted)
+    widest, best = max(kl, key=kl.get), max(logpx, key=logpx.get)
+    verdict = (f"exceeds the whole room between the ELBO and $\\log p(x)$ of every one of our models (at most "
+               f"{_f2(kl[widest])} nats, the {label[widest]} prior's)" if gap > kl[widest] else
+               f"does not exceed the room between the ELBO and $\\log p(x)$ of our models (up to {_f2(kl[widest])} "
+               f"nats, the {label[widest]} prior's), so this column alone does not show an error")
+    vs = (f"{'above' if iwae > logpx[best] else 'below'} the near-exact $\\log p(x)$ of our best model (the "
+          f"{label[best]} prior, {_f2(logpx[best])} nats) by {_f2(abs(iwae - logpx[best]))} nats")
+    return {"priors.origiwae": _f2(iwae), "priors.origperpixel": f"{-iwae / 784:.3f}",
+            "priors.orig.verdict": verdict, "priors.orig.vsours": vs}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,8 +300,33 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
                    "priors.frac-above": f"{(all_gaps < 0).float().mean().item() * 100:.1f}"})
     gap = _original_gap(original)
     macros["priors.origgap"] = _f2(gap, 1) if gap is not None else "n/a"
+    macros.update(_priors_directions(by_prior, gaps, all_gaps, change, original, elbo_q, label, len(seeds)))
     write_macros("priors", macros)
     return macros
+
+
+def _priors_directions(by_prior, gaps, all_gaps, change, original, elbo_q, label, seeds: int) -> dict[str, str]:
+    """The macros that decide Part 1's direction words: each signed difference as "x nats above/below it", whether
+    the quadrature converges, the smallest detectable difference, and the original study's column against ours."""
+    names = list(by_prior)
+
+    def each(values):
+        return join_words([f"{v} for {label[n]}" for n, v in values.items()])
+
+    out = {"priors.iwaeelbo.side": each({n: _side((by_prior[n].iwae - by_prior[n].elbo).mean()) for n in names}),
+           "priors.gap.side": each({n: _side(gaps[n].mean()) for n in names}),
+           "priors.gapmean.side": _side(all_gaps.mean().item()), "priors.gridconv": _grid_sentence(change, label),
+           "priors.detectable": _detectable(seeds)}
+    for n in names:
+        out[f"priors.{n}.iwaeelboside"] = _side((by_prior[n].iwae - by_prior[n].elbo).mean())
+        out[f"priors.{n}.gapside"] = _side(gaps[n].mean())
+    base = names[0]
+    out["priors.base.iwaeelboside"], out["priors.base.gapside"] = out[f"priors.{base}.iwaeelboside"], out[
+        f"priors.{base}.gapside"]
+    logpx = {n: by_prior[n].log_px.mean() for n in names}
+    kl = {n: logpx[n] - elbo_q[n] for n in names}
+    out.update(_original_sentences(original, logpx, kl, label))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,8 +369,21 @@ def flow(cfg: Mapping[str, Any], run, test_bpd: torch.Tensor, train_bpd: torch.T
         "flow.n-samples": f"{n_samples:,}", "flow.sample-ms": f"{1e3 * sample_seconds / n_samples:.2f}",
         "flow.clamped": f"{100 * clamped:.2f}", "flow.recon-err": f"${mantissa}\\times 10^{{{int(exponent)}}}$",
     }
+    values.update(_flow_background(cfg["logit_alpha"]))
     write_macros("flow", values)
     return values
+
+
+def _flow_background(alpha: float) -> dict[str, str]:
+    """Where a background pixel (x = 0, dequantized to y in [0, 1/256)) lands after the logit pre-transform, and the
+    width of that interval: the numbers behind the flow section's conditioning argument."""
+    import math
+
+    def logit(u):
+        return math.log(u / (1 - u))
+
+    low, high = logit(alpha), logit(alpha + (1 - 2 * alpha) / 256)
+    return {"flow.bg.logit": fmt(low, 2), "flow.bg.width": f"{high - low:.3f}"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,6 +417,16 @@ def ddpm_fid_table(fid_q: Mapping[str, Mapping[str, float]], fid_ms: Mapping[str
         f"bias-corrected FID is the raw value minus the bootstrap's estimate of its bias. Time per sample on the "
         f"{device} of this run."))
     return table
+
+
+def _speed_sentence(ancestral_ms, ddim_ms: float, steps: int, timed: bool) -> str:
+    """DDIM's time per sample against the ancestral sampler's, the direction word decided by the ratio."""
+    if not timed or ancestral_ms is None:
+        return "the profile did not time the ancestral sampler"
+    ratio = ancestral_ms / ddim_ms
+    if ratio >= 1:
+        return f"DDIM with {steps} steps was {ratio:.0f} times faster than the ancestral sampler here"
+    return f"DDIM with {steps} steps was {1 / ratio:.1f} times slower than the ancestral sampler here"
 
 
 def device_word(device) -> str:
@@ -338,6 +463,7 @@ def ddpm(cfg: Mapping[str, Any], run, *, n_train: int, ms_per_sample: float, ste
     fastest = min(k for k in ms if k != "anc")
     values["ddpm.speedup"] = f"{ms['anc'] / ms[fastest]:.0f}" if cfg["compare_ancestral"] else "n/a"
     values["ddpm.speedupsteps"] = str(fastest) if cfg["compare_ancestral"] else "n/a"
+    values["ddpm.speed"] = _speed_sentence(ms.get("anc"), ms[fastest], fastest, bool(cfg["compare_ancestral"]))
     if fid_ms:  # FID against sampling steps: each sentence follows from the intervals (gen_lib.report.quality)
         top, tied = quality_text.best(fid_q, list(fid_ms))
         compared = [f"DDIM at {join_words([str(int(s)) for s in str(cfg['compare_steps']).split(',')])} steps"]
@@ -474,6 +600,7 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     vae_top, vae_tied = quality_text.best(q, [models[k] for k in VAE_WORDS])  # paired, Holm over 2 comparisons
     vae_sep = quality_text.tied_sentence([VAE_WORDS[key[name]] for name in vae_tied], "output", len(VAE_WORDS) - 1)
     values["quality.vae.bestout"] = f"{VAE_WORDS[key[vae_top]]} ({vae_sep})"
+    values["quality.vae.best"] = f"{VAE_WORDS[key[vae_top]]} has the lowest bias-corrected FID: {vae_sep}"
 
     # Table 3's numbers and sentences, each computed from the estimates by gen_lib.report.likelihood
     fid_iv = {d: q[models[k]] for d, k in OWN_SAMPLES.items()}  # the own samples' rows, compared paired
@@ -488,5 +615,24 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
         values[f"quality.bpd.{e.density.replace('_', '')}.{e.kind}"] = e.text()
         if e.kind == "bound":
             values[f"quality.gap.{e.model}"] = likelihood_text.gap_text(e, exact[e.model], list(estimates))
+    values.update(_quality_directions(q, models, real, fid_small, curve, sizes, n))
     write_macros("quality", values)
     return values
+
+
+def _quality_directions(q, models, real, fid_small, curve, sizes, n) -> dict[str, str]:
+    """The macros that decide Section 4's direction words: which way the floor's FID moves with N, and whether its
+    excess at the original study's N exceeds the largest difference between the models' bias-corrected FIDs."""
+    lo, hi = round(curve[real][sizes[0]][0], 2), round(curve[real][sizes[-1]][0], 2)
+    if lo == hi:
+        move = f"stays at {lo:.2f} from $N={sizes[0]:,}$ to $N={sizes[-1]:,}$"
+    else:
+        move = f"{'falls' if hi < lo else 'rises'} from {lo:.2f} at $N={sizes[0]:,}$ to {hi:.2f} at $N={sizes[-1]:,}$"
+    n_small = min(256, n)
+    excess = fid_small[real] - q[real]["fid"]
+    fids = [q[name]["fid_corrected"] for name in models.values() if name in q]
+    spread = max(fids) - min(fids)
+    small = (f"at $N={n_small}$ the floor's excess over its value at $N={n:,}$ ({excess:.2f}) "
+             f"{'exceeds' if excess > spread else 'does not exceed'} the largest difference between the models' "
+             f"bias-corrected FIDs at $N={n:,}$ ({spread:.2f})")
+    return {"quality.curve.real.move": move, "quality.smallbias": small}
