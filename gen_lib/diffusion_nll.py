@@ -2,9 +2,11 @@
 
 `nll_bound`: the variational bound of Ho et al. (2020), Eq. 5, on −log p_θ(x_0), with σ_t² = β_t and a
 Gaussian L_0, every KL in closed form; `bound_bits_per_dim` puts it on the flow's bits/dim scale of the
-dequantized 8-bit data. `ode_nll`: the exact −log density of the same ε-network's probability-flow ODE
-(deterministic DDIM in its continuous limit), up to the ODE solver's error. `DDPM.nll_bound` and
-`DDPM.ode_nll` are these functions, bound as methods.
+dequantized 8-bit data. `ode_nll`: an estimate of the −log density of the same ε-network's probability-flow
+ODE (deterministic DDIM in its continuous limit), unbiased in the trace and limited by the solver's error; its
+density is that of the data smoothed at the smallest noise level σ̄_0 (`one_bin_bits`: what that costs a
+pixel whose values fill one quantization bin). `ode_sample` draws from that density by the same solver on the
+same levels. `DDPM.nll_bound` and `DDPM.ode_nll` are these functions, bound as methods.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def ode_levels(alphas_cumprod: torch.Tensor, steps: int) -> list[int]:
     right = torch.searchsorted(u, targets).clamp(1, T - 1)
     nearer = torch.where((targets - u[right - 1]).abs() <= (u[right] - targets).abs(), right - 1, right)
     return sorted(set(nearer.tolist()) | {0, T - 1})
+
+
+def halved(levels: list[int]) -> list[int]:
+    """Every other level of `levels` (increasing), keeping both ends: the grid of half the steps on the same levels.
+
+    The network is defined at integer t only, so where `ode_levels` already holds every level (the low-noise end)
+    a grid twice as fine does not exist; halving does, and Richardson's estimate compares the two
+    (`gen_lib.report.likelihood.refinement`). With an odd number of steps the last (high-noise) one stays whole."""
+    if len(levels) < 2:
+        raise ValueError(f"levels={levels!r}: need at least two")
+    return sorted(set(levels[::2]) | {levels[-1]})
 
 
 def _strata(T: int, S: int) -> torch.Tensor:
@@ -136,7 +149,7 @@ def nll_bound(ddpm: nn.Module, x0: torch.Tensor, generator: torch.Generator | No
 
 @torch.no_grad()
 def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_trace: bool = False,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, levels: list[int] | None = None) -> torch.Tensor:
     """−log p_θ(x0) per example (B,), in nats, float64, of continuous x0 in [-1, 1] under the probability-flow ODE
     of ε_θ (Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Sec. 4.3, App. D.2): DDIM
     (η = 0) in its continuous limit. With x̄ = x/√ᾱ, σ̄ = √((1 − ᾱ)/ᾱ) and u = log σ̄:
@@ -161,8 +174,9 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
     The divergence is Hutchinson's v^T (∂ε/∂x̄) v with Rademacher probes v (never more variance than Gaussian
     ones), drawn once per example from `generator` and held fixed along the path: unbiased, its noise part of
     each example's value (report the standard error over examples). `exact_trace=True` takes the trace, D
-    vector-Jacobian products per evaluation (small shapes, tests). `steps=None` is min(100, T); check a value
-    against 2S steps (tests/test_ode_nll.py measures the error on Gaussian data, broad and sharp). The state is
+    vector-Jacobian products per evaluation (small shapes, tests). `steps=None` is min(100, T); `levels` gives
+    the grid itself (increasing, from 0 to T − 1; it overrides `steps`): check a value against `halved` levels
+    (`likelihood.refinement`; tests/test_ode_nll.py shows that this bounds the error on sharp data). The state is
     float64; the network sees its input in its parameters' dtype (x0's without any), in eval mode (restored
     after), and no parameter gets a .grad.
     """
@@ -173,7 +187,7 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
         raise ValueError(f"exact_trace={exact_trace!r} must be True or False")
     dev, B = ddpm.betas.device, x0.shape[0]
     dtype = next((p.dtype for p in ddpm.network.parameters()), x0.dtype)
-    ts = ode_levels(ddpm.alphas_cumprod, min(100, ddpm.T) if steps is None else steps)  # increasing
+    ts = _grid(ddpm, steps, levels)  # increasing
     abar = ddpm.alphas_cumprod[ts].tolist()  # float64 values, read once
     sig = [((1.0 - a) / a) ** 0.5 for a in abar]  # σ̄ at the levels, increasing
     x = x0.to(dev, torch.float64)  # x̄ = x0 at σ̄_0
@@ -199,6 +213,110 @@ def ode_nll(ddpm: nn.Module, x0: torch.Tensor, steps: int | None = None, exact_t
     log_p_T = (-0.5 * a_T * x.flatten(1).pow(2).sum(1) - 0.5 * D * math.log(2 * math.pi)
                + 0.5 * D * math.log(a_T))  # log N(√ᾱ_T x̄_T; 0, I) + D/2 log ᾱ_T
     return -(log_p_T + integral).to(x0.device)
+
+
+def _grid(ddpm: nn.Module, steps: int | None, levels: list[int] | None) -> list[int]:
+    """The ODE's levels: `levels` if given (checked), else `ode_levels` of `steps` (None: min(100, T))."""
+    if levels is None:
+        return ode_levels(ddpm.alphas_cumprod, min(100, ddpm.T) if steps is None else steps)
+    levels = [int(t) for t in levels]
+    if len(levels) < 2 or levels[0] != 0 or levels[-1] != ddpm.T - 1 or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"levels must increase from 0 to T - 1 = {ddpm.T - 1}; got {len(levels)} levels "
+                         f"from {levels[0] if levels else None} to {levels[-1] if levels else None}")
+    return levels
+
+
+@torch.no_grad()
+def ode_sample(ddpm: nn.Module, n: int, steps: int | None = None, generator: torch.Generator | None = None, *,
+               levels: list[int] | None = None, batch: int = 500) -> torch.Tensor:
+    """n draws (n, *shape), float32, from the density that `ode_nll` scores: x_T ~ N(0, I), x̄_T = x_T/√ᾱ_T, then
+    Heun's method on dx̄/du = σ̄ ε_θ(√ᾱ x̄, t) down the same levels (`steps`/`levels` as in `ode_nll`) to x̄ at the
+    smallest level, which is returned as it is: no final denoising step, no clamp (values may leave [-1, 1]).
+
+    Its own function, not a `samplers` step: a Heun step evaluates the network twice (at both ends of the step),
+    which the one-evaluation step contract of `DDPM.sample` does not allow. Float32 state and network input, eval
+    mode (restored after), at most `batch` images per call; the draws come from `generator` in one piece."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"n={n} and batch={batch} must be >= 1")
+    ts = _grid(ddpm, steps, levels)[::-1]  # decreasing: from the noise to the data
+    dev = ddpm.betas.device
+    abar = ddpm.alphas_cumprod[ts].tolist()
+    sig = [((1.0 - a) / a) ** 0.5 for a in abar]
+    x_T = torch.randn((n, *ddpm.shape), generator=generator, device=dev, dtype=torch.float32)
+    out = []
+    was_training = ddpm.network.training
+    ddpm.network.eval()
+    try:
+        for b0 in range(0, n, batch):
+            x = x_T[b0:b0 + batch] / abar[0] ** 0.5  # x̄ at the largest level
+
+            def f(xbar: torch.Tensor, i: int) -> torch.Tensor:  # dx̄/du at level i
+                t = torch.full((len(xbar),), ts[i], device=dev, dtype=torch.long)
+                return sig[i] * ddpm.network((abar[i] ** 0.5 * xbar).float(), t).float()
+
+            for i in range(1, len(ts)):
+                h = math.log(sig[i] / sig[i - 1])  # < 0: towards the data
+                f1 = f(x, i - 1)
+                f2 = f(x + h * f1, i)
+                x = x + 0.5 * h * (f1 + f2)
+            out.append(x)
+    finally:
+        ddpm.network.train(was_training)
+    return torch.cat(out)
+
+
+def sigma_bar_0(ddpm: nn.Module) -> float:
+    """σ̄ at the smallest level, √((1 − ᾱ_0)/ᾱ_0): the smoothing of the density `ode_nll` scores (x0 units)."""
+    a = ddpm.alphas_cumprod[0].item()
+    return math.sqrt((1.0 - a) / a)
+
+
+def one_bin_bits(sigma: float, n_bins: int = 256, n_u: int = 2048) -> float:
+    """Bits that smoothing by N(0, σ²) in x0 = 2y − 1 (σ/2 in y) costs a pixel whose values fill one quantization
+    bin of y uniformly, with no mass in the bins beside it (the background of MNIST): the uniform's cross-entropy
+    under the smoothed density minus its entropy, by the midpoint rule over the bin (`n_u` points). A flow can
+    give such a pixel the bin's uniform density, 0 bits on the bits/dim scale; the ODE's density cannot."""
+    w, s = 1.0 / n_bins, 0.5 * sigma
+    y = (torch.arange(n_u, dtype=torch.float64) + 0.5) / n_u * w  # points of the bin [0, w)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+    smoothed = (normal.cdf(w - y) - normal.cdf(-y)) / w  # (U(0, w) * N(0, s²))(y)
+    return (math.log(1.0 / w) - smoothed.log().mean().item()) / math.log(2.0)
+
+
+def smoothing_bits(train: torch.Tensor, test: torch.Tensor, sigma: float, n_bins: int = 256, n_u: int = 16,
+                   chunk: int = 16) -> dict[str, float]:
+    """What smoothing by N(0, σ²) in x0 (σ̄_0) costs a density that is sharp at the bin scale, measured on data:
+    the per-pixel histogram of the 8-bit `train` images (n_bins bins per pixel position, half a count added to
+    every bin) as a density of dequantized y, piecewise constant, and its σ-smoothed version; the cost is the
+    mean over the `test` images' pixels and `n_u` evenly spaced points of each pixel's bin of
+    log2 density − log2 smoothed density (bits/dim). Also the share of test pixels at 0 (`zero`), the bin of
+    MNIST's background, and `one_bin`, `one_bin_bits(sigma)`."""
+    k_train = (train.flatten(1).double() * (n_bins - 1)).round().long()  # (N, D) bins
+    D = k_train.shape[1]
+    counts = torch.full((D, n_bins), 0.5, dtype=torch.float64)
+    counts.scatter_add_(1, k_train.T.contiguous(), torch.ones(k_train.T.shape, dtype=torch.float64))
+    dens = counts / counts.sum(1, keepdim=True) * n_bins  # (D, n_bins) density of y in each bin
+    s, w = 0.5 * sigma, 1.0 / n_bins
+    reach = int(math.ceil(8 * s / w)) + 1  # bins beyond this many contribute < Φ(−8)
+    offsets = torch.arange(-reach, reach + 1)  # (R,)
+    u = (torch.arange(n_u, dtype=torch.float64) + 0.5) / n_u  # (U,) points in the bin
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    k_test = (test.flatten(1).double() * (n_bins - 1)).round().long()  # (M, D)
+    total, count = 0.0, 0
+    for c0 in range(0, len(k_test), chunk):
+        k = k_test[c0:c0 + chunk]  # (m, D)
+        own = dens.gather(1, k.T.contiguous()).T  # (m, D) the pixel's bin's density
+        j = (k[..., None] + offsets).clamp(0, n_bins - 1)  # (m, D, R) neighbouring bins
+        valid = ((k[..., None] + offsets) >= 0) & ((k[..., None] + offsets) < n_bins)
+        dj = torch.gather(dens.expand(len(k), D, n_bins), 2, j) * valid  # (m, D, R)
+        y = (k[..., None, None] + u).double() * w  # (m, D, 1, U) in the pixel's bin
+        a = (j[..., None].double() * w)  # (m, D, R, 1) bin starts
+        mass = normal.cdf((a + w - y) / s) - normal.cdf((a - y) / s)  # (m, D, R, U)
+        smoothed = (dj[..., None] * mass).sum(2)  # (m, D, U)
+        total += (own.log()[..., None] - smoothed.log()).sum().item()
+        count += smoothed.numel()
+    return {"bits": total / count / math.log(2.0), "zero": (k_test == 0).double().mean().item(),
+            "one_bin": one_bin_bits(sigma, n_bins)}
 
 
 def _ode_drift(network: nn.Module, xbar: torch.Tensor, t: int, abar: float, dtype: torch.dtype,

@@ -210,13 +210,20 @@ def test_ode_bits_per_dim_of_a_zero_network_is_the_terminal_gaussian_on_the_flow
 
 
 def test_table3_has_a_row_per_estimate_with_the_paired_columns():
+    """What each value is, its allowance, and the paired intervals widened by both allowances (as `order` reads them)."""
     ests = [est("flow", "exact", 1.0, seed=1), est("vae", "exact", 1.5, seed=2), est("vae", "bound", 1.6, seed=2)]
+    ests[1].word, ests[1].numerical = "near-exact (quadrature)", 0.02
     frame = L.table3_frame(ests, fid={"flow": "3.0 [2.0, 4.0]"})
-    assert list(frame.index) == ["The flow", "The vae", "The vae"] and len(frame.columns) == 5
-    assert frame.iloc[0, 2] == "--" and frame.iloc[0, 4] == "3.0 [2.0, 4.0]"
-    d = L.paired(ests[2], ests[1])  # the bound's excess over its own exact value
-    assert frame.iloc[2, 3].startswith(f"{d['mean']:.3f}") and frame.iloc[1, 3] == "--"
-    assert frame.iloc[1, 1] == ests[1].text()
+    assert list(frame.index) == ["The flow", "The vae", "The vae"] and len(frame.columns) == 6
+    assert list(frame.iloc[:, 0]) == ["exact: flow (exact)", "near-exact (quadrature): vae (exact)", "bound: vae (bound)"]
+    assert list(frame.iloc[:, 2]) == ["--", "0.020", "--"]
+    assert frame.iloc[0, 3] == "--" and frame.iloc[0, 5] == "3.0 [2.0, 4.0]"
+    d, raw = L._interval(ests[1], ests[0]), L.paired(ests[1], ests[0])
+    assert d["low"] == pytest.approx(raw["low"] - 0.02) and d["high"] == pytest.approx(raw["high"] + 0.02)
+    assert frame.iloc[1, 3] == L.report.with_interval(d["mean"], d["low"], d["high"], 3)
+    gap = L._interval(ests[2], ests[1])  # the bound's excess over its own exact value, widened by 0.02
+    assert frame.iloc[2, 4] == L.report.with_interval(gap["mean"], gap["low"], gap["high"], 3)
+    assert frame.iloc[1, 4] == "--" and frame.iloc[1, 1] == ests[1].text()
 
 
 def test_numerical_error_widens_the_comparison_until_it_is_not_resolved():
@@ -229,9 +236,20 @@ def test_numerical_error_widens_the_comparison_until_it_is_not_resolved():
     assert "widened by 0.600" in L.pair_sentence(a, b) and "not resolved" in L.pair_sentence(a, b)
 
 
-def test_refinement_bounds_the_change_of_a_finer_grid():
+def test_refinement_is_richardsons_estimate_of_the_coarse_grids_error():
+    """fine − coarse = 0.01 ± noise: the allowance is 4/3 (second order) or 8/7 (third) of the interval's largest
+    |end|, and bounds the fine value's error when halving multiplies the error by at least 1.75 (resp. 1 + 7/8)."""
     coarse = torch.linspace(1.0, 2.0, 50, dtype=torch.float64)
-    r = L.refinement(coarse, coarse + 0.01 + 0.001 * torch.randn(50, generator=torch.Generator().manual_seed(0),
-                                                                  dtype=torch.float64))
-    assert r["low"] < 0.01 < r["high"] and r["bound"] == max(abs(r["low"]), r["high"]) and r["n"] == 50
-    assert "widened by" in L.refinement_text(r, "the grid")
+    fine = coarse + 0.01 + 0.001 * torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = L.refinement(coarse, fine)
+    end = max(abs(r["low"]), abs(r["high"]))
+    assert r["low"] < 0.01 < r["high"] and r["n"] == 50 and r["factor"] == pytest.approx(4 / 3)
+    assert r["bound"] == pytest.approx(4 / 3 * end) and r["min_ratio"] == pytest.approx(1.75)
+    assert L.refinement(coarse, fine, order=3)["bound"] == pytest.approx(8 / 7 * end)
+    # a second-order error, e = c h^2: the fine value's error is a third of the change, inside the allowance
+    e_fine = 0.01 / 3
+    assert e_fine <= L.refinement(coarse, coarse + 0.01)["bound"]
+    text = L.refinement_text(r, "the grid")
+    assert text.startswith("halving the grid changes the mean by") and f"{r['bound']:.3f} bits/dim" in text
+    assert "at least 1.75" in text and "widened by it" in text
+    assert "at least 1.75" in L.refinement_rule() and "4/3" not in L.refinement_rule()

@@ -211,7 +211,6 @@ nll_k = 20
 ode_steps = 4
 check_n = 8
 quadrature_grid = 16
-ode_sample_steps = 4
 """
 
 

@@ -187,8 +187,12 @@ def test_quality_writes_its_numbers(report_dir):
     m = numbers.quality(cfg, models, real, q, fid_small, curve, nn_dist, estimates,
                         {"ddpm_ode": "ode check", "vae": "quad check"}, scope="some N", accuracy=0.98765,
                         vae_cfg={"prior": "flow", "epochs": 3}, classifier_cfg={"epochs": 2, "feature_dim": 32}, vae_elbo=1234.56, vae_images=images,
-                        test_images=torch.zeros(70, 1, 28, 28))
+                        test_images=torch.zeros(70, 1, 28, 28), ode_grid=[0, 3, 9], sigma0=0.01,
+                        smoothing={"bits": 1.23456, "zero": 0.8123, "one_bin": 1.7531})
     assert m["quality.n"] == f"{cfg['n_eval']:,}" and m["quality.scope"] == "some N"
+    assert m["quality.odesamplesteps"] == "2" and m["quality.odesamplenfe"] == "4"
+    assert m["quality.sigmazero"] == "0.010" and m["quality.onebin"] == "1.75" and m["quality.zeroshare"] == "81.2"
+    assert m["quality.smoothcost"] == "1.235" and m["quality.check.rule"] == likelihood.refinement_rule()
     assert m["quality.accuracy"] == "98.77" and m["quality.vae_elbo"] == "1234.6"
     assert m["quality.vae_epochs"] == "3" and m["quality.classifier_epochs"] == "2"
     assert m["quality.best"] == "the DDPM (DDIM-10, clipped)"
@@ -215,8 +219,11 @@ def test_quality_tables(report_dir):
                                 dataset_title="MNIST", accuracy=0.9, n_boot=20, pr_k=3)
     assert t2.index[0] == "real (held-out vs test)" and t2.loc["RealNVP flow", "orig. FID"] == "0.452"
     assert "(a smoke-test N, meaningless)" in (report_dir / "tables" / "quality_table2.tex").read_text()
+    estimates[1].word, estimates[1].numerical = "estimate (probability-flow ODE)", 0.012
     numbers.quality_table3(estimates, q, models)
-    assert "same 20 dequantized" in (report_dir / "tables" / "quality_table3.tex").read_text()
+    tex = (report_dir / "tables" / "quality_table3.tex").read_text()
+    assert "same 20 dequantized" in tex and "estimate (probability-flow ODE): ODE" in tex and "0.012" in tex
+    assert "widened by both values' allowances" in tex
 
 
 @pytest.mark.parametrize("n, words", [(10_000, "the study's N"), (64, "a smoke-test N, meaningless"),

@@ -1,13 +1,15 @@
-"""Table 3: the three models' likelihoods on one scale, exact values beside bounds, and what they allow us to say.
+"""Table 3: the three models' likelihoods on one scale, values beside bounds, and what they allow us to say.
 
 Every value is bits/dim of the same dequantized 8-bit test images y = (255 x + u)/256 (the same u for
 every model: the same images, `seed` and batches), `gen_lib.data.dequantized_bits_per_dim`. Lower is better.
 
-An estimate is *exact* (the flow's change of variables; the VAE's log p(y) by quadrature over its 2-D
-latent; the DDPM's probability-flow ODE, up to the solver's error) or an *upper bound* (the VAE's IWAE
-bound; Ho et al.'s variational bound of the DDPM's ancestral model). The ranking rules a reviewer accepts
-(`order`): with the paired difference d = a − b over the same images, its t-test Holm-corrected over the table's
-comparisons (`comparisons`: one multiplicity rule for Table 3),
+A value is of kind "exact" — the flow's change of variables (exact); the VAE's log p(y) by quadrature over its
+2-D latent (near-exact: the grid's error); the DDPM's probability-flow ODE (an estimate: unbiased in the trace,
+limited by the solver, of the density of the data smoothed at the smallest noise level σ̄_0) — or an *upper
+bound* (the VAE's IWAE bound; Ho et al.'s variational bound of the DDPM's ancestral model). The ranking rules
+treat every "exact" kind as a value, widened by its numerical allowance (`refinement`), never as a bound. The
+rules (`order`): with the paired difference d = a − b over the same images, its t-test Holm-corrected over the
+table's comparisons (`comparisons`: one multiplicity rule for Table 3),
 
 - a is better than b when d is significantly below 0 and b's value is exact (a's value, exact or an
   upper bound, is then above a's true value and below b's);
@@ -52,12 +54,14 @@ class Estimate:
     values: torch.Tensor  # (N,) bits/dim per image, float64
     model: str = ""  # the trained network behind it ("ddpm" for both DDPM densities); "" = `density`
     numerical: float = 0.0  # a bound on the mean's numerical error (solver, grid), bits/dim: widens every comparison
+    word: str = ""  # what the value is, for tables: "exact", "estimate (probability-flow ODE)", ...; "" = `kind`
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
         self.values = torch.as_tensor(self.values, dtype=torch.float64).flatten()
         self.model = self.model or self.density
+        self.word = self.word or self.kind
 
     def text(self) -> str:
         """The mean over the images and its standard error, "m $\\pm$ se" (bits/dim, 3 decimals)."""
@@ -74,14 +78,15 @@ def test_sample(n_test: int, n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def ode_bits_per_dim(ddpm: DDPM, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
-                     steps: int | None = None) -> torch.Tensor:
-    """Per-image bits/dim (N,) of 8-bit `images` in [0, 1] under the DDPM's probability-flow ODE (`DDPM.ode_nll`,
-    Hutchinson probes from a generator seeded by `seed`), on every model's y (`data.dequantized_bits_per_dim`)."""
+                     steps: int | None = None, levels: list[int] | None = None) -> torch.Tensor:
+    """Per-image bits/dim (N,) of 8-bit `images` in [0, 1] under the DDPM's probability-flow ODE (`DDPM.ode_nll` on
+    `steps` or explicit `levels`, Hutchinson probes from a generator seeded by `seed`: the same probes for the same
+    images on any grid), on every model's y (`data.dequantized_bits_per_dim`)."""
     dev = ddpm.betas.device
     gen_v = torch.Generator(device=dev).manual_seed(seed)
     dim = math.prod(ddpm.shape)
     return dequantized_bits_per_dim(images, lambda y: log_prob_y(
-        ddpm.ode_nll(to_signed(y).to(dev), steps=steps, generator=gen_v), dim), seed, batch_size)
+        ddpm.ode_nll(to_signed(y).to(dev), steps=steps, generator=gen_v, levels=levels), dim), seed, batch_size)
 
 
 def quadrature_bits_per_dim(vae: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 500,
@@ -247,37 +252,55 @@ def agreement(estimates: list[Estimate], rows: dict[str, dict]) -> str:
                                f"correction over the {len(pairs)} pairs)")
 
 
-def refinement(coarse: torch.Tensor, fine: torch.Tensor) -> dict[str, float]:
-    """What refining a numerical method (a grid twice as fine) changes in per-image values: `mean_ci` of
-    fine − coarse, the largest change on one image (`worst`), and `bound` = the interval's largest |end|, a
-    bound on the mean's numerical error (for a second-order method the error left is about a third of it)."""
+def refinement(coarse: torch.Tensor, fine: torch.Tensor, order: int = 2) -> dict[str, float]:
+    """Richardson's estimate of a numerical method's error, from per-image values on the table's grid (`fine`) and
+    on the grid of half its steps (`coarse`: every other ODE level, `diffusion_nll.halved`; half the quadrature
+    grid): `mean_ci` of Δ = fine − coarse, the largest |Δ| on one image (`worst`), the factor 2^p/(2^p − 1) of a
+    method of order p (4/3 for p = 2) and `bound` = factor × the interval's largest |end|: Richardson's estimate of
+    the coarse value's error. It bounds the fine (reported) value's error e whenever halving the steps multiplies
+    |e| by r ≥ 1 + 1/factor (1.75 for p = 2; asymptotically r = 2^p = 4), since |Δ| ≥ (r − 1)|e|."""
     diff = torch.as_tensor(fine, dtype=torch.float64) - torch.as_tensor(coarse, dtype=torch.float64)
     d = mean_ci(diff)
-    return {**d, "worst": diff.abs().max().item(), "bound": max(abs(d["low"]), abs(d["high"]))}
+    factor = 2 ** order / (2 ** order - 1)
+    return {**d, "worst": diff.abs().max().item(), "factor": factor, "min_ratio": 1 + 1 / factor,
+            "bound": factor * max(abs(d["low"]), abs(d["high"]))}
 
 
 def refinement_text(r: dict[str, float], what: str) -> str:
-    """The report's words for a `refinement`."""
-    return (f"refining {what} changes the mean by {report.with_interval(r['mean'], r['low'], r['high'], 3)} bits/dim "
-            f"over {r['n']:,} images (at most {r['worst']:.3f} on one image); every comparison that uses the value "
-            f"is widened by {r['bound']:.3f} bits/dim for it")
+    """The report's words for a `refinement`: the change, and the allowance that widens every comparison."""
+    return (f"halving {what} changes the mean by {report.with_interval(r['mean'], r['low'], r['high'], 3)} bits/dim "
+            f"over {r['n']:,} images (at most {r['worst']:.3f} on one image); {r['factor']:.3g} times the interval's "
+            f"largest end, {r['bound']:.3f} bits/dim, Richardson's estimate of the coarser grid's error, bounds the "
+            f"value's error whenever halving multiplies it by at least {r['min_ratio']:.3g}, and every comparison that "
+            f"uses the value is widened by it")
+
+
+def refinement_rule(order: int = 2) -> str:
+    """The rule behind `refinement`'s allowance, in words (for the report and the notebook's text)."""
+    factor = 2 ** order / (2 ** order - 1)
+    return (f"the allowance is {factor:.3g} times the change from the grid of half the steps (Richardson's estimate of "
+            f"that coarser grid's error for a method of order {order}); it bounds the error of the value on the full "
+            f"grid whenever halving the steps multiplies the error by at least {1 + 1 / factor:.3g} (a method of order "
+            f"{order} multiplies it by {2 ** order})")
 
 
 def table3_frame(estimates: list[Estimate], reference: str = "flow", fid: dict[str, str] | None = None):
-    """Table 3 as a DataFrame of formatted strings: per estimate its method, bits/dim ± se, the paired difference
-    to the `reference` density's exact value, a bound's excess over its model's exact value, and (from `fid`,
-    density -> text) the sample quality of the density's own samples."""
+    """Table 3 as a DataFrame of formatted strings: per estimate what it is and its method, bits/dim ± se, its
+    numerical allowance (`Estimate.numerical`), the paired difference to the `reference` density's exact value and a
+    bound's excess over its model's exact value — both intervals widened by the two allowances, as `order` reads
+    them — and (from `fid`, density -> text) the sample quality of the density's own samples."""
     import pandas as pd
 
     ref = next(e for e in estimates if e.density == reference and e.kind == "exact")
     exact = {e.model: e for e in estimates if e.kind == "exact"}
     rows, names = [], []
     for e in estimates:
-        gap = paired(e, exact[e.model]) if e.kind == "bound" and e.model in exact else None
+        gap = _interval(e, exact[e.model]) if e.kind == "bound" and e.model in exact else None
         names.append(f"{e.name[0].upper()}{e.name[1:]}")  # a density with an exact value and a bound: two rows
-        rows.append({"likelihood": f"{e.kind}: {e.method}", "bits/dim": e.text(),
-                     f"$-$ {reference} [95 %]": "--" if e is ref else _cell(paired(e, ref)),
-                     "bound $-$ exact [95 %]": _cell(gap) if gap else "--",
+        rows.append({"likelihood": f"{e.word}: {e.method}", "bits/dim": e.text(),
+                     "allowance": f"{e.numerical:.3f}" if e.numerical else "--",
+                     f"$-$ {reference} [95 % + allowances]": "--" if e is ref else _cell(_interval(e, ref)),
+                     "bound $-$ exact [95 % + allowances]": _cell(gap) if gap else "--",
                      "own samples: FID [95 %]": (fid or {}).get(e.density, "--")})
     frame = pd.DataFrame(rows, index=names)
     frame.index.name = "density"

@@ -526,27 +526,33 @@ def quality_table3(estimates: Sequence, q: Mapping[str, Mapping[str, float]],
     n_lik = len(estimates[0].values)
     fid = {d: quality_text.cell(q[models[k]], "fid") for d, k in OWN_SAMPLES.items()}
     table3 = likelihood_text.table3_frame(list(estimates), fid=fid)
-    dataframe_table(table3, "quality_table3", label="tab:likelihood", column_format="llrrrr", fit_width=True, caption=(
-        f"Likelihoods of the three models, exact values beside bounds. Bits/dim of the same {n_lik:,} dequantized "
-        f"test images, a fixed random sample (mean $\\pm$ standard error over the images; lower is better). The "
-        f"DDPM's two rows are two densities of one $\\epsilon$-network: its probability-flow ODE (deterministic DDIM "
-        f"in the continuous limit) and its ancestral sampler ($\\sigma_t^2=\\beta_t$), whose bound is held against the "
-        f"ODE's value. Columns: the paired difference to the flow and a bound's excess over the exact value, with "
-        f"95\\% intervals; the FID (bias-corrected) of the density's own samples in Table~\\ref{{tab:quality}} "
-        f"(the VAE: draws; the ODE: DDIM without clipping)."))
+    dataframe_table(table3, "quality_table3", label="tab:likelihood", column_format="llrrrrr", fit_width=True, caption=(
+        f"Likelihoods of the three models: exact, estimated and near-exact values beside bounds. Bits/dim of the same "
+        f"{n_lik:,} dequantized test images, a fixed random sample (mean $\\pm$ standard error over the images; lower "
+        f"is better). The DDPM's two rows are two densities of one $\\epsilon$-network: its probability-flow ODE "
+        f"(deterministic DDIM in the continuous limit), whose value is an estimate (Hutchinson's trace, unbiased; "
+        f"Heun's solver) of the density of the data smoothed at the smallest noise level $\\bar\\sigma_0$, and its "
+        f"ancestral sampler ($\\sigma_t^2=\\beta_t$), whose bound is held against the ODE's value. Allowance: the "
+        f"bound on a value's numerical error (solver, quadrature grid) by Richardson's estimate from the grid of half "
+        f"the steps. Columns: the paired difference to the flow and a bound's excess over the exact value, with 95\\% "
+        f"intervals widened by both values' allowances; the FID (bias-corrected) of the density's own samples in "
+        f"Table~\\ref{{tab:quality}} (the VAE: draws; the ODE: Heun's method on the same levels, no clipping)."))
     return table3
 
 
 def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid_small, curve, nn_dist, estimates,
             checks: Mapping[str, str], *, scope: str, accuracy: float, vae_cfg: Mapping[str, Any],
             classifier_cfg: Mapping[str, Any], vae_elbo: float, vae_images: Mapping[str, torch.Tensor],
-            test_images: torch.Tensor, nn_reference: str = "test images") -> dict[str, str]:
+            test_images: torch.Tensor, nn_reference: str = "test images", ode_grid: Sequence[int] = (),
+            sigma0: float = 0.0, smoothing: Mapping[str, float] | None = None) -> dict[str, str]:
     """Write `macros_quality.tex`, every `\\val{quality.*}`, and return it.
 
     `models`: model key -> Table 2 row name; `real`: the floor's row; `q`, `fid_small`: Table 2's scores;
     `curve[row][N]`: (mean, std) FID against N; `nn_dist[row]`: (n, k) distances to the nearest training images,
     `nn_reference` the real test images' row; `estimates`, `checks`: Table 3 and its refinement texts
-    ({"ddpm_ode", "vae"}); `vae_images[key]`/`test_images`: N images each, for the background level."""
+    ({"ddpm_ode", "vae"}); `vae_images[key]`/`test_images`: N images each, for the background level; `ode_grid`:
+    the ODE's levels (Table 3's and its sampler's), `sigma0` its σ̄_0 and `smoothing` what that costs
+    (`diffusion_nll.smoothing_bits`)."""
     n = cfg["n_eval"]
     key = {real: "real", **{name: k for k, name in models.items()}}
     sizes = sorted(next(iter(curve.values())))
@@ -606,10 +612,16 @@ def quality(cfg: Mapping[str, Any], models: Mapping[str, str], real: str, q, fid
     fid_iv = {d: q[models[k]] for d, k in OWN_SAMPLES.items()}  # the own samples' rows, compared paired
     values.update({"quality.nlik": f"{len(estimates[0].values):,}", "quality.nllt": str(cfg["nll_t"] or "all"),
                    "quality.nllk": f"{cfg['nll_k']:,}", "quality.odesteps": str(cfg["ode_steps"]),
-                   "quality.odesamplesteps": str(cfg["ode_sample_steps"]), "quality.grid": str(cfg["quadrature_grid"]),
+                   "quality.odesamplesteps": str(max(0, len(ode_grid) - 1)),
+                   "quality.odesamplenfe": str(2 * max(0, len(ode_grid) - 1)), "quality.check.rule":
+                   likelihood_text.refinement_rule(), "quality.grid": str(cfg["quadrature_grid"]),
                    "quality.checkn": str(cfg["check_n"]), "quality.check.ode": checks["ddpm_ode"],
                    "quality.check.quad": checks["vae"], "quality.rank": likelihood_text.ranking_text(list(estimates)),
                    "quality.agree": likelihood_text.agreement(list(estimates), fid_iv)})
+    if smoothing:  # the σ̄_0 floor of the ODE's density, measured on the data
+        values.update({"quality.sigmazero": f"{sigma0:.3f}", "quality.onebin": f"{smoothing['one_bin']:.2f}",
+                       "quality.zeroshare": f"{100 * smoothing['zero']:.1f}",
+                       "quality.smoothcost": f"{smoothing['bits']:.3f}"})
     exact = {e.model: e for e in estimates if e.kind == "exact"}
     for e in estimates:
         values[f"quality.bpd.{e.density.replace('_', '')}.{e.kind}"] = e.text()

@@ -121,10 +121,11 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     N, n_lik, cn = q["n_eval"], min(q["nll_n"], 10_000), q["check_n"]
     abar = models.build("ddpm", dd).alphas_cumprod
     levels = lambda s: len(diffusion_nll.ode_levels(abar, s))  # noqa: E731
+    halved = lambda s: diffusion_nll.halved(diffusion_nll.ode_levels(abar, s))  # noqa: E731  the check's grid
     fixed04 = (10_000 * r["qvae.elbo"] + n_lik * r["qvae.iwae"] * 1.0
-               + (n_lik + 4 * cn) * r["qvae.quad"] * (1.0 if q["quadrature_grid"] else 0.0)
-               + N * q["ode_sample_steps"] * r["unet.sample"]
-               + (n_lik * levels(q["ode_steps"]) + cn * levels(2 * q["ode_steps"])) * r["ode.level"]
+               + (n_lik + cn / 4) * r["qvae.quad"] * (1.0 if q["quadrature_grid"] else 0.0)  # the check: half grid
+               + N * 2 * (levels(q["ode_steps"]) - 1) * r["unet.fp32"]  # the ODE's samples: 2 float32 calls a step
+               + (n_lik * levels(q["ode_steps"]) + cn * len(halved(q["ode_steps"]))) * r["ode.level"]
                + n_lik * ((q["nll_t"] or T) + 1) * r["unet.fp32"] + n_lik * r["flow.pass"]
                + 7 * q["n_boot"] * r["score.quality"])
     known = {"01_priors": {"train": {"priors": (per_epoch, pri["epochs"])}, "fixed": fixed01},

@@ -26,7 +26,7 @@ from .. import priors, samplers
 from ..training import SCHEDULES
 
 _POSITIVE = {"seeds", "T", "n_layers", "hidden", "base_channels", "feature_dim", "iwae_k", "pr_k", "n_eval", "n_boot",
-             "nll_k", "ode_steps", "ode_sample_steps", "sample_steps", "n_samples", "test_images", "decay_epochs"}
+             "nll_k", "ode_steps", "sample_steps", "n_samples", "test_images", "decay_epochs"}
 
 
 def trains(precision: str | None = None, model: bool = False) -> Any:
@@ -266,11 +266,11 @@ class QualitySection(Section):
     nll_n: int  # Table 3: a fixed random sample of this many test images, the same y for every model
     nll_t: int  # ... the DDPM's variational bound summed over t by stratified sampling, this many strata (0 = all T)
     nll_k: int  # ... the VAE's IWAE bound with this K
-    ode_steps: int  # ... the DDPM's probability-flow ODE likelihood: Heun on this many of the T noise levels
-    check_n: int  # ... solver and quadrature errors shown on the first this many (grid twice as fine); also the
+    ode_steps: int  # ... the DDPM's probability-flow ODE likelihood (and Table 2's ODE samples): Heun on this many of
+    # the T noise levels
+    check_n: int  # ... solver and quadrature errors bounded on the first this many (grids of half the steps); also the
     # batch of Table 3's dequantization, so these images get the same y
     quadrature_grid: int  # ... the VAE's near-exact log p(y): n x n grid (gen_lib.vae.log_likelihood_quadrature)
-    ode_sample_steps: int  # Table 2's DDPM row of the ODE's own sampler: DDIM (eta = 0) without clipping, this many steps
     seed: int  # the evaluation's draws: test and held-out images, samples, dequantization of the test images
 
 
