@@ -7,8 +7,8 @@ Forward process, a fixed linear schedule β_1..β_T (here indexed t = 0..T−1):
 Training (Ho et al., Algorithm 1): minimise E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖².
 
 Sampling: `DDPM.sample` is the one loop of every sampler of `gen_lib.samplers.SAMPLERS` (ancestral, DDIM, ...).
-Likelihood: `DDPM.nll_bound` (Ho et al.'s variational bound) and `DDPM.ode_nll` (the probability-flow ODE's exact
-value), computed in `gen_lib.diffusion_nll`.
+Likelihood: `DDPM.nll_bound` (Ho et al.'s variational bound) and `DDPM.ode_nll` (an estimate of the probability-flow
+ODE's density: Hutchinson's trace, limited by the solver), computed in `gen_lib.diffusion_nll`.
 
 The schedule is made of free functions in float64, stored as buffers; the network is passed in and called as
 `network(x_t, t)` with t int64 of shape (B,).

@@ -46,7 +46,7 @@ declare_kinds({
     "ddpm.*": "number",
     **{f"quality.{k}": "name" for k in ("scope", "ddpmname", "ddpmodename", "best", "vae.bestout")},
     **{f"quality.{k}": "sentence" for k in ("copies", "bestsep", "check.ode", "check.quad", "rank", "agree",
-                                             "vae.best", "curve.real.move", "smallbias")},
+                                             "vae.best", "curve.real.move", "smallbias", "check.rule")},
     "quality.gap.*": "sentence",
     **{f"quality.{k}.*": "interval" for k in ("fidc", "kid", "precision", "recall", "bpd")},
     "quality.*": "number"})
