@@ -16,7 +16,7 @@ import torch
 from .. import data, samplers, stats
 from .. import priors as prior_registry
 from ..flows import mean_and_stderr
-from ..study import config, models
+from ..study import config, models, recipes
 from . import dataframe_table, fmt, join_words, latex_escape, mean_pm, write_macros
 from . import likelihood as likelihood_text
 from . import quality as quality_text
@@ -145,6 +145,11 @@ def priors_quadrature_table(conv: Mapping[str, Mapping[int, torch.Tensor]], cfg:
     return ct
 
 
+def split_words(split: str) -> str:
+    """Which training images a model saw, for the report: its split (`recipes.TRAIN_SPLIT`) in words."""
+    return {"train": "all training images", "fit": f"all training images but the held-out {data.HELD_OUT:,}"}[split]
+
+
 def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics, sweep, conv, *, brute: str,
            n_train: int, total_seconds: float, eval_seconds: float) -> dict[str, str]:
     """Write `macros_priors.tex`, every `\\val{priors.*}` of Part 1, and return it.
@@ -168,6 +173,7 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
     macros = {"priors.seeds": str(cfg["seeds"]), "priors.epochs": str(cfg["epochs"]),
               "priors.iwaek": str(cfg["iwae_k"]), "priors.ntest": f"{len(next(iter(metrics.values()))['elbo']):,}",
               "priors.nquad": str(n_quad), "priors.ntrain": f"{n_train:,}", "priors.grid": str(cfg["quadrature_grid"]),
+              "priors.split": split_words(recipes.TRAIN_SPLIT["priors"]),
               "priors.kmax": str(ks[-1]), "priors.minutes": f"{total_seconds / 60:.1f}",
               "priors.trainminutes": f"{sum(run.result.seconds for run in runs.values()) / 60:.1f}",
               "priors.evalminutes": f"{eval_seconds / 60:.1f}",
