@@ -91,7 +91,8 @@ def _check_fid_cells(tmp_path, monkeypatch):
     table, n = (tables / "ddpm_fid_steps.tex").read_text(), d["fid_n"]
     gen = torch.Generator().manual_seed(d["seed"])
     ref = test_x[torch.randperm(len(test_x), generator=gen)[:n]]
-    check(table, "real data", ref, held_x[torch.randperm(len(held_x), generator=gen)[:n]], column=2)  # after "ms per sample"
+    held = held_x[torch.randperm(len(held_x), generator=gen)[:n]]
+    check(table, "real data", ref, held, column=2)  # after "ms per sample"
     steps = int(d["compare_steps"].split(",")[0])
     (samples,) = (tmp_path / "build" / "runs" / "ddpm").glob(f"*/fid_ddim{steps}_{n}.pt")
     check(table, f"DDIM-{steps}", ref, torch.load(samples)["images"], column=2)
