@@ -303,8 +303,9 @@ def ddpm_fid_table(fid_q: Mapping[str, Mapping[str, float]], fid_ms: Mapping[str
     dataframe_table(table, "ddpm_fid_steps", label="tab:ddpm-fid-steps", column_format="lrrrrrr", fit_width=True,
                     caption=(
         f"DDPM samples by sampler and step count, {n} per row against the same {n} random test images, in the "
-        f"{feature_dim}-d classifier features; the last row is held-out real images that no model or classifier was "
-        f"trained on (the floor). Intervals: 95\\% basic bootstrap over both sets ({n_boot} replicates); the "
+        f"{feature_dim}-d classifier features; the last row is a random sample of held-out real images that neither "
+        f"the DDPM nor the classifier was trained on (the floor). Intervals: 95\\%, {n_boot} replicates over both sets: "
+        f"basic bootstrap; precision and recall from random halves of each set (no duplicates); the "
         f"bias-corrected FID is the raw value minus the bootstrap's estimate of its bias. Time per sample on the "
         f"{device} of this run."))
     return table
@@ -390,7 +391,8 @@ def quality_table2(q: Mapping[str, Mapping[str, float]], fid_small: Mapping[str,
     table.index.name = "model"
     caption = (f"Sample quality at N = {n:,} generated vs {n:,} test images ({scope}), in the {feature_dim}-d "
                f"features of a {dataset_title} classifier ({100 * accuracy:.2f}\\% test accuracy). "
-               f"Intervals: 95\\% basic bootstrap over both sets ({n_boot} replicates); the bias-corrected FID is "
+               f"Intervals: 95\\%, {n_boot} replicates over both sets: basic bootstrap; precision and recall from "
+               f"random halves of each set (no duplicates); the bias-corrected FID is "
                f"the raw value minus the bootstrap's estimate of its bias. KID: unbiased MMD$^2$ over all pairs. "
                f"Precision/recall: $k = {pr_k}$. The VAE is scored three ways (same $z$). First row: held-out real "
                f"images (the floor). FID@{n_small}: FID at N = {n_small}, mean over disjoint subsets. "
