@@ -22,7 +22,7 @@ feature matrices (so the FID-vs-N curve of a notebook costs no extra network pas
   points inside some generated point's ball.
 
 One implementation per metric: the weighted forms (`fid_weighted`, `kid_weighted`, `KnnBalls`, at the
-end) that the bootstrap replicates of `gen_lib.intervals` need, with unit weights for the point values;
+end) that the resampled replicates of `gen_lib.intervals` need, with unit weights for the point values;
 the tests hold them against torchmetrics, scipy and brute-force computations.
 
 `METRICS` is the registry that the bootstrap intervals (`gen_lib.intervals`) and Table 2's columns
@@ -202,7 +202,8 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
 
 
 # ---------------------------------------------------------------- weighted forms
-# Unit weights give the point values above; bootstrap counts give the replicates of gen_lib.intervals.
+# Unit weights give the point values above; bootstrap counts or 0/1 half-samples give the replicates of
+# gen_lib.intervals (Metric.resampling says which).
 def fid_weighted(xr: torch.Tensor, wr: torch.Tensor, xf: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
     """FID (R,) of the weighted sets (counts w (R, n), (R, m)), with torchmetrics' (n − 1) covariance."""
     def moments(x, w):
@@ -251,17 +252,17 @@ def kid_weighted(xr: torch.Tensor, wr: torch.Tensor, xf: torch.Tensor, wf: torch
 
 
 class KnnBalls:
-    """The k-NN balls of a set x (n, d) for bootstrap replicates: each point's `depth` nearest other
+    """The k-NN balls of a set x (n, d) for resampled replicates: each point's `depth` nearest other
     points, and every query point within reach of some ball (the candidates for coverage).
 
-    In a resample, the radius of point i is the distance to its k-th nearest *drawn* other point
-    (copies of i itself do not count: they would give radius 0), read from its neighbour list; a
-    query is covered when it lies within the radius of a drawn centre.
+    In a replicate (weights w: unit weights for the point value, 0/1 for the half-samples of
+    `gen_lib.intervals`), the radius of point i is the distance to its k-th nearest *drawn* other point,
+    read from its neighbour list; a query is covered when it lies within the radius of a drawn centre.
     """
 
     def __init__(self, x: torch.Tensor, queries: torch.Tensor, k: int, chunk: int):
         self.k, n = k, len(x)
-        self.depth = min(n - 1, 8 * k + 8)  # P(fewer than k of 8k + 8 neighbours drawn) < 1e-9
+        self.depth = min(n - 1, 10 * k + 10)  # P(a half-sample draws fewer than k of them) < 1e-9
         dist, idx = [], []
         for i in range(0, n, chunk):
             d = torch.cdist(x[i:i + chunk], x)  # (c, n)
@@ -305,6 +306,9 @@ class Metric:
     range: tuple[float, float]  # the interval's bounds are clipped to it
     digits: int  # decimals in the report's tables
     column: str  # Table 2's column heading
+    # the replicates of its interval (gen_lib.intervals.RESAMPLING): "bootstrap" counts, or "halves", random halves
+    # of each set without duplicates (for the k-NN metrics, whose radii duplicates would shrink)
+    resampling: str = "bootstrap"
 
 
 METRICS: dict[str, Metric] = {
@@ -313,7 +317,7 @@ METRICS: dict[str, Metric] = {
     "kid": Metric(lambda xr, wr, xf, wf, chunk, **_: kid_weighted(xr, wr, xf, wf, chunk), (-math.inf, math.inf), 4,
                   "KID [95 %]"),
     "precision": Metric(lambda xr, wr, xf, wf, k, chunk: KnnBalls(xr, xf, k, chunk).covered_fraction(wr, wf),
-                        (0.0, 1.0), 3, "precision [95 %]"),
+                        (0.0, 1.0), 3, "precision [95 %]", "halves"),
     "recall": Metric(lambda xr, wr, xf, wf, k, chunk: KnnBalls(xf, xr, k, chunk).covered_fraction(wf, wr),
-                     (0.0, 1.0), 3, "recall [95 %]"),
+                     (0.0, 1.0), 3, "recall [95 %]", "halves"),
 }

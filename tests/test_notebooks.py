@@ -87,10 +87,12 @@ def _check_fid_cells(tmp_path, monkeypatch):
     table2, n = (tables / "quality_table2.tex").read_text(), q["n_eval"]
     check(table2, "real", test_x[test_idx[:n]], held_x[held_idx[:n]])
     check(table2, "RealNVP flow", test_x[test_idx[:n]], cache.load_samples("flow", "smoke")["images"][:n])
-    d = config.resolve("ddpm", "smoke")  # 03_ddpm: random test images, the first held-out ones, DDIM's cached samples
+    d = config.resolve("ddpm", "smoke")  # 03_ddpm: random test and held-out images, one generator; DDIM's samples
     table, n = (tables / "ddpm_fid_steps.tex").read_text(), d["fid_n"]
-    ref = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(d["seed"]))[:n]]
-    check(table, "real data", ref, held_x[:n], column=2)  # after "ms per sample"
+    gen = torch.Generator().manual_seed(d["seed"])
+    ref = test_x[torch.randperm(len(test_x), generator=gen)[:n]]
+    held = held_x[torch.randperm(len(held_x), generator=gen)[:n]]
+    check(table, "real data", ref, held, column=2)  # after "ms per sample"
     steps = int(d["compare_steps"].split(",")[0])
     (samples,) = (tmp_path / "build" / "runs" / "ddpm").glob(f"*/fid_ddim{steps}_{n}.pt")
     check(table, f"DDIM-{steps}", ref, torch.load(samples)["images"], column=2)

@@ -170,3 +170,14 @@ def test_a_floor_is_the_first_epoch_from_which_the_curve_stays_within_its_distan
     assert plan.floor_epoch([10.0, 2.9, 5.0, 2.9], 0.2) == 4  # came close, then left: not yet
     assert plan.floor_epoch([0.05, 0.04, 0.031, 0.030], 0.05, "rel") == 3  # within 5 % of 0.030
     assert plan.floor_epoch([1.0], 0.0) == 1
+
+
+def test_part_1_is_planned_on_the_whole_training_split():
+    r = machine(1.0)
+    pri = config.resolve("priors", "default", _plan=False)
+    names = registry.select(pri["priors"])
+    per_epoch, _ = plan.work("default", r)["01_priors"]["train"]["priors"]
+    evals = sum(pri["seeds"] * min(2000, pri["test_subset"] or 10_000) * r[f"elbo.{n}"] for n in names)
+    steps = math.ceil((pri["train_subset"] or 60_000) / pri["batch_size"])
+    assert recipes.TRAIN_SPLIT["priors"] == "train" and not pri["train_subset"]
+    assert per_epoch - evals == pytest.approx(steps * sum(r[f"step.priors.{n}"] for n in names))

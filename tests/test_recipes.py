@@ -109,3 +109,19 @@ def test_part2_vae_trains_on_dequantized_images(tmp_build, monkeypatch):
         assert not torch.equal(y, images)  # jittered, within one 8-bit bin of the pixel
         assert ((y * 256 - images * 255) >= 0).all() and ((y * 256 - images * 255) < 1).all()
     assert run.model.decoder.likelihood == "continuous_bernoulli"
+
+
+def test_part_1_trains_on_the_whole_training_split_and_the_scored_models_leave_the_held_out_images():
+    """The held-out images are needed only where a real-data floor is computed (03, 04): the models those score and
+    the feature classifier train on "fit"; Part 1 computes none and trains on all training images. Each run's
+    identity says which."""
+    assert recipes.TRAIN_SPLIT == {"priors": "train", "flow": "fit", "ddpm": "fit", "quality_vae": "fit",
+                                   "classifier": "fit"}
+    for section, split in recipes.TRAIN_SPLIT.items():
+        assert recipes.FIXED[section]["train_images"].startswith(f"the '{split}' split")
+    # the scored models' identities keep their text: their runs are not retrained
+    fit_text = f"the 'fit' split: the training split less its last {data.HELD_OUT} images"
+    assert all(recipes.FIXED[s]["train_images"] == fit_text for s in ("flow", "ddpm", "quality_vae", "classifier"))
+    cfg = config.resolve("priors", "smoke")
+    key = recipes.run_key("priors", {**cfg, "prior": "gaussian", "seed": 0}, measure=False)
+    assert key["train_images"] == recipes.SPLIT_WORDS["train"]

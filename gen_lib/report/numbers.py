@@ -16,7 +16,7 @@ import torch
 from .. import data, samplers, stats
 from .. import priors as prior_registry
 from ..flows import mean_and_stderr
-from ..study import config, models
+from ..study import config, models, recipes
 from . import dataframe_table, declare_kinds, fmt, join_words, latex_escape, mean_pm, write_macros
 from . import likelihood as likelihood_text
 from . import quality as quality_text
@@ -222,6 +222,11 @@ def priors_quadrature_table(conv: Mapping[str, Mapping[int, torch.Tensor]], cfg:
     return ct
 
 
+def split_words(split: str) -> str:
+    """Which training images a model saw, for the report: its split (`recipes.TRAIN_SPLIT`) in words."""
+    return {"train": "all training images", "fit": f"all training images but the held-out {data.HELD_OUT:,}"}[split]
+
+
 def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics, sweep, conv, *, brute: str,
            n_train: int, total_seconds: float, eval_seconds: float) -> dict[str, str]:
     """Write `macros_priors.tex`, every `\\val{priors.*}` of Part 1, and return it.
@@ -245,6 +250,7 @@ def priors(cfg: Mapping[str, Any], runs: Mapping[tuple[str, int], Any], metrics,
     macros = {"priors.seeds": str(cfg["seeds"]), "priors.epochs": str(cfg["epochs"]),
               "priors.iwaek": str(cfg["iwae_k"]), "priors.ntest": f"{len(next(iter(metrics.values()))['elbo']):,}",
               "priors.nquad": str(n_quad), "priors.ntrain": f"{n_train:,}", "priors.grid": str(cfg["quadrature_grid"]),
+              "priors.split": split_words(recipes.TRAIN_SPLIT["priors"]),
               "priors.kmax": str(ks[-1]), "priors.minutes": f"{total_seconds / 60:.1f}",
               "priors.trainminutes": f"{sum(run.result.seconds for run in runs.values()) / 60:.1f}",
               "priors.evalminutes": f"{eval_seconds / 60:.1f}",
@@ -412,8 +418,9 @@ def ddpm_fid_table(fid_q: Mapping[str, Mapping[str, float]], fid_ms: Mapping[str
     dataframe_table(table, "ddpm_fid_steps", label="tab:ddpm-fid-steps", column_format="lrrrrrr", fit_width=True,
                     caption=(
         f"DDPM samples by sampler and step count, {n} per row against the same {n} random test images, in the "
-        f"{feature_dim}-d classifier features; the last row is held-out real images that no model or classifier was "
-        f"trained on (the floor). Intervals: 95\\% basic bootstrap over both sets ({n_boot} replicates); the "
+        f"{feature_dim}-d classifier features; the last row is a random sample of held-out real images that neither "
+        f"the DDPM nor the classifier was trained on (the floor). Intervals: 95\\%, {n_boot} replicates over both sets: "
+        f"basic bootstrap; precision and recall from random halves of each set (no duplicates); the "
         f"bias-corrected FID is the raw value minus the bootstrap's estimate of its bias. Time per sample on the "
         f"{device} of this run."))
     return table
@@ -510,7 +517,8 @@ def quality_table2(q: Mapping[str, Mapping[str, float]], fid_small: Mapping[str,
     table.index.name = "model"
     caption = (f"Sample quality at N = {n:,} generated vs {n:,} test images ({scope}), in the {feature_dim}-d "
                f"features of a {dataset_title} classifier ({100 * accuracy:.2f}\\% test accuracy). "
-               f"Intervals: 95\\% basic bootstrap over both sets ({n_boot} replicates); the bias-corrected FID is "
+               f"Intervals: 95\\%, {n_boot} replicates over both sets: basic bootstrap; precision and recall from "
+               f"random halves of each set (no duplicates); the bias-corrected FID is "
                f"the raw value minus the bootstrap's estimate of its bias. KID: unbiased MMD$^2$ over all pairs. "
                f"Precision/recall: $k = {pr_k}$. The VAE is scored three ways (same $z$). First row: held-out real "
                f"images (the floor). FID@{n_small}: FID at N = {n_small}, mean over disjoint subsets. "

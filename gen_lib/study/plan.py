@@ -76,11 +76,12 @@ def work(profile: str, r: Mapping[str, float], dataset: str = "mnist") -> dict[s
     """Per notebook: {"train": {run: (seconds per epoch, the profile's epochs)}, "fixed": seconds of everything
     else}, from the profile's counts and the rates `r` (`measure`). A notebook named here by no formula (a new
     one: CONTRIBUTING.md) is planned at the kernel's overhead alone."""
-    n_fit = 60_000 - data.HELD_OUT  # the "fit" split
+    n_all = 60_000  # the training split of either dataset
+    n_fit = n_all - data.HELD_OUT  # the "fit" split
     pri = config.resolve("priors", profile, dataset=dataset, _plan=False)
     names = registry.select(pri["priors"])
     S, n_test = pri["seeds"], pri["test_subset"] or 10_000
-    n_train = pri["train_subset"] or n_fit
+    n_train = pri["train_subset"] or (n_all if recipes.TRAIN_SPLIT["priors"] == "train" else n_fit)
     Q, G, ks = pri["quadrature_subset"], pri["quadrature_grid"], [int(k) for k in pri["k_table"].split(",")]
     n_conv = min(10, max(2, Q // 8))
     fixed01 = 0.0

@@ -41,9 +41,15 @@ _PER_RUN = {"priors": ("prior", "seed")}
 IDENTITY: dict[str, tuple[str, ...]] = {run: (*sections.identity(run), *_PER_RUN.get(run, ()))
                                         for run in sections.RUNS}
 EPOCHS: dict[str, tuple[str, ...]] = {run: sections.epochs(run) for run in sections.RUNS}
+# The split (gen_lib.data.SPLITS) each section's models train on. The held-out images are needed only where a
+# real-data floor is computed (03's and 04's tables): the models those score and the feature classifier train on
+# "fit", which leaves them out. Part 1 computes no floor: its VAEs train on the whole training split.
+TRAIN_SPLIT: dict[str, str] = {section: "train" if section == "priors" else "fit" for section in IDENTITY}
+SPLIT_WORDS = {"fit": f"the 'fit' split: the training split less its last {data.HELD_OUT} images",
+               "train": "the 'train' split: all of the training images"}
 # What a section's runs always do, recorded in their identity (a change of it moves the run folder).
-_FIT = {"train_images": f"the 'fit' split: the training split less its last {data.HELD_OUT} images"}
-FIXED: dict[str, dict[str, Any]] = {section: dict(_FIT) for section in IDENTITY}
+FIXED: dict[str, dict[str, Any]] = {section: {"train_images": SPLIT_WORDS[TRAIN_SPLIT[section]]}
+                                    for section in IDENTITY}
 FIXED["quality_vae"]["train_data"] = "dequantized (255 x + u) / 256, u ~ U(0, 1), drawn afresh each epoch"
 
 
@@ -162,7 +168,8 @@ def train_vae(cfg: Mapping[str, Any], train_x: torch.Tensor, *, section: str = "
               progress: bool = True, log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or reuse) the study's VAE (`vae.build_vae`) by Adam on the negative ELBO.
 
-    `section="priors"` (Part 1): `train_x` binarized images, a Bernoulli decoder, `prior` (a registered
+    `section="priors"` (Part 1): `train_x` binarized images (of the whole training split: `TRAIN_SPLIT`), a
+    Bernoulli decoder, `prior` (a registered
     name) with its size parameters from `cfg`, the given `seed`. `section="quality_vae"` (Part 2): 8-bit
     images in [0, 1], dequantized afresh in every epoch as the flow's and the DDPM's are, y = (255 x + u)/256
     (so that its likelihood is a density of the same y as theirs: Table 3), a continuous Bernoulli decoder,
@@ -295,14 +302,14 @@ def _classifier_schedule(cfg: Mapping[str, Any]) -> Callable[[int, int], float]:
 def train_classifier(cfg: Mapping[str, Any], *, device: torch.device | str | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or reuse) the feature classifier of `cfg` (a resolved [classifier] section) on the
-    "fit" images and labels of `cfg["dataset"]` (never the held-out ones: the real-data floor's), by
+    "fit" images and labels of `cfg["dataset"]` (`TRAIN_SPLIT`; never the held-out ones: the real-data floor's), by
     cross-entropy: Adam at `lr` for `epochs`, then at a tenth of it for `decay_epochs`. `test_accuracy` joins the history after
     every epoch. The model is returned in eval mode; `load_classifier` finds it later.
     """
 
     key = run_key("classifier", cfg)
     folder = cache.run_dir("classifier", key)
-    x, y = data.load_mnist("fit", dataset=cfg["dataset"])
+    x, y = data.load_mnist(TRAIN_SPLIT["classifier"], dataset=cfg["dataset"])
     xt, yt = data.load_mnist("test", dataset=cfg["dataset"])
     torch.manual_seed(cfg["seed"])  # the initial weights
     model = models.build("classifier", cfg)

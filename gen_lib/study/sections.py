@@ -127,7 +127,7 @@ class PriorsSection(Section):
     bf16: bool | str = trains(precision="vae")  # bf16 autocast for the networks (the bound in fp32): true | false | "auto"
     stack_seeds: bool = trains()  # train a prior's seeds together as one stacked model (gen_lib.seeds); each seed keeps
     # its own initial weights, data order and noise, from its own generator (so this is part of the identity)
-    train_subset: int = trains()  # the first N training images; 0 = all 50,000 of the "fit" split
+    train_subset: int = trains()  # the first N training images; 0 = all 60,000 of the "train" split
     test_subset: int  # test images of Table 1; 0 = all 10,000
     iwae_k: int  # K of the IWAE bound in Table 1 (every seed, every test image)
     quadrature_subset: int  # first test images whose log p(x) is integrated numerically (every seed)
