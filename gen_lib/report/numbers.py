@@ -32,7 +32,7 @@ declare_kinds({
                                           "minutes", "trainminutes", "evalminutes", "gridchange", "count",
                                           "flow.nlayers", "ncompare", "gapmin", "gapmax", "gapmean", "frac-above",
                                           "origgap", "origiwae", "origperpixel", "detectable")},
-    **{f"priors.{k}": "name" for k in ("labels", "described", "kl.analytic", "kl.mc", "base", "precision",
+    **{f"priors.{k}": "name" for k in ("labels", "described", "split", "kl.analytic", "kl.mc", "base", "precision",
                                         "stacking")},
     **{f"priors.{k}": "sentence" for k in ("best", "bestiwae", "ordering", "kcurve", "convergence", "brute",
                                             "iwaeelbo.side", "gap.side", "gapmean.side", "gridconv", "orig.verdict",
