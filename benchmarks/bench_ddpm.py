@@ -100,7 +100,7 @@ def run(quick: bool = False) -> list[dict]:
                      "unit": "s/step", "note": note + "; target >= 1.8x on a CPU with bf16 (AVX512-BF16/AMX)"})
 
     torch.manual_seed(0)
-    ddpm = build_ddpm(cfg).eval()
+    ddpm = models.build("ddpm", cfg).eval()
     use_bf16 = bf16 < fp32
     ancestral = _sample_time(ddpm, n, slow, "ancestral", use_bf16)
     for steps in fast:
