@@ -14,7 +14,9 @@ PY=${PYTHON:-.venv/bin/python}
 TESTS=(tests --ignore=tests/test_notebooks.py --ignore=tests/test_training.py --ignore=tests/test_bench.py
        --ignore=tests/test_plugin_prior.py --ignore=tests/test_plugin_sampler_dataset.py
        --ignore=tests/test_browser.py --ignore=tests/test_plan.py --ignore=tests/test_input_errors.py
-       --ignore=tests/test_package.py --ignore=tests/test_readme.py)  # pipelines, not numerics (make test runs them once)
+       --ignore=tests/test_package.py --ignore=tests/test_readme.py --ignore=tests/test_contributing.py
+       --ignore=tests/test_readme_results.py --ignore=tests/test_notebook_style.py)  # pipelines, not numerics
+       # (make test runs them once)
 OTHER_CPU=""
 [ "$(uname -m)" = x86_64 ] && OTHER_CPU="ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
 PATHS=(
