@@ -155,7 +155,7 @@ def test_the_results_section_is_copied_from_the_run(smoke_run, tmp_path):
     macros = {}
     for path in (report / "tables").glob("macros_*.tex"):
         for line in path.read_text().splitlines():
-            m = re.match(r"\\expandafter\\def\\csname val@(.+?)\\endcsname\{(.*)\}$", line)
+            m = re.match(r"\\expandafter\\def\\csname val@(.+?)\\endcsname\{(.*)\}(?:%.*)?$", line)
             if m:
                 macros[m.group(1)] = m.group(2)
     keys = [k for _, _, templates in readme.TABLES for t in templates for k in re.findall(r"\{([\w.\-]+)\}", t)]

@@ -34,6 +34,7 @@ from ..data import dequantized_bits_per_dim, to_signed
 from ..diffusion import DDPM
 from ..diffusion_nll import log_prob_y
 from ..stats import holm, mean_ci, mean_pvalue
+from ..intervals import paired as paired_fid
 from ..vae import VAE
 from ..vae_eval import dataset_bits_per_dim
 
@@ -224,7 +225,6 @@ def agreement(estimates: list[Estimate], rows: dict[str, dict]) -> str:
     samples (`quality.score`, with replicates); densities without samples are left out. Per pair: agree,
     disagree, or not resolved (by the likelihood rules of `ranking`, or by the paired bootstrap of the two FIDs,
     Holm-corrected over the pairs compared)."""
-    from ..intervals import paired as paired_fid
 
     best = primary(estimates)
     pairs = {ab: verdict for ab, verdict in ranking(estimates).items() if ab[0] in rows and ab[1] in rows}
